@@ -1,0 +1,95 @@
+"""The numpy reference executor: runs a neural-network spec with the op registry."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from harness.errors import ExecutorError
+from harness.executors.base import Executor
+from harness.executors.interface import InputInfo, ModelIO, load_spec
+from harness.executors.ops.base import F32, Blobs
+from harness.executors.runner import BuildContext, Network, compile_network, iter_layers
+
+
+class NumpyExecutor(Executor):
+    """Run a Core ML ``neuralNetwork`` / classifier / regressor model with numpy.
+
+    Built once per model: layers are checked and compiled, weights decoded.
+    ``predict`` runs the whole batch vectorised.
+
+    Example:
+        >>> ex = NumpyExecutor("tests/fixtures/mlp.mlmodel")    # doctest: +SKIP
+        >>> ex.predict({"x": np.zeros((8, 64), np.float32)})     # doctest: +SKIP
+    """
+
+    kind = "numpy"
+
+    def __init__(self, model: Any) -> None:
+        spec, label = load_spec(model)
+        super().__init__(ModelIO(spec, label))
+        self.spec = spec
+        io = self.io
+        self.ctx = BuildContext(legacy=io.legacy, spec_version=io.spec_version, model_name=label)
+        self.network: Network = compile_network(io.nn.layers, self.ctx)
+        produced = set(io.input_names) | {o for layer in iter_layers(io.nn.layers) for o in layer.output}
+        wanted = [o.name for o in io.outputs if o.kind == "array"] + ([io.prob_blob] if io.prob_blob else [])
+        missing = [w for w in wanted if w not in produced]
+        if missing:
+            raise ExecutorError(f"{label}: output(s) {missing} are not produced by any layer of the network")
+
+    # -- feeds -> internal blobs ---------------------------------------------
+    def _blob(self, info: InputInfo, x: np.ndarray, n: int, s: int) -> np.ndarray:
+        if info.kind == "image":
+            x = self.io.image_to_blob(info, x)  # (N, C, H, W)
+            return x.reshape((n, 1, 1) + x.shape[1:]) if self.io.image_rank5 else x.reshape((n, 1) + x.shape[1:])
+        x = np.asarray(x, dtype=F32)
+        if not self.io.legacy:
+            return x
+        # legacy rank-5: (N, [S,] C[, H, W]) -> (N, S, 1, C, H, W)
+        chw = x.shape[2:] if x.ndim == len(info.shape) + 2 else x.shape[1:]
+        if len(chw) == 1:
+            chw = (chw[0], 1, 1)
+        return x.reshape((n, s, 1) + tuple(chw))
+
+    def _predict(self, split: dict[str, tuple[np.ndarray, int, int]], n: int) -> dict[str, np.ndarray]:
+        infos = {i.name: i for i in self.io.inputs}
+        blobs: Blobs = {k: self._blob(infos[k], x, n, s) for k, (x, _, s) in split.items()}
+        self.network.run(blobs)
+        return self._outputs(blobs, n)
+
+    # -- internal blobs -> outputs -------------------------------------------
+    def _outputs(self, blobs: Blobs, n: int) -> dict[str, np.ndarray]:
+        io = self.io
+        out: dict[str, np.ndarray] = {}
+        probs = None
+        if io.class_labels is not None:
+            p = blobs.get(io.prob_blob) if io.prob_blob else None
+            if p is None:
+                raise ExecutorError(f"{io.label}: the classifier's probability blob {io.prob_blob!r} was not produced")
+            p = np.broadcast_to(p, (n,) + p.shape[1:]).reshape(n, -1)
+            if p.shape[1] != len(io.class_labels):
+                raise ExecutorError(
+                    f"{io.label}: the probability blob {io.prob_blob!r} has {p.shape[1]} values per sample "
+                    f"but the classifier has {len(io.class_labels)} class labels")
+            probs = np.ascontiguousarray(p, dtype=F32)
+        for o in io.outputs:
+            if o.kind == "label":
+                out[o.name] = np.asarray(io.class_labels)[np.argmax(probs, axis=1)]
+            elif o.kind == "probabilities":
+                out[o.name] = probs
+            else:
+                out[o.name] = self._output_array(blobs[o.name], o.shape, n)
+        return out
+
+    def _output_array(self, y: np.ndarray, declared: tuple[int, ...], n: int) -> np.ndarray:
+        y = np.broadcast_to(y, (n,) + y.shape[1:])
+        if self.io.legacy and y.ndim == 6:
+            y = y[:, :, 0]  # drop Batch: (N, S, C, H, W)
+            if y.shape[1] == 1:
+                y = y[:, 0]
+            if (len(declared) == 1 or (not declared and y.shape[-2:] == (1, 1))) and y.shape[-2:] == (1, 1):
+                y = y[..., 0, 0]
+        elif y.ndim >= 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        return np.ascontiguousarray(y, dtype=F32)

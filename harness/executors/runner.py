@@ -1,0 +1,127 @@
+"""The plain runner: compile a list of Core ML layers once, run them in order over a blob dict.
+
+:func:`compile_network` checks every layer (including ``loop``/``branch``
+bodies) against the registry before building anything, so an unsupported
+layer fails at build time with :class:`~harness.errors.UnsupportedLayerError`
+naming the layer, its type, and the supported types. :meth:`Network.run`
+walks the compiled ops in spec order; an op reads its inputs from the blob
+dict and writes its outputs back. Errors raised inside an op are re-raised as
+:class:`~harness.errors.ExecutorError` naming the layer, its type and the
+shapes of its inputs.
+
+Sub-networks (``loop``, ``branch``): an op compiles its bodies with
+``ctx.compile(neural_network_message.layers)`` in :meth:`Op.build` and runs
+them with ``network.run(blobs)`` from its ``run_blobs`` over the *same* dict,
+so bodies read and write outer blobs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from harness.errors import ExecutorError, UnsupportedLayerError
+from harness.executors import weights as _weights
+from harness.executors.ops.base import Blobs, Op, _get_field
+from harness.executors.registry import load_ops, supported_layer_types
+
+#: Layer types whose params hold sub-networks, and the fields holding them.
+SUBNETWORK_FIELDS: dict[str, tuple[str, ...]] = {
+    "loop": ("conditionNetwork", "bodyNetwork"),
+    "branch": ("ifBranch", "elseBranch"),
+}
+
+
+@dataclass
+class BuildContext:
+    """What ops may consult while they are built (one per model).
+
+    Attributes:
+        legacy: True for RANK5_ARRAY_MAPPING models (every blob is rank 5
+            ``(Seq, Batch, C, H, W)`` per sample), False for EXACT_ARRAY_MAPPING.
+        spec_version: the model's ``specificationVersion``.
+        model_name: a label for messages (file name or ``"model"``).
+    """
+
+    legacy: bool = False
+    spec_version: int = 0
+    model_name: str = "model"
+    _cache: dict[tuple[int, str, tuple[int, ...], int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def weights(self, op: Op, dotted: str, shape: tuple[int, ...], channel_axis: int = 0) -> np.ndarray:
+        """Decode ``op.params.<dotted>`` to float32 ``shape`` (once; cached)."""
+        key = (id(op.layer), dotted, shape, channel_axis)
+        if key not in self._cache:
+            wp = _get_field(op.params, dotted)
+            try:
+                self._cache[key] = _weights.decode(wp, shape, channel_axis)
+            except ExecutorError:
+                raise
+            except Exception as e:  # quantizer errors and shape mismatches
+                raise op.error(f"cannot decode weights {dotted!r} as shape {shape}: {e}") from e
+        return self._cache[key]
+
+    def compile(self, layers: Iterable[Any]) -> "Network":
+        """Compile a (sub-)network's layers with this context."""
+        return compile_network(layers, self)
+
+
+class Network:
+    """Compiled layers, run in spec order."""
+
+    def __init__(self, ops: list[Op]) -> None:
+        self.ops = ops
+
+    def run(self, blobs: Blobs) -> Blobs:
+        """Run every op over ``blobs`` (mutated in place and returned)."""
+        for op in self.ops:
+            try:
+                op.run_blobs(blobs)
+            except ExecutorError:
+                raise
+            except (ValueError, IndexError, TypeError, ArithmeticError, KeyError, AttributeError) as e:
+                shapes = ", ".join(f"{n}{_core_shape(blobs.get(n))}" for n in op.inputs)
+                raise ExecutorError(
+                    f"layer {op.name!r} ({op.type}) failed on inputs [{shapes}] "
+                    f"(Core ML shapes, per sample): {type(e).__name__}: {e}"
+                ) from e
+        return blobs
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+
+def _core_shape(x: np.ndarray | None) -> str:
+    return " missing" if x is None else str(tuple(x.shape[1:]))
+
+
+def iter_layers(layers: Iterable[Any]) -> Iterator[Any]:
+    """Yield every layer, descending into loop/branch sub-networks."""
+    for layer in layers:
+        yield layer
+        t = layer.WhichOneof("layer")
+        for f in SUBNETWORK_FIELDS.get(t, ()):
+            yield from iter_layers(getattr(getattr(layer, t), f).layers)
+
+
+def check_supported(layers: Iterable[Any], model_name: str = "model") -> None:
+    """Raise :class:`UnsupportedLayerError` for the first layer the registry cannot run."""
+    ops = load_ops()
+    for layer in iter_layers(layers):
+        t = layer.WhichOneof("layer")
+        if t not in ops:
+            what = "has no layer type set" if t is None else f"has type {t!r}, which the numpy executor does not implement"
+            raise UnsupportedLayerError(
+                f"{model_name}: layer {layer.name!r} {what}. Supported layer types: "
+                f"{', '.join(supported_layer_types())}. Use the Core ML executor on macOS "
+                f"(executor=coreml) or add an op in harness/executors/ops/."
+            )
+
+
+def compile_network(layers: Iterable[Any], ctx: BuildContext) -> Network:
+    """Check then build every layer; returns the runnable :class:`Network`."""
+    layers = list(layers)
+    check_supported(layers, ctx.model_name)
+    ops = load_ops()
+    return Network([ops[layer.WhichOneof("layer")](layer, ctx) for layer in layers])
