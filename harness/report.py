@@ -1,0 +1,278 @@
+"""Pictures and a self-contained HTML report of a finished qsweep run.
+
+``write_report(run_dir)`` (also ``qsweep-report RUN_DIR`` or
+``python -m harness.report RUN_DIR``) reads the files a run left in its
+directory and writes, into the same directory:
+
+* ``pareto.png`` — model size (KB, log axis) vs the task metric: every trial
+  a point coloured by mode and shaped by nbits, the Pareto front as a step
+  line, the float baseline as a star, the accuracy target (if set) as a line;
+* ``layers.png`` — for each Pareto-optimal model, the encoding each layer
+  got (read from the saved models in ``models/``);
+* ``sensitivity.png`` — for a sensitivity run, the layers x codecs heatmap;
+* ``report.html`` — one file with the figures inlined as base64 PNG, the
+  baseline, the best model within the accuracy target and the Pareto table.
+
+>>> from harness.report import write_report
+>>> paths = write_report("outputs/2024-01-01/12-00-00")    # doctest: +SKIP
+>>> sorted(paths)                                           # doctest: +SKIP
+['layers', 'pareto', 'report']
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from harness import analysis  # noqa: E402
+from harness.errors import USER_ERRORS, QsweepError  # noqa: E402
+
+__all__ = ["write_report", "main", "pareto_figure", "layers_figure", "resolve_model_file"]
+
+log = logging.getLogger(__name__)
+
+#: Columns shown in the HTML Pareto table, in this order, when present.
+TABLE_COLUMNS = (
+    "trial",
+    "mode",
+    "nbits",
+    "size_bytes",
+    "compression_ratio",
+    "{metric}",
+    "{metric}_drop",
+    "agreement",
+    "snr_db",
+    "psnr_db",
+    "plan_hash",
+    "model_file",
+)
+
+
+def resolve_model_file(run_dir: Path, value: Any) -> Path | None:
+    """The saved model a ``model_file`` cell points to (absolute, relative to
+    the run directory, or a name inside ``models/``), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    p = Path(value)
+    for cand in (p, run_dir / p, run_dir / "models" / p.name):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def pareto_figure(run: analysis.RunData) -> plt.Figure:
+    """The size-vs-metric figure of ``pareto.png``."""
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    analysis.plot_pareto(ax, run)
+    title = f"{run.model_name}: size vs {run.metric} ({len(analysis.complete_trials(run.trials))} trials)"
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _pareto_layer_rows(run: analysis.RunData) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Per-layer encodings of every Pareto model that has a saved file.
+
+    Returns (rows for :func:`analysis.plot_layer_encodings`, row labels,
+    notes about models that could not be read).
+    """
+    frames, labels, notes = [], [], []
+    front = run.pareto.sort_values("size_bytes") if "size_bytes" in run.pareto.columns else run.pareto
+    for _, row in front.iterrows():
+        path = resolve_model_file(run.path, row.get("model_file"))
+        tag = f"trial {row['trial']}" if "trial" in row else "model"
+        if path is None:
+            notes.append(f"{tag}: no saved model file ({row.get('model_file')!r})")
+            continue
+        try:
+            enc = analysis.layer_encodings(path)
+        except USER_ERRORS as exc:
+            notes.append(f"{tag}: cannot read {path.name}: {exc}")
+            continue
+        enc["model"] = len(labels)
+        frames.append(enc)
+        metric = row.get(run.metric)
+        labels.append(f"{tag}: {row['size_bytes'] / 1024:.1f} KB, {run.metric} {metric:.4f}")
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "layer", "nbits", "label"])
+    return rows, labels, notes
+
+
+def layers_figure(run: analysis.RunData) -> tuple[plt.Figure, list[str]]:
+    """The per-layer encodings figure of ``layers.png`` and notes on missing models."""
+    rows, labels, notes = _pareto_layer_rows(run)
+    n_layers = rows["layer"].nunique() if not rows.empty else 1
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * n_layers + 3.5), max(2.5, 0.35 * len(labels) + 2.0)), dpi=110)
+    if rows.empty:
+        ax.text(0.5, 0.5, "no Pareto-optimal model files to show", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        im = analysis.plot_layer_encodings(ax, rows, labels)
+        cbar = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
+        cbar.set_ticks([0, 1, 2, 3, 4, 5])
+        cbar.set_ticklabels(["1", "2", "4", "8", "16", "32"])
+        cbar.set_label("bits per weight", fontsize=7)
+    ax.set_title(f"{run.model_name}: per-layer encoding of the Pareto-optimal models\n(smallest first)", fontsize=10)
+    fig.tight_layout()
+    return fig, notes
+
+
+def sensitivity_figure(sens: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Heatmap (layers x codecs) of the metric drop of quantizing one layer alone."""
+    mat = analysis.sensitivity_matrix(sens)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * mat.shape[1] + 3.0), max(3.0, 0.3 * mat.shape[0] + 1.8)), dpi=110)
+    im = analysis.plot_sensitivity(ax, sens)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.01)
+    cbar.set_label("metric drop (quantizing that layer alone)", fontsize=7)
+    ax.set_title(title or "per-layer sensitivity", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig: plt.Figure, path: Path) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    data = buf.getvalue()
+    path.write_bytes(data)
+    return data
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+
+
+def _fmt_table(df: pd.DataFrame, metric: str) -> str:
+    wanted = [c.format(metric=metric) for c in TABLE_COLUMNS]
+    cols = [c for c in wanted if c in df.columns]
+    t = df[cols].copy() if cols else df.copy()
+    if "size_bytes" in t.columns:
+        t.insert(t.columns.get_loc("size_bytes") + 1, "size_kb", (t["size_bytes"] / 1024).round(2))
+    return t.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="tbl", na_rep="")
+
+
+def _kv_table(items: list[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in items)
+    return f'<table class="kv">{rows}</table>'
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _best_section(run: analysis.RunData) -> str:
+    metric = run.metric
+    base_m = run.baseline.get(metric)
+    if run.max_accuracy_drop is None or base_m is None:
+        return ""
+    done = analysis.complete_trials(run.trials)
+    best = analysis.best_within_drop(done, metric, float(base_m), run.max_accuracy_drop)
+    head = f"<h2>Best within the target ({metric} drop &le; {run.max_accuracy_drop:g})</h2>"
+    if best is None:
+        return head + f'<p class="warn">No candidate met the target: every trial lost more than {run.max_accuracy_drop:g} {html.escape(metric)}.</p>'
+    items = [(k, best[k]) for k in best.index if k in [c.format(metric=metric) for c in TABLE_COLUMNS] and pd.notna(best[k])]
+    return head + _kv_table(items)
+
+
+def _hypervolume_section(run: analysis.RunData) -> str:
+    hv = run.summary.get("hypervolume")
+    if not isinstance(hv, dict) or not hv:
+        return ""
+    items = [(k, v) for k, v in hv.items() if not isinstance(v, (dict, list))]
+    return "<h2>Hypervolume (size normalised by the float model, reference: float size, zero metric)</h2>" + _kv_table(items)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;max-width:1200px;color:#222}
+h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:12px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
+table.kv th{text-align:left;color:#555}img{max-width:100%;border:1px solid #eee}.warn{color:#b00;font-weight:bold}
+.note{color:#666;font-size:12px}
+"""
+
+
+def write_report(run_dir: str | Path) -> dict[str, Path]:
+    """Write ``pareto.png``, ``layers.png`` (and ``sensitivity.png`` for a
+    sensitivity run) and ``report.html`` into ``run_dir``.
+
+    Returns:
+        ``{"pareto": ..., "layers": ..., "sensitivity": ..., "report": ...}``
+        (only the files written).
+
+    Raises:
+        QsweepError: ``run_dir`` is not a qsweep run directory.
+    """
+    run = analysis.load_run(run_dir)
+    out: dict[str, Path] = {}
+    metric = run.metric
+    sections: list[str] = []
+    title = f"qsweep report: {run.model_name}"
+
+    items: list[tuple[str, Any]] = [("run directory", str(run.path.resolve())), ("model", run.model_name), ("search", analysis._search_kind(run))]
+    if run.baseline:
+        items += [(f"float {k}", v) for k, v in run.baseline.items() if isinstance(v, (int, float, str))]
+    if not run.trials.empty:
+        items.append(("trials (complete / all)", f"{len(analysis.complete_trials(run.trials))} / {len(run.trials)}"))
+    sections.append("<h2>Run and float baseline</h2>" + _kv_table(items))
+
+    if not run.trials.empty:
+        data = _save(pareto_figure(run), run.path / "pareto.png")
+        out["pareto"] = run.path / "pareto.png"
+        sections.append(_best_section(run))
+        sections.append(_hypervolume_section(run))
+        sections.append("<h2>Size vs " + html.escape(metric) + "</h2>" + _img(data, "Pareto front"))
+        fig, notes = layers_figure(run)
+        data = _save(fig, run.path / "layers.png")
+        out["layers"] = run.path / "layers.png"
+        sections.append("<h2>Pareto front</h2>" + _fmt_table(run.pareto, metric))
+        note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+        sections.append("<h2>Per-layer encodings of the Pareto-optimal models</h2>" + _img(data, "layer encodings") + note_html)
+    if run.sensitivity is not None and not run.sensitivity.empty:
+        sens = run.sensitivity
+        data = _save(sensitivity_figure(sens, f"{run.model_name}: {metric} drop when one layer alone is quantized"), run.path / "sensitivity.png")
+        out["sensitivity"] = run.path / "sensitivity.png"
+        rank = analysis.sensitivity_ranking(sens)
+        sections.append("<h2>Per-layer sensitivity</h2>" + _img(data, "sensitivity heatmap"))
+        sections.append("<h2>Sensitivity ranking (most sensitive first)</h2>" + rank.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0))
+
+    body = "\n".join(s for s in sections if s)
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+    (run.path / "report.html").write_text(page, encoding="utf-8")
+    out["report"] = run.path / "report.html"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``qsweep-report RUN_DIR``: write the report files and print their paths."""
+    parser = argparse.ArgumentParser(prog="qsweep-report", description="Write pareto.png, layers.png and report.html into a qsweep run directory.")
+    parser.add_argument("run_dir", nargs="?", default=None, help="run directory (default: the newest run under ./outputs)")
+    args = parser.parse_args(argv)
+    try:
+        run_dir = Path(args.run_dir) if args.run_dir else analysis.newest_run("outputs")
+        paths = write_report(run_dir)
+    except USER_ERRORS as exc:
+        print(f"qsweep-report: error: {exc}", file=sys.stderr)
+        return 2
+    for kind, path in paths.items():
+        print(f"{kind:12s} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
