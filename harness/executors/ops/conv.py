@@ -1,0 +1,220 @@
+"""Convolution and deconvolution (the ``convolution`` layer) as matrix multiplies.
+
+Input ``(..., C, H, W)`` (Core ML rank >= 4; leading dims are batch). Weights:
+convolution ``[Cout, Cin/groups, kH, kW]``; deconvolution ``[Cin, Cout/groups,
+kH, kW]``. Padding: ``valid`` with ``paddingAmounts`` or ``same``
+(BOTTOM_RIGHT_HEAVY / TOP_LEFT_HEAVY); dilation; deconvolution
+``outputShape``.
+
+Implementation: dense convolutions use im2col (a strided view of the padded
+input, copied once into a ``(M*Ho*Wo, Cin*kH*kW)`` matrix in channels-last
+order) and one GEMM; 1x1 convolutions skip im2col; depthwise convolutions
+accumulate one multiply-add per kernel offset; deconvolution is one GEMM
+followed by a col2im scatter-add per kernel offset.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from harness.executors.ops.base import F32, Op, f32
+from harness.executors.registry import register
+
+
+def pair(values, default: int) -> tuple[int, int]:
+    """A length-2 ``[H, W]`` param (empty -> default)."""
+    v = [int(x) for x in values]
+    if not v:
+        return default, default
+    if len(v) == 1:
+        return v[0], v[0]
+    return v[0], v[1]
+
+
+def valid_pads(valid) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a ValidPadding message."""
+    b = valid.paddingAmounts.borderAmounts
+    if len(b) == 0:
+        return 0, 0, 0, 0
+    if len(b) != 2:
+        raise ValueError(f"paddingAmounts must have 2 entries [H, W], got {len(b)}")
+    return int(b[0].startEdgeSize), int(b[0].endEdgeSize), int(b[1].startEdgeSize), int(b[1].endEdgeSize)
+
+
+def same_pads(size: int, k: int, s: int, top_left_heavy: bool) -> tuple[int, int]:
+    """(start, end) padding of SamePadding along one axis (k = effective kernel size)."""
+    out = -(-size // s)
+    total = max(0, (out - 1) * s + k - size)
+    small = total // 2
+    return (total - small, small) if top_left_heavy else (small, total - small)
+
+
+def pad_hw(x: np.ndarray, pt: int, pb: int, pl: int, pr: int, value: float = 0.0) -> np.ndarray:
+    """Pad the last two axes of ``x`` with a constant (no copy when no padding)."""
+    if not (pt or pb or pl or pr):
+        return x
+    h, w = x.shape[-2:]
+    out = np.full(x.shape[:-2] + (h + pt + pb, w + pl + pr), value, dtype=x.dtype)
+    out[..., pt:pt + h, pl:pl + w] = x
+    return out
+
+
+def windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int) -> np.ndarray:
+    """Strided view ``(..., kh, kw, ho, wo)`` of the kernel windows of ``xp`` (..., H, W)."""
+    st = xp.strides
+    return as_strided(
+        xp, xp.shape[:-2] + (kh, kw, ho, wo),
+        st[:-2] + (st[-2] * dh, st[-1] * dw, st[-2] * sh, st[-1] * sw), writeable=False)
+
+
+@register("convolution")
+class Convolution(Op):
+    """2-D convolution / transposed convolution with groups, dilation and padding."""
+
+    n_inputs = 1
+
+    def build(self, params, ctx) -> None:
+        self.cout = int(params.outputChannels)
+        self.kc = int(params.kernelChannels)
+        self.groups = max(1, int(params.nGroups))
+        self.kh, self.kw = pair(params.kernelSize, 3)
+        self.sh, self.sw = pair(params.stride, 1)
+        self.dh, self.dw = pair(params.dilationFactor, 1)
+        self.deconv = bool(params.isDeconvolution)
+        self.out_shape = tuple(int(v) for v in params.outputShape)
+        self.padding = params.WhichOneof("ConvolutionPaddingType") or "valid"
+        self.tlh = self.padding == "same" and params.same.asymmetryMode == 1
+        self.pads = valid_pads(params.valid) if self.padding == "valid" else None
+        g = self.groups
+        if self.cout % g:
+            raise self.error(f"outputChannels={self.cout} is not divisible by nGroups={g}")
+        if self.deconv:
+            w = self.weights("weights", (self.kc, self.cout // g, self.kh, self.kw), 1)
+            cin = self.kc
+            if cin % g:
+                raise self.error(f"kernelChannels={cin} is not divisible by nGroups={g}")
+            # (g, Cin/g, Cout/g*kh*kw): per group, input channels -> output columns
+            self.wd = np.ascontiguousarray(w.reshape(g, cin // g, (self.cout // g) * self.kh * self.kw))
+            self.cin = cin
+        else:
+            w = self.weights("weights", (self.cout, self.kc, self.kh, self.kw), 0)
+            self.cin = self.kc * g
+            self.depthwise = g > 1 and self.kc == 1
+            if self.depthwise:
+                # (Cout, kh, kw): output channel co reads input channel co // (Cout/g)
+                self.wdw = np.ascontiguousarray(w[:, 0])
+            else:
+                # channels-last im2col columns (kh, kw, Cin/g) per group -> (g, kh*kw*Cin/g, Cout/g)
+                cg = self.cout // g
+                wg = w.reshape(g, cg, self.kc, self.kh, self.kw).transpose(0, 3, 4, 2, 1)
+                self.wmat = np.ascontiguousarray(wg.reshape(g, self.kh * self.kw * self.kc, cg))
+        self.b = self.weights("bias", (self.cout,), 0) if params.hasBias else None
+
+    # -- helpers -------------------------------------------------------------
+    def _pads(self, h: int, w: int) -> tuple[int, int, int, int]:
+        if self.pads is not None:
+            return self.pads
+        ekh, ekw = (self.kh - 1) * self.dh + 1, (self.kw - 1) * self.dw + 1
+        pt, pb = same_pads(h, ekh, self.sh, self.tlh)
+        pl, pr = same_pads(w, ekw, self.sw, self.tlh)
+        return pt, pb, pl, pr
+
+    def run(self, x):
+        if x.ndim < 4:
+            raise self.error(f"needs an input of rank >= 3 (C, H, W); got Core ML shape {tuple(x.shape[1:])}")
+        lead, (c, h, w) = x.shape[:-3], x.shape[-3:]
+        if c != self.cin:
+            raise self.error(f"input has {c} channels, the weights expect {self.cin}")
+        xm = f32(x).reshape((-1, c, h, w))
+        y = self._deconv(xm) if self.deconv else self._conv(xm)
+        return y.reshape(lead + y.shape[1:])
+
+    def _conv(self, x: np.ndarray) -> np.ndarray:
+        m, c, h, w = x.shape
+        pt, pb, pl, pr = self._pads(h, w)
+        ekh, ekw = (self.kh - 1) * self.dh + 1, (self.kw - 1) * self.dw + 1
+        ho = (h + pt + pb - ekh) // self.sh + 1
+        wo = (w + pl + pr - ekw) // self.sw + 1
+        if ho <= 0 or wo <= 0:
+            raise self.error(f"the kernel ({self.kh}x{self.kw}, dilation {self.dh}x{self.dw}) does not fit the padded input {h}x{w}")
+        xp = pad_hw(x, pt, pb, pl, pr)
+        if self.depthwise:
+            return self._depthwise(xp, ho, wo)
+        g, cg, kc = self.groups, self.cout // self.groups, self.kc
+        if self.kh == self.kw == 1:
+            # 1x1: no im2col, (M, C, Ho*Wo) strided view
+            v = xp[:, :, : (ho - 1) * self.sh + 1: self.sh, : (wo - 1) * self.sw + 1: self.sw]
+            if g == 1:
+                wt = self.wmat[0].T  # (Cout, Cin)
+                y = np.matmul(wt, v.reshape(m, c, ho * wo))
+                if self.b is not None:
+                    y += self.b[:, None]
+                return y.reshape(m, self.cout, ho, wo)
+        # im2col, channels last: (M, Ho, Wo, kh, kw, C)
+        win = windows(xp, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, ho, wo)  # (M, C, kh, kw, Ho, Wo)
+        cols = np.ascontiguousarray(win.transpose(0, 4, 5, 2, 3, 1))
+        if g == 1:
+            y = cols.reshape(m * ho * wo, -1) @ self.wmat[0]  # (M*Ho*Wo, Cout)
+        else:
+            cols = cols.reshape(m * ho * wo, self.kh * self.kw, g, kc).transpose(2, 0, 1, 3).reshape(g, m * ho * wo, -1)
+            y = np.matmul(cols, self.wmat).transpose(1, 0, 2).reshape(m * ho * wo, self.cout)
+        if self.b is not None:
+            y += self.b
+        return y.reshape(m, ho, wo, self.cout).transpose(0, 3, 1, 2)
+
+    def _depthwise(self, xp: np.ndarray, ho: int, wo: int) -> np.ndarray:
+        m, c = xp.shape[:2]
+        mult = self.cout // c
+        if mult > 1:
+            xp = np.repeat(xp, mult, axis=1)
+        out = np.zeros((m, self.cout, ho, wo), dtype=F32) if self.b is None else np.broadcast_to(
+            self.b.reshape(1, -1, 1, 1), (m, self.cout, ho, wo)).copy()
+        hs, ws = (ho - 1) * self.sh + 1, (wo - 1) * self.sw + 1
+        tmp = np.empty_like(out)
+        for i in range(self.kh):
+            for j in range(self.kw):
+                r0, c0 = i * self.dh, j * self.dw
+                sl = xp[:, :, r0: r0 + hs: self.sh, c0: c0 + ws: self.sw]
+                np.multiply(sl, self.wdw[:, i, j].reshape(1, -1, 1, 1), out=tmp)
+                out += tmp
+        return out
+
+    def _deconv(self, x: np.ndarray) -> np.ndarray:
+        m, c, h, w = x.shape
+        g, cg, kh, kw = self.groups, self.cout // self.groups, self.kh, self.kw
+        # columns: (M, H*W, Cout/g*kh*kw) per group
+        xg = x.reshape(m, g, c // g, h * w).transpose(1, 0, 3, 2).reshape(g, m * h * w, c // g)
+        cols = np.matmul(xg, self.wd)  # (g, M*H*W, Cout/g*kh*kw)
+        cols = cols.reshape(g, m, h, w, cg, kh, kw).transpose(1, 0, 4, 5, 6, 2, 3).reshape(m, self.cout, kh, kw, h, w)
+        hf = (h - 1) * self.sh + (kh - 1) * self.dh + 1
+        wf = (w - 1) * self.sw + (kw - 1) * self.dw + 1
+        full = np.zeros((m, self.cout, hf, wf), dtype=F32)
+        hs, ws = (h - 1) * self.sh + 1, (w - 1) * self.sw + 1
+        for i in range(kh):
+            for j in range(kw):
+                full[:, :, i * self.dh: i * self.dh + hs: self.sh, j * self.dw: j * self.dw + ws: self.sw] += cols[:, :, i, j]
+        if self.out_shape:
+            oh, ow = self.out_shape[-2:]
+            pt, pl = (self.pads[0], self.pads[2]) if self.pads is not None else (
+                self._deconv_same(hf, h * self.sh)[0], self._deconv_same(wf, w * self.sw)[0])
+        elif self.pads is not None:
+            pt, pb, pl, pr = self.pads
+            oh, ow = hf - pt - pb, wf - pl - pr
+        else:
+            oh, ow = h * self.sh, w * self.sw
+            pt, pl = self._deconv_same(hf, oh)[0], self._deconv_same(wf, ow)[0]
+        if oh <= 0 or ow <= 0:
+            raise self.error(f"output size {oh}x{ow} is not positive")
+        y = full[:, :, pt: pt + oh, pl: pl + ow]
+        if y.shape[-2:] != (oh, ow):  # outputShape beyond the computed extent: zeros
+            y = pad_hw(y, 0, oh - y.shape[-2], 0, ow - y.shape[-1])
+        if self.b is not None:
+            y = y + self.b.reshape(1, -1, 1, 1)
+        return np.ascontiguousarray(y)
+
+    def _deconv_same(self, full: int, out: int) -> tuple[int, int]:
+        total = max(0, full - out)
+        small = total // 2
+        return (total - small, small) if self.tlh else (small, total - small)
