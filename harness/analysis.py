@@ -29,6 +29,7 @@ __all__ = [
     "RunData",
     "load_run",
     "find_runs",
+    "resolve_run_dirs",
     "newest_run",
     "complete_trials",
     "pareto_front",
@@ -37,9 +38,11 @@ __all__ = [
     "compare_runs",
     "layer_encodings",
     "encoding_label",
+    "drop_column",
     "sensitivity_matrix",
     "sensitivity_ranking",
     "plot_pareto",
+    "metric_by_nbits",
     "plot_metric_vs_nbits",
     "plot_layer_encodings",
     "plot_sensitivity",
@@ -254,6 +257,28 @@ def newest_run(root: str | Path = "outputs") -> Path:
     return runs[-1]
 
 
+def resolve_run_dirs(value: str | Path | Sequence[str | Path] | None, roots: Sequence[str | Path] = ("outputs", "../outputs")) -> list[Path]:
+    """The run directories a notebook should read.
+
+    ``value`` is one directory, several (a list, or one string joined with
+    ``os.pathsep``), or None/empty for the newest run under the first existing
+    folder of ``roots`` (``outputs/`` of the working folder, or of its parent
+    when the notebook runs from ``notebooks/``).
+    """
+    import os
+
+    if value is None or (isinstance(value, (str, Path)) and not str(value).strip()):
+        for root in roots:
+            if find_runs(root):
+                return [newest_run(root)]
+        raise QsweepError(f"no qsweep run directory under {', '.join(str(Path(r).resolve()) for r in roots)}; run `qsweep` first or set RUN_DIR")
+    if isinstance(value, (str, Path)):
+        parts = [x for x in str(value).split(os.pathsep) if x.strip()]
+    else:
+        parts = [str(x) for x in value]
+    return [Path(x) for x in parts]
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -440,8 +465,19 @@ def layer_encodings(model: Any) -> pd.DataFrame:
 # --------------------------------------------------------------------------- sensitivity
 
 
-def sensitivity_matrix(sens: pd.DataFrame, value: str = "metric_drop") -> pd.DataFrame:
+def drop_column(sens: pd.DataFrame) -> str:
+    """The metric-drop column of a sensitivity table (``<metric>_drop``)."""
+    if "metric_drop" in sens.columns:
+        return "metric_drop"
+    for col in sens.columns:
+        if col.endswith("_drop"):
+            return col
+    raise QsweepError(f"sensitivity table has no <metric>_drop column (columns: {', '.join(map(str, sens.columns))})")
+
+
+def sensitivity_matrix(sens: pd.DataFrame, value: str | None = None) -> pd.DataFrame:
     """``sensitivity.csv`` pivoted to layers (rows, in file order) x codecs (columns, in file order)."""
+    value = value or drop_column(sens)
     unit = "unit" if "unit" in sens.columns else "layer"
     rows = list(dict.fromkeys(sens[unit]))
     cols = list(dict.fromkeys(sens["codec"]))
@@ -449,12 +485,13 @@ def sensitivity_matrix(sens: pd.DataFrame, value: str = "metric_drop") -> pd.Dat
     return mat.reindex(index=rows, columns=cols)
 
 
-def sensitivity_ranking(sens: pd.DataFrame, value: str = "metric_drop") -> pd.DataFrame:
+def sensitivity_ranking(sens: pd.DataFrame, value: str | None = None) -> pd.DataFrame:
     """Layers ranked from most to least sensitive.
 
     A layer's score is its mean ``value`` (metric drop) over codecs, ties
     broken by the worst (max) drop then by the lowest mean SNR.
     """
+    value = value or drop_column(sens)
     unit = "unit" if "unit" in sens.columns else "layer"
     agg: dict[str, Any] = {value: ["mean", "max"]}
     if "snr_db" in sens.columns:
@@ -543,17 +580,29 @@ def plot_pareto(ax: Any, run: RunData, *, label_prefix: str = "", front_color: s
     ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2)
 
 
+def metric_by_nbits(run: RunData) -> pd.DataFrame:
+    """Best task metric of the uniform trials: rows nbits (descending), columns mode."""
+    done = complete_trials(run.trials)
+    if done.empty or "nbits" not in done.columns or "mode" not in done.columns:
+        return pd.DataFrame()
+    d = done[done["nbits"].notna()]
+    if d.empty:
+        return pd.DataFrame()
+    t = d.pivot_table(index="nbits", columns=d["mode"].astype(str), values=run.metric, aggfunc="max")
+    t.index = t.index.astype(int)
+    return t.sort_index(ascending=False)
+
+
 def plot_metric_vs_nbits(ax: Any, run: RunData) -> None:
     """Best task metric per nbits, one line per mode (uniform trials only)."""
-    done = complete_trials(run.trials)
+    table = metric_by_nbits(run)
     metric = run.metric
-    if done.empty or "nbits" not in done.columns or "mode" not in done.columns:
+    if table.empty:
         ax.text(0.5, 0.5, "no uniform trials", ha="center", va="center", transform=ax.transAxes)
         return
-    d = done[done["nbits"].notna()]
-    colors = _mode_colors(d["mode"].astype(str))
-    for mode, grp in d.groupby(d["mode"].astype(str), sort=True):
-        best = grp.groupby("nbits")[metric].max().sort_index()
+    colors = _mode_colors(table.columns)
+    for mode in table.columns:
+        best = table[mode].dropna()
         ax.plot(best.index, best.values, marker="o", color=colors[mode], label=mode)
     base_m = run.baseline.get(metric)
     if base_m is not None:
@@ -594,20 +643,24 @@ def plot_layer_encodings(ax: Any, encodings: pd.DataFrame, row_labels: Sequence[
     return im
 
 
-def plot_sensitivity(ax: Any, sens: pd.DataFrame, value: str = "metric_drop") -> Any:
+def plot_sensitivity(ax: Any, sens: pd.DataFrame, value: str | None = None) -> Any:
     """Heatmap layers x codecs of ``value`` (metric drop by default), annotated."""
+    value = value or drop_column(sens)
     mat = sensitivity_matrix(sens, value)
     data = mat.to_numpy(dtype=float)
     finite = data[np.isfinite(data)]
-    vmax = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-9)
-    cmap = "Reds" if value != "snr_db" else "viridis"
-    im = ax.imshow(data, cmap=cmap, vmin=0 if value != "snr_db" else None, vmax=vmax if value != "snr_db" else None, aspect="auto")
+    if value.endswith("_drop"):
+        # Drops: white at no change, red as the metric falls (improvements stay white).
+        vmax = max(float(finite.max()) if finite.size else 0.0, 1e-6)
+        im = ax.imshow(data, cmap="Reds", vmin=0.0, vmax=vmax, aspect="auto")
+    else:
+        im = ax.imshow(data, cmap="viridis", aspect="auto")
     if data.size <= 600:
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
                 v = data[i, j]
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.3f}" if value != "snr_db" else f"{v:.0f}", ha="center", va="center", fontsize=6)
+                    ax.text(j, i, f"{v:.3f}" if value.endswith("_drop") else f"{v:.0f}", ha="center", va="center", fontsize=6)
     ax.set_xticks(range(len(mat.columns)))
     ax.set_xticklabels(mat.columns, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(mat.index)))
