@@ -55,7 +55,7 @@ class BuildContext:
         if key not in self._cache:
             wp = _get_field(op.params, dotted)
             try:
-                self._cache[key] = _weights.decode(wp, shape, channel_axis)
+                self._cache[key] = _weights.decode(wp, shape, channel_axis, name=f"{op.name}.{dotted}")
             except ExecutorError:
                 raise
             except Exception as e:  # quantizer errors and shape mismatches

@@ -10,29 +10,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from quantizer import decode_weights
+
 
 def has_values(wp: Any) -> bool:
     """True if the WeightParams message stores any weight values."""
     return bool(len(wp.floatValue) or len(wp.float16Value) or len(wp.rawValue) or len(wp.int8RawValue))
 
 
-def decode(wp: Any, shape: Sequence[int], channel_axis: int = 0) -> np.ndarray:
-    """Decode ``wp`` to a float32 array of ``shape`` (quantizer errors propagate)."""
-    try:
-        from quantizer import decode_weights
-    except ImportError:  # quantizer core not landed yet: float encodings only
-        return _decode_float(wp, shape)
-    return np.asarray(decode_weights(wp, tuple(shape), channel_axis), dtype=np.float32).reshape(tuple(shape))
+def decode(wp: Any, shape: Sequence[int], channel_axis: int = 0, name: str = "weights") -> np.ndarray:
+    """Decode ``wp`` to a C-contiguous float32 array of ``shape`` (quantizer errors propagate).
 
-
-def _decode_float(wp: Any, shape: Sequence[int]) -> np.ndarray:
-    n = int(np.prod(shape, dtype=np.int64))
-    if len(wp.floatValue):
-        a = np.asarray(wp.floatValue, dtype=np.float32)
-    elif len(wp.float16Value):
-        a = np.frombuffer(wp.float16Value, dtype="<f2").astype(np.float32)
-    else:
-        raise ValueError("quantized weights need quantizer.decode_weights")
-    if a.size != n:
-        raise ValueError(f"holds {a.size} values, the layer needs {n} for shape {tuple(shape)}")
-    return a.reshape(tuple(shape))
+    ``channel_axis`` is the axis a per-channel linear scale/bias runs along (1 for
+    deconvolution weights); ``name`` labels error messages (``"layer.field"``).
+    """
+    a = decode_weights(wp, tuple(int(s) for s in shape), channel_axis, name=name)
+    return np.ascontiguousarray(a, dtype=np.float32).reshape(tuple(shape))
