@@ -1,0 +1,405 @@
+"""Codecs: how one weight tensor is compressed, and the math that does it.
+
+A :class:`Codec` is a small immutable value -- ``(mode, nbits, lut_function)``
+-- and :meth:`Codec.encode` turns a float32 tensor into an :class:`Encoded`
+tensor (the bytes and parameters a ``WeightParams`` stores). The math mirrors
+coremltools 9's ``quantization_utils`` exactly, so the bytes are identical:
+
+- ``fp16``: IEEE half precision (``float16Value``).
+- ``linear``: per output channel, ``scale = (max - min) / (2**n - 1)``,
+  ``bias = min``, ``q = round((w - min) * (1 / scale))`` in float64.
+- ``linear_symmetric``: ``scale = max|w| / (2**(n-1) - 1)``,
+  ``bias = -2**(n-1) * scale``, ``q = round((w - bias) / scale)``; 2 to 8 bits
+  (coremltools allows only 8).
+- ``linear_lut``: one LUT ``arange(2**n) * scale + bias`` over the whole tensor.
+- ``kmeans_lut`` (alias ``kmeans``): a k-means LUT (:mod:`quantizer.kmeans`).
+- ``custom_lut``: ``lut_function(nbits, weights) -> (lut, indices)``.
+- ``dequantization``: back to float32 (applied by :mod:`quantizer.plan`, which
+  decodes whatever encoding the tensor has).
+
+Deliberate differences from coremltools (it is wrong in these cases): a channel
+whose scale is tiny but not zero (coremltools maps every value of a channel to
+``q = 0`` when ``scale <= 1e-6``, e.g. an 8-bit channel with a range below
+2.6e-4) is quantized properly; NaN/Inf weights raise instead of being written;
+fp16 rejects only values that overflow half precision (|w| >= 65520) where
+coremltools rejects |w| >= 65504.
+
+>>> import numpy as np
+>>> enc = Codec("linear", 2).encode(np.array([[0, 1, 2, 3]], np.float32), (1, 4))
+>>> enc.data.hex(), enc.scale.tolist(), enc.bias.tolist()
+('1b', [1.0], [0.0])
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import InvalidArgumentError, InvalidWeightsError
+from .kmeans import kmeans_lut
+from .packing import pack_bits
+
+__all__ = [
+    "MODES",
+    "MODE_ALIASES",
+    "VALID_NBITS",
+    "Codec",
+    "Encoded",
+    "normalize_mode",
+    "check_nbits",
+    "linear_quantize",
+    "linear_lut",
+    "fp16_bytes",
+    "validate_custom_lut",
+]
+
+#: Quantization modes, as coremltools names them (``kmeans`` is an alias of ``kmeans_lut``).
+MODES = ("fp16", "linear", "linear_symmetric", "kmeans_lut", "linear_lut", "custom_lut", "dequantization")
+MODE_ALIASES = {"kmeans": "kmeans_lut"}
+VALID_NBITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
+LUT_MODES = ("kmeans_lut", "linear_lut", "custom_lut")
+
+_FP16_OVERFLOW = 65520.0  # the smallest magnitude float16 rounds to infinity
+_CHUNK = 1 << 22  # elements per block in the float64 linear math (bounds temporary memory)
+
+
+def normalize_mode(mode: Any) -> str:
+    """Canonical mode name; raises :class:`InvalidArgumentError` listing the valid ones."""
+    if isinstance(mode, str):
+        m = MODE_ALIASES.get(mode, mode)
+        if m in MODES:
+            return m
+    valid = ", ".join(repr(m) for m in MODES[1:]) + " (or 'kmeans' for kmeans_lut)"
+    raise InvalidArgumentError(f"unknown quantization_mode {mode!r}: use one of {valid}")
+
+
+def check_nbits(nbits: Any) -> int:
+    """Validate ``nbits`` (1-8 or 16) and return it as an int."""
+    if isinstance(nbits, bool) or not isinstance(nbits, (int, np.integer)) or int(nbits) not in VALID_NBITS:
+        raise InvalidArgumentError(
+            f"nbits must be 16 (float16) or an integer from 1 to 8, got {nbits!r}"
+        )
+    return int(nbits)
+
+
+def _function_token(fn: Callable) -> str:
+    """A stable text identity for a LUT function: qualified name plus a hash of its code."""
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__call__", None), "__code__", None)
+    h = hashlib.sha256()
+    if code is not None:
+        h.update(code.co_code)
+        h.update(repr(code.co_consts).encode())
+        h.update(repr(code.co_names).encode())
+    return f"{name}#{h.hexdigest()[:12]}"
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How to compress one weight tensor: ``(mode, nbits, lut_function)``.
+
+    Frozen and hashable. ``nbits=16`` with any quantizing mode is ``fp16``;
+    ``dequantization`` has no nbits. ``lut_function`` is only for
+    ``custom_lut`` (required there).
+
+    >>> Codec("linear", 16) == Codec("fp16")
+    True
+    >>> Codec("kmeans", 4)
+    Codec(mode='kmeans_lut', nbits=4)
+    """
+
+    mode: str
+    nbits: int | None = None
+    lut_function: Callable | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        mode = normalize_mode(self.mode)
+        nbits = self.nbits
+        fn = self.lut_function
+        if mode == "dequantization":
+            nbits, fn_allowed = None, False
+        elif mode == "fp16":
+            if nbits not in (None, 16):
+                raise InvalidArgumentError(f"mode 'fp16' stores 16 bits, got nbits={nbits!r}")
+            nbits, fn_allowed = 16, False
+        else:
+            if nbits is None:
+                raise InvalidArgumentError(f"mode {mode!r} needs nbits (1 to 8, or 16 for float16)")
+            nbits = check_nbits(nbits)
+            if nbits == 16:  # coremltools: 16 bits means float16 whatever the mode
+                mode, fn, fn_allowed = "fp16", None, False
+            else:
+                fn_allowed = mode == "custom_lut"
+        if mode == "linear_symmetric" and nbits == 1:
+            raise InvalidArgumentError(
+                "linear_symmetric needs at least 2 bits (1 bit leaves no level besides -scale*1): "
+                "use nbits 2-8, or 'linear'/'kmeans_lut' for 1 bit"
+            )
+        if mode == "custom_lut":
+            if fn is None:
+                raise InvalidArgumentError(
+                    "quantization_mode 'custom_lut' needs lut_function(nbits, weights) -> (lut, indices)"
+                )
+            if not callable(fn):
+                raise InvalidArgumentError(f"lut_function must be callable, got {type(fn).__name__}")
+        elif fn is not None and not fn_allowed:
+            raise InvalidArgumentError(
+                f"lut_function is only used by quantization_mode 'custom_lut', not {mode!r}: drop it or "
+                "switch the mode"
+            )
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "nbits", nbits)
+        object.__setattr__(self, "lut_function", fn)
+
+    # -- identity ---------------------------------------------------------------------------
+    def token(self) -> str:
+        """Stable text form, e.g. ``linear:8``, ``fp16:16``, ``custom_lut:4:mod.fn#3f2a...``."""
+        base = f"{self.mode}:{self.nbits}" if self.nbits is not None else self.mode
+        if self.lut_function is not None:
+            base += ":" + _function_token(self.lut_function)
+        return base
+
+    def __repr__(self) -> str:
+        extra = f", lut_function={_function_token(self.lut_function)}" if self.lut_function else ""
+        nb = f", nbits={self.nbits}" if self.nbits is not None else ""
+        return f"Codec(mode={self.mode!r}{nb}{extra})"
+
+    @property
+    def quantizes(self) -> bool:
+        """True for the n-bit modes (below 16 bits), where coremltools fuses layers first."""
+        return self.nbits is not None and self.nbits < 16
+
+    @property
+    def min_spec_version(self) -> int:
+        """Core ML specification version the encoded weights need (fp16: 2, n-bit: 3)."""
+        if self.mode == "dequantization":
+            return 1
+        return 2 if self.nbits == 16 else 3
+
+    # -- the work ---------------------------------------------------------------------------
+    def encode(self, values: np.ndarray, shape: tuple[int, ...], channel_axis: int = 0, *, where: str = "") -> "Encoded":
+        """Compress float32 ``values`` (any layout with ``prod(shape)`` elements, row-major).
+
+        ``channel_axis`` is the output-channel axis for per-channel linear
+        scales (0, or 1 for deconvolution); 1-D tensors are one channel.
+        ``where`` names the tensor in error messages (``layer 'fc1' field 'weights'``).
+        """
+        w = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+        shape = tuple(int(s) for s in shape)
+        if int(np.prod(shape)) != w.size:
+            raise InvalidWeightsError(
+                f"{where or 'tensor'} holds {w.size} values but its shape {shape} needs {int(np.prod(shape))}"
+            )
+        _check_finite(w, where)
+        if self.mode == "dequantization":
+            return Encoded("float32", 32, w.tobytes())
+        if self.mode == "fp16":
+            return Encoded("float16", 16, fp16_bytes(w, where))
+        n = self.nbits
+        if self.mode in ("linear", "linear_symmetric"):
+            q, scale, bias = linear_quantize(w, n, shape, channel_axis, symmetric=self.mode == "linear_symmetric")
+            return Encoded("linear", n, pack_bits(q, n), scale=scale.astype(np.float32), bias=bias.astype(np.float32))
+        if self.mode == "linear_lut":
+            lut, q = linear_lut(w, n)
+        elif self.mode == "kmeans_lut":
+            lut, q = kmeans_lut(w, n)
+        else:
+            lut, q = validate_custom_lut(self.lut_function, n, w, shape, where)
+        return Encoded("lut", n, pack_bits(q, n), lut=lut.astype(np.float32))
+
+
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """A tensor in stored form: what to write into a ``WeightParams``.
+
+    ``encoding`` is ``float32`` (``data`` = little-endian float32 bytes),
+    ``float16`` (``float16Value``), ``linear`` (``rawValue`` + per-channel
+    ``scale``/``bias``) or ``lut`` (``rawValue`` + ``lut``).
+    """
+
+    encoding: str
+    nbits: int
+    data: bytes
+    scale: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    lut: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this value holds (for the cache's bound)."""
+        extra = sum(a.nbytes for a in (self.scale, self.bias, self.lut) if a is not None)
+        return len(self.data) + extra + 200
+
+    def write(self, wp: Any) -> None:
+        """Replace the contents of WeightParams ``wp`` with this tensor."""
+        wp.Clear()
+        if self.encoding == "float32":
+            # Building a packed repeated field from bytes is ~1000x faster than extend().
+            wp.MergeFromString(b"\x0a" + _varint(len(self.data)) + self.data if self.data else b"")
+        elif self.encoding == "float16":
+            wp.float16Value = self.data
+        else:
+            q = wp.quantization
+            q.numberOfBits = self.nbits
+            if self.encoding == "linear":
+                q.linearQuantization.scale.extend(self.scale.tolist())
+                q.linearQuantization.bias.extend(self.bias.tolist())
+            else:
+                q.lookupTableQuantization.floatValue.extend(self.lut.tolist())
+            wp.rawValue = self.data
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _check_finite(w: np.ndarray, where: str) -> None:
+    if w.size and not np.isfinite(w).all():
+        bad = ~np.isfinite(w)
+        nan, inf = int(np.isnan(w).sum()), int(bad.sum() - np.isnan(w).sum())
+        first = int(np.flatnonzero(bad)[0])
+        raise InvalidWeightsError(
+            f"{where or 'tensor'} has {nan} NaN and {inf} infinite values (first at flat index {first}): "
+            "fix or retrain the model before quantizing; these cannot be quantized"
+        )
+
+
+def fp16_bytes(w: np.ndarray, where: str = "") -> bytes:
+    """float32 values as little-endian IEEE half bytes (``float16Value``)."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.size:
+        peak = float(max(abs(float(w.min())), abs(float(w.max()))))
+        if peak >= _FP16_OVERFLOW:
+            raise InvalidWeightsError(
+                f"{where or 'tensor'} has a weight of magnitude {peak:g}, beyond float16's range (65504): "
+                "keep this tensor in float32 (a plan entry of None) or use an n-bit mode"
+            )
+    return w.astype("<f2").tobytes()
+
+
+def _channel_view(w: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """``w`` viewed as ``[pre, C, post]`` with the channels on axis 1 (1-D: one channel)."""
+    if len(shape) <= 1:
+        return w.reshape(1, 1, -1)
+    if not 0 <= axis < len(shape):
+        raise InvalidArgumentError(f"channel_axis {axis} is out of range for a tensor of shape {shape}")
+    pre = int(np.prod(shape[:axis]))
+    return w.reshape(pre, shape[axis], -1)
+
+
+def _blocks(w3: np.ndarray):
+    """Yield (index, block) slices of a [pre, C, post] view, each about _CHUNK elements."""
+    pre, c, post = w3.shape
+    if pre > 1:
+        step = max(1, _CHUNK // max(1, c * post))
+        for i in range(0, pre, step):
+            yield (slice(i, i + step), slice(None), slice(None))
+    elif c > 1:
+        step = max(1, _CHUNK // max(1, post))
+        for i in range(0, c, step):
+            yield (slice(None), slice(i, i + step), slice(None))
+    else:
+        for i in range(0, post, _CHUNK):
+            yield (slice(None), slice(None), slice(i, i + _CHUNK))
+
+
+def linear_quantize(
+    w: np.ndarray, nbits: int, shape: tuple[int, ...], channel_axis: int = 0, *, symmetric: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """coremltools' ``_quantize_channelwise_linear``: returns ``(q uint8 flat, scale, bias)`` (float64 [C]).
+
+    Computed in float64 in blocks, so a 20 M-weight tensor needs no 160 MB
+    temporaries.
+    """
+    w32 = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
+    w3 = _channel_view(w32, shape, channel_axis)
+    # min/max of float32 values are exact in float64, so reduce in float32 (4x less memory traffic).
+    a = w3.min(axis=(0, 2)).astype(np.float64)
+    b = w3.max(axis=(0, 2)).astype(np.float64)
+    if symmetric:
+        r = np.maximum(np.abs(a), np.abs(b))
+        scale = r / ((1 << nbits) / 2.0 - 1)
+        bias = -(1 << nbits) / 2.0 * scale
+        mul = None
+    else:
+        qb = (1 << nbits) - 1
+        scale = (b - a) / qb
+        bias = a
+        mul = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+    q3 = np.empty(w3.shape, dtype=np.uint8)
+    for sl in _blocks(w3):
+        blk = w3[sl].astype(np.float64)
+        csl = sl[1]
+        if symmetric:
+            den = scale[csl][None, :, None]
+            num = blk - bias[csl][None, :, None]
+            qf = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+        else:
+            blk -= a[csl][None, :, None]
+            blk *= mul[csl][None, :, None]
+            qf = blk
+        np.round(qf, out=qf)
+        q3[sl] = qf
+    return q3.reshape(-1), scale, bias
+
+
+def linear_lut(w: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """coremltools' ``_get_linear_lookup_table_and_weight``: ``(lut float64 [2**n], q uint8)``."""
+    w = np.asarray(w, dtype=np.float32).reshape(-1)
+    q, scale, bias = linear_quantize(w, nbits, (w.size,), 0)
+    lut = np.arange(1 << nbits) * scale[0] + bias[0]
+    return lut, q
+
+
+def validate_custom_lut(
+    fn: Callable, nbits: int, w: np.ndarray, shape: tuple[int, ...], where: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Call ``fn(nbits, weights)`` as coremltools does (float64 weights of the tensor's
+    shape) and check what it returns: a LUT of exactly ``2**nbits`` finite values
+    (shape ``(2**n,)`` or ``(2**n, 1)``) and one integer index in ``[0, 2**n)`` per weight."""
+    k = 1 << nbits
+    who = where or "tensor"
+    try:
+        out = fn(nbits, w.astype(np.float64).reshape(shape))
+    except Exception as exc:  # the user's function failed: say where
+        raise InvalidArgumentError(f"lut_function failed on {who}: {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise InvalidArgumentError(f"lut_function must return (lut, indices); on {who} it returned {type(out).__name__}")
+    try:
+        lut = np.asarray(out[0], dtype=np.float64)
+        idx = np.asarray(out[1])
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"lut_function returned non-numeric output on {who}: {exc}") from None
+    if lut.shape not in ((k,), (k, 1)):
+        raise InvalidArgumentError(
+            f"lut_function returned a LUT of shape {lut.shape} on {who}; {nbits}-bit quantization needs "
+            f"exactly {k} entries (shape ({k},))"
+        )
+    lut = lut.reshape(k)
+    if not np.isfinite(lut).all():
+        raise InvalidArgumentError(f"lut_function returned a LUT with NaN/Inf entries on {who}")
+    if idx.size != w.size:
+        raise InvalidArgumentError(
+            f"lut_function returned {idx.size} indices on {who}, which holds {w.size} weights (shape {shape})"
+        )
+    idx = idx.reshape(-1)
+    if idx.dtype.kind == "f":
+        if not (np.isfinite(idx).all() and np.array_equal(idx, np.round(idx))):
+            raise InvalidArgumentError(f"lut_function returned non-integer indices on {who}")
+    elif idx.dtype.kind not in "iub":
+        raise InvalidArgumentError(f"lut_function returned indices of dtype {idx.dtype} on {who}; need integers")
+    if idx.size and (idx.min() < 0 or idx.max() >= k):
+        raise InvalidArgumentError(
+            f"lut_function returned indices in [{idx.min()}, {idx.max()}] on {who}; they must lie in [0, {k - 1}]"
+        )
+    return lut, idx.astype(np.uint8)
