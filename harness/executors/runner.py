@@ -106,17 +106,19 @@ def iter_layers(layers: Iterable[Any]) -> Iterator[Any]:
 
 
 def check_supported(layers: Iterable[Any], model_name: str = "model") -> None:
-    """Raise :class:`UnsupportedLayerError` for the first layer the registry cannot run."""
+    """Raise :class:`UnsupportedLayerError` naming every layer (and its type) the registry cannot run."""
     ops = load_ops()
-    for layer in iter_layers(layers):
-        t = layer.WhichOneof("layer")
-        if t not in ops:
-            what = "has no layer type set" if t is None else f"has type {t!r}, which the numpy executor does not implement"
-            raise UnsupportedLayerError(
-                f"{model_name}: layer {layer.name!r} {what}. Supported layer types: "
-                f"{', '.join(supported_layer_types())}. Use the Core ML executor on macOS "
-                f"(executor=coreml) or add an op in harness/executors/ops/."
-            )
+    bad = [(layer.name, layer.WhichOneof("layer")) for layer in iter_layers(layers) if layer.WhichOneof("layer") not in ops]
+    if not bad:
+        return
+    shown = ", ".join(f"{n!r} ({'no type set' if t is None else repr(t)})" for n, t in bad[:10])
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    what = "layer" if len(bad) == 1 else f"{len(bad)} layers"
+    raise UnsupportedLayerError(
+        f"{model_name}: the numpy executor does not implement the type of {what} {shown}{more}. "
+        f"Supported layer types: {', '.join(supported_layer_types())}. Use the Core ML executor on "
+        f"macOS (executor=coreml) or add an op in harness/executors/ops/."
+    )
 
 
 def compile_network(layers: Iterable[Any], ctx: BuildContext) -> Network:

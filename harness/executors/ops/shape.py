@@ -1,5 +1,5 @@
-"""Data reorganisation: flatten, flattenTo2D, reshape (legacy), permute, concat, split,
-padding, crop, tile, sequenceRepeat.
+"""Data reorganisation (legacy layers): flatten, reshape, permute, concat, split,
+padding, crop, sequenceRepeat. (flattenTo2D and tile live with the ND layers in tensor_nd.py.)
 
 Shapes in params are per sample (see :mod:`harness.executors.ops.base`); the
 sample axis is kept in front.
@@ -32,24 +32,6 @@ class Flatten(Op):
         if self.channel_last:
             x = np.swapaxes(np.swapaxes(x, -3, -2), -2, -1)  # (..., H, W, C)
         return x.reshape(x.shape[:-3] + (-1, 1, 1))
-
-
-@register("flattenTo2D")
-class FlattenTo2D(Op):
-    """``(d0..dk-1, dk..) -> (prod(d0..dk-1), prod(dk..))`` for ``axis`` = k (negative allowed)."""
-
-    n_inputs = 1
-
-    def build(self, params, ctx) -> None:
-        self.axis = int(params.axis)
-
-    def run(self, x):
-        r = rank(x)
-        a = self.axis + r if self.axis < 0 else self.axis
-        if not 0 <= a <= r:
-            raise self.error(f"axis {self.axis} is out of range for a rank-{r} input")
-        s = x.shape[1:]
-        return x.reshape(x.shape[0], int(np.prod(s[:a], dtype=np.int64)), int(np.prod(s[a:], dtype=np.int64)))
 
 
 @register("reshape")
@@ -194,27 +176,6 @@ class Crop(Op):
         if t + b >= h or l + r >= w:
             raise self.error(f"crop amounts {self.amounts} leave nothing of the input {h}x{w}")
         return x[..., t: h - b, l: w - r]
-
-
-@register("tile")
-class Tile(Op):
-    """Repeat the input ``reps`` times per axis (reps from params, or a second input)."""
-
-    n_inputs = (1, 2)
-
-    def build(self, params, ctx) -> None:
-        self.reps = tuple(int(v) for v in params.reps)
-
-    def run(self, x, reps_blob=None):
-        reps = self.reps
-        if reps_blob is not None:
-            reps = tuple(int(v) for v in np.asarray(reps_blob[0]).ravel())
-        r = rank(x)
-        if len(reps) > r:
-            x = x.reshape((x.shape[0],) + (1,) * (len(reps) - r) + x.shape[1:])
-        elif len(reps) < r:
-            reps = (1,) * (r - len(reps)) + reps
-        return np.tile(x, (1,) + reps)
 
 
 @register("sequenceRepeat")
