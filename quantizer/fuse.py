@@ -120,7 +120,8 @@ def _networks_with_models(spec: Any) -> Iterator[tuple[Any, Any]]:
     if kind in NN_TYPES:
         yield spec, getattr(spec, kind)
     elif kind in PIPELINE_TYPES:
-        for sub in getattr(spec, kind).pipeline.models:
+        container = getattr(spec, kind)  # Pipeline, or PipelineClassifier/Regressor holding one
+        for sub in (container if kind == "pipeline" else container.pipeline).models:
             yield from _networks_with_models(sub)
 
 

@@ -131,7 +131,8 @@ def neural_networks(spec: Any, *, source: str = "the model") -> list[Any]:
         return [getattr(spec, kind)]
     if kind in PIPELINE_TYPES:
         nets: list[Any] = []
-        for sub in getattr(spec, kind).pipeline.models:
+        container = getattr(spec, kind)  # Pipeline, or PipelineClassifier/Regressor holding one
+        for sub in (container if kind == "pipeline" else container.pipeline).models:
             sub_kind = sub.WhichOneof("Type")
             if sub_kind in NN_TYPES or sub_kind in PIPELINE_TYPES:
                 nets.extend(neural_networks(sub, source=source))

@@ -455,16 +455,29 @@ def _channel(v: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def reference_predict(spec: Spec, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Evaluate a rank-5-mapped model made of convolution/deconvolution (valid,
-    stride 1), innerProduct, batchnorm, scale, bias and ReLU layers in float64.
+    stride 1), innerProduct, batchnorm, scale, bias, ReLU, copy and fixed-count
+    loop layers in float64.
 
     ``feeds`` arrays carry a leading batch axis: ``[N, C, H, W]`` or ``[N, C]``.
     Weights are decoded with :func:`quantizer.decode_weights` (any encoding).
     """
+    blobs = {k: np.asarray(v, dtype=np.float64) for k, v in feeds.items()}
+    _run(spec.neuralNetwork.layers, blobs)
+    return {f.name: blobs[f.name] for f in spec.description.output}
+
+
+def _run(layers: Any, blobs: dict[str, np.ndarray]) -> None:
     import quantizer
 
-    blobs = {k: np.asarray(v, dtype=np.float64) for k, v in feeds.items()}
-    for layer in spec.neuralNetwork.layers:
+    for layer in layers:
         kind = layer.WhichOneof("layer")
+        if kind == "loop":
+            p = layer.loop
+            if p.conditionVar or p.conditionNetwork.layers:
+                raise NotImplementedError("reference_predict: loops with a condition")
+            for _ in range(p.maxLoopIterations):
+                _run(p.bodyNetwork.layers, blobs)
+            continue
         x = blobs[layer.input[0]]
         weights = {f: quantizer.decode_weights(wp, shape, axis).astype(np.float64)
                    for f, (wp, shape, axis) in quantizer.layer_weights(layer).items()}
@@ -495,10 +508,11 @@ def reference_predict(spec: Spec, feeds: dict[str, np.ndarray]) -> dict[str, np.
             y = x + _channel(weights["bias"].reshape(tuple(layer.bias.shape)), x)
         elif kind == "activation" and layer.activation.WhichOneof("NonlinearityType") == "ReLU":
             y = np.maximum(x, 0)
+        elif kind == "copy":
+            y = x.copy()
         else:
             raise NotImplementedError(f"reference_predict: layer {layer.name!r} of type {kind}")
         blobs[layer.output[0]] = y
-    return {f.name: blobs[f.name] for f in spec.description.output}
 
 
 # ----------------------------------------------------------------------------- protobuf diff
