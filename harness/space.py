@@ -1,0 +1,338 @@
+"""The search space of a uniform sweep: lists of codec and selector values -> settings -> plans.
+
+A :class:`Setting` is one point: global ``nbits`` and ``mode`` plus the layer
+selector thresholds. :meth:`SearchSpace.from_config` validates the lists
+(``search.space`` and ``selector`` in the config; a wrong value raises a
+:class:`~harness.errors.ConfigError` naming the key), :meth:`SearchSpace.grid`
+enumerates the valid points and reports the invalid combinations it dropped,
+and :func:`build_plan` compiles a setting to a :class:`quantizer.QuantPlan` for
+a model. Trial parameters are scalars (Optuna categorical choices):
+``skip_layer_types`` is written ``none`` or ``batchnorm+bias``.
+
+Example:
+    >>> space = SearchSpace(nbits=(8, 1), modes=("linear", "linear_symmetric"))
+    >>> points, dropped = space.grid()
+    >>> [(s.nbits, s.mode) for s in points]
+    [(8, 'linear'), (8, 'linear_symmetric'), (1, 'linear')]
+    >>> dropped[0].reason
+    'linear_symmetric needs at least 2 bits (one sign bit and one magnitude bit)'
+"""
+from __future__ import annotations
+
+import importlib
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from harness.errors import ConfigError
+
+#: Modes a sweep may search (coremltools' quantize_weights modes).
+SWEEP_MODES = ("linear", "linear_symmetric", "kmeans_lut", "linear_lut", "custom_lut")
+#: Bit widths: 16 (float16, mode ignored) and 1..8.
+VALID_NBITS = (16, 8, 7, 6, 5, 4, 3, 2, 1)
+#: Layer types a selector may skip (coremltools' list, plus depthwiseConv and bias fields).
+SKIPPABLE_LAYER_TYPES = (
+    "convolution", "innerProduct", "embedding", "embeddingND", "batchnorm", "scale", "bias",
+    "loadConstant", "loadConstantND", "simpleRecurrent", "gru", "uniDirectionalLSTM",
+    "biDirectionalLSTM", "batchedMatmul", "depthwiseConv", "loop", "branch",
+)
+SELECTOR_KEYS = ("skip_layer_types", "minimum_conv_kernel_channels", "minimum_conv_weight_count",
+                 "minimum_matrix_weight_count")
+
+
+def encode_skip(types: Sequence[str]) -> str:
+    """``()`` -> ``'none'``; ``('bias', 'batchnorm')`` -> ``'batchnorm+bias'`` (sorted)."""
+    return "+".join(sorted(types)) if types else "none"
+
+
+def decode_skip(text: str) -> tuple[str, ...]:
+    """Inverse of :func:`encode_skip`."""
+    return () if text in ("", "none") else tuple(sorted(text.split("+")))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One uniform setting: a codec for every selected weight, float for the rest."""
+
+    nbits: int
+    mode: str
+    skip_layer_types: tuple[str, ...] = ()
+    minimum_conv_kernel_channels: int = 0
+    minimum_conv_weight_count: int = 0
+    minimum_matrix_weight_count: int = 0
+
+    def params(self) -> dict[str, int | str]:
+        """Optuna parameters (scalars)."""
+        d = asdict(self)
+        d["skip_layer_types"] = encode_skip(self.skip_layer_types)
+        return d
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "Setting":
+        """Inverse of :meth:`params` (missing selector keys take their neutral value)."""
+        return cls(
+            nbits=int(params["nbits"]), mode=str(params["mode"]),
+            skip_layer_types=decode_skip(str(params.get("skip_layer_types", "none"))),
+            minimum_conv_kernel_channels=int(params.get("minimum_conv_kernel_channels", 0)),
+            minimum_conv_weight_count=int(params.get("minimum_conv_weight_count", 0)),
+            minimum_matrix_weight_count=int(params.get("minimum_matrix_weight_count", 0)),
+        )
+
+    @property
+    def label(self) -> str:
+        """A short file-name-safe description, e.g. ``kmeans_lut-4bit`` or ``fp16``."""
+        base = "fp16" if self.nbits == 16 else f"{self.mode}-{self.nbits}bit"
+        sel = []
+        if self.skip_layer_types:
+            sel.append("skip-" + "+".join(self.skip_layer_types))
+        if self.minimum_conv_kernel_channels:
+            sel.append(f"convch{self.minimum_conv_kernel_channels}")
+        if self.minimum_conv_weight_count:
+            sel.append(f"convw{self.minimum_conv_weight_count}")
+        if self.minimum_matrix_weight_count:
+            sel.append(f"matw{self.minimum_matrix_weight_count}")
+        return "_".join([base] + sel)
+
+    @property
+    def selects_all(self) -> bool:
+        """True when the selector quantizes every quantizable weight."""
+        return not (self.skip_layer_types or self.minimum_conv_kernel_channels
+                    or self.minimum_conv_weight_count or self.minimum_matrix_weight_count)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A grid point removed before the run, and why."""
+
+    nbits: int
+    mode: str
+    reason: str
+
+
+def codec_problem(nbits: int, mode: str, lut_function: Callable | None) -> str | None:
+    """Why ``(nbits, mode)`` cannot be used, or None when it can.
+
+    16 bits means float16 whatever the mode (as in coremltools). The quantizer's
+    :class:`quantizer.Codec` is asked too, so its own rules apply.
+    """
+    if mode == "custom_lut" and lut_function is None:
+        return "custom_lut needs search.space.lut_function (the import path of a LUT function)"
+    if nbits == 16:
+        return None
+    if mode == "linear_symmetric" and nbits < 2:
+        return "linear_symmetric needs at least 2 bits (one sign bit and one magnitude bit)"
+    try:
+        import quantizer
+
+        codec_cls = getattr(quantizer, "Codec", None)
+    except ImportError:  # pragma: no cover
+        codec_cls = None
+    if codec_cls is not None:
+        from quantizer.errors import QuantizerError
+
+        try:
+            codec_cls(mode, nbits, lut_function) if mode == "custom_lut" else codec_cls(mode, nbits)
+        except (QuantizerError, ValueError, TypeError) as e:
+            return str(e)
+    return None
+
+
+def resolve_lut_function(spec: Any, key: str = "search.space.lut_function") -> tuple[Callable | None, str | None]:
+    """Import a custom LUT function: an import path or a ``{_target_: ...}`` node -> (function, name)."""
+    if spec is None:
+        return None, None
+    if isinstance(spec, str):
+        module, _, name = spec.rpartition(".")
+        if not module:
+            raise ConfigError(f"{key}={spec!r} is not an import path; write package.module.function.")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except ImportError as e:
+            raise ConfigError(f"{key}={spec!r}: cannot import module {module!r} ({e}).") from None
+        except AttributeError:
+            raise ConfigError(f"{key}={spec!r}: module {module!r} has no attribute {name!r}.") from None
+        if not callable(fn):
+            raise ConfigError(f"{key}={spec!r} is not callable.")
+        return fn, spec
+    if isinstance(spec, Mapping) and "_target_" in spec:
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        try:
+            fn = instantiate(spec)
+        except Exception as e:
+            raise ConfigError(f"{key}: cannot instantiate {dict(spec)!r}: {e}") from None
+        if not callable(fn):
+            raise ConfigError(f"{key}: {spec['_target_']!r} did not give a callable; add _partial_: true "
+                              "to pass the function itself with bound keyword arguments.")
+        node = OmegaConf.to_container(spec) if not isinstance(spec, dict) else spec
+        return fn, json_name(node)
+    raise ConfigError(f"{key} must be an import path string or a node with _target_, got {spec!r}.")
+
+
+def json_name(node: Mapping[str, Any]) -> str:
+    import json
+
+    return json.dumps(node, sort_keys=True, default=str)
+
+
+def _int_list(values: Iterable[Any], key: str, minimum: int = 0) -> tuple[int, ...]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"{key} must list integers >= {minimum}, got {v!r}.")
+        out.append(int(v))
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Lists of candidate values; every combination is a point (see :meth:`grid`)."""
+
+    nbits: tuple[int, ...]
+    modes: tuple[str, ...]
+    skip_layer_types: tuple[tuple[str, ...], ...] = ((),)
+    minimum_conv_kernel_channels: tuple[int, ...] = (0,)
+    minimum_conv_weight_count: tuple[int, ...] = (0,)
+    minimum_matrix_weight_count: tuple[int, ...] = (0,)
+    lut_function: Callable | None = field(default=None, compare=False)
+    lut_function_name: str | None = None
+
+    @classmethod
+    def from_config(cls, space: Any, selector: Any) -> "SearchSpace":
+        """Validate ``search.space`` and ``selector`` config nodes (lists) and build the space.
+
+        Raises:
+            ConfigError: an empty list, an unknown mode or layer type, or nbits
+                outside 16 and 1..8 (the message names the key and the valid values).
+        """
+        nbits = list(space.nbits)
+        modes = [str(m) for m in space.mode]
+        if not nbits:
+            raise ConfigError("search.space.nbits is empty: list at least one of 16, 8, 7, ..., 1.")
+        if not modes:
+            raise ConfigError(f"search.space.mode is empty: list at least one of {', '.join(SWEEP_MODES)}.")
+        bad = [n for n in nbits if isinstance(n, bool) or n not in VALID_NBITS]
+        if bad:
+            raise ConfigError(f"search.space.nbits has {bad}; valid values are 16 (float16) and 1..8.")
+        bad_modes = [m for m in modes if m not in SWEEP_MODES]
+        if bad_modes:
+            raise ConfigError(f"search.space.mode has {bad_modes}; valid modes are {', '.join(SWEEP_MODES)}.")
+        skips = []
+        for i, entry in enumerate(selector.skip_layer_types):
+            entry = [str(t) for t in entry]
+            unknown = [t for t in entry if t not in SKIPPABLE_LAYER_TYPES]
+            if unknown:
+                raise ConfigError(f"selector.skip_layer_types[{i}] has unknown layer type(s) {unknown}; "
+                                  f"valid: {', '.join(SKIPPABLE_LAYER_TYPES)}.")
+            skips.append(tuple(sorted(set(entry))))
+        lists = {k: list(getattr(selector, k)) for k in SELECTOR_KEYS}
+        for k, v in lists.items():
+            if not v:
+                raise ConfigError(f"selector.{k} is empty: list at least one value "
+                                  f"({'[[]] to skip nothing' if k == 'skip_layer_types' else '[0] for no minimum'}).")
+        fn, name = resolve_lut_function(space.lut_function)
+        return cls(
+            nbits=tuple(dict.fromkeys(int(n) for n in nbits)),
+            modes=tuple(dict.fromkeys(modes)),
+            skip_layer_types=tuple(dict.fromkeys(skips)),
+            minimum_conv_kernel_channels=_int_list(lists["minimum_conv_kernel_channels"],
+                                                   "selector.minimum_conv_kernel_channels"),
+            minimum_conv_weight_count=_int_list(lists["minimum_conv_weight_count"], "selector.minimum_conv_weight_count"),
+            minimum_matrix_weight_count=_int_list(lists["minimum_matrix_weight_count"],
+                                                  "selector.minimum_matrix_weight_count"),
+            lut_function=fn, lut_function_name=name,
+        )
+
+    def dimensions(self) -> dict[str, list[int | str]]:
+        """Optuna categorical choices per parameter."""
+        return {
+            "nbits": list(self.nbits),
+            "mode": list(self.modes),
+            "skip_layer_types": [encode_skip(s) for s in self.skip_layer_types],
+            "minimum_conv_kernel_channels": list(self.minimum_conv_kernel_channels),
+            "minimum_conv_weight_count": list(self.minimum_conv_weight_count),
+            "minimum_matrix_weight_count": list(self.minimum_matrix_weight_count),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description (recorded with the study)."""
+        d: dict[str, Any] = dict(self.dimensions())
+        d["lut_function"] = self.lut_function_name
+        return d
+
+    def problem(self, setting: Setting) -> str | None:
+        """Why ``setting`` is invalid, or None."""
+        return codec_problem(setting.nbits, setting.mode, self.lut_function)
+
+    def grid(self) -> tuple[list[Setting], list[Dropped]]:
+        """Every valid combination (in list order) and the dropped (nbits, mode) pairs with reasons."""
+        dropped: list[Dropped] = []
+        ok_codecs = []
+        for nbits, mode in itertools.product(self.nbits, self.modes):
+            why = codec_problem(nbits, mode, self.lut_function)
+            if why is None:
+                ok_codecs.append((nbits, mode))
+            else:
+                dropped.append(Dropped(nbits, mode, why))
+        points = [
+            Setting(n, m, skip, ch, cw, mw)
+            for (n, m), skip, ch, cw, mw in itertools.product(
+                ok_codecs, self.skip_layer_types, self.minimum_conv_kernel_channels,
+                self.minimum_conv_weight_count, self.minimum_matrix_weight_count)
+        ]
+        return points, dropped
+
+    def grid_size(self) -> int:
+        """Number of combinations before invalid ones are dropped."""
+        return (len(self.nbits) * len(self.modes) * len(self.skip_layer_types) * len(self.minimum_conv_kernel_channels)
+                * len(self.minimum_conv_weight_count) * len(self.minimum_matrix_weight_count))
+
+
+# -- settings -> plans ------------------------------------------------------------------------
+_MATRIX_TYPES = ("innerProduct", "batchedMatmul")
+
+
+def make_selector(setting: Setting) -> Any:
+    """A quantizer layer selector implementing ``setting``'s thresholds (None: select all)."""
+    if setting.selects_all:
+        return None
+    import quantizer
+
+    base = quantizer.AdvancedQuantizedLayerSelector
+
+    class _SweepSelector(base):  # type: ignore[misc, valid-type]
+        """AdvancedQuantizedLayerSelector plus a minimum weight count for matrix layers."""
+
+        def __init__(self, minimum_matrix_weight_count: int, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.minimum_matrix_weight_count = minimum_matrix_weight_count
+
+        def do_quantize(self, layer: Any, weight_param: Any = None, **kwargs: Any) -> bool:
+            if not super().do_quantize(layer, weight_param, **kwargs):
+                return False
+            kind = layer.WhichOneof("layer")
+            if self.minimum_matrix_weight_count and kind in _MATRIX_TYPES and weight_param in (None, "weights"):
+                p = getattr(layer, kind)
+                if kind == "innerProduct":
+                    count = p.inputChannels * p.outputChannels
+                else:
+                    count = p.weightMatrixFirstDimension * p.weightMatrixSecondDimension
+                return count >= self.minimum_matrix_weight_count
+            return True
+
+    return _SweepSelector(
+        setting.minimum_matrix_weight_count,
+        skip_layer_types=list(setting.skip_layer_types),
+        minimum_conv_kernel_channels=setting.minimum_conv_kernel_channels,
+        minimum_conv_weight_count=setting.minimum_conv_weight_count,
+    )
+
+
+def build_plan(model: Any, setting: Setting, lut_function: Callable | None = None) -> Any:
+    """Compile ``setting`` to a :class:`quantizer.QuantPlan` for ``model``."""
+    import quantizer
+
+    mode = setting.mode
+    return quantizer.build_plan(model, setting.nbits, mode, selector=make_selector(setting),
+                                lut_function=lut_function if mode == "custom_lut" else None)
