@@ -1,0 +1,68 @@
+"""``batchedMatmul``: two dynamic inputs (numpy matmul broadcasting) or one input times stored weights.
+
+Two inputs: the matrices are the last two per-sample axes, leading axes
+broadcast (ranks are aligned behind the sample axis first). A rank-1 ``a``
+becomes ``(1, D)`` and a rank-1 ``b`` becomes ``(D, 1)``; unlike numpy, the
+added axis stays in the output, whose rank is ``max(2, rank a, rank b)``
+(NeuralNetwork.proto). ``transposeA``/``transposeB`` swap the last two axes.
+
+One input: ``y = a @ W + bias`` over the last axis, output rank = input rank.
+``W`` is ``[X1, X2]`` (X1 = ``weightMatrixFirstDimension``, the input's last
+dim; X2 = ``weightMatrixSecondDimension``) but is *stored column-major*, i.e.
+as the row-major array ``(X2, X1)`` — coremltools' builder writes
+``W.T.flatten()``, and ``quantizer.layer_weights`` reports the shape
+``(X2, X1)`` with channels on axis 0. int8 dynamic-quantized weights decode
+to ``int8 * scale`` and run in float32 (the layer's own bias is added).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from harness.executors.ops.base import Op, align_ranks, f32, rank
+from harness.executors.registry import register
+
+
+@register("batchedMatmul")
+class BatchedMatmul(Op):
+    """``a @ b`` (two inputs) or ``a @ W + bias`` (one input, stored weights)."""
+
+    n_inputs = (1, 2)
+
+    def build(self, params, ctx) -> None:
+        self.ta, self.tb = bool(params.transposeA), bool(params.transposeB)
+        self.w = self.b = None
+        if len(self.inputs) == 1:
+            x1, x2 = int(params.weightMatrixFirstDimension), int(params.weightMatrixSecondDimension)
+            if x1 <= 0 or x2 <= 0:
+                raise self.error(f"one input needs weightMatrixFirstDimension/SecondDimension > 0, got ({x1}, {x2})")
+            self.x1, self.x2 = x1, x2
+            self.w = np.ascontiguousarray(self.weights("weights", (x2, x1), 0).T)  # (X1, X2)
+            self.b = self.weights("bias", (x2,), 0) if params.hasBias else None
+
+    def run(self, a, b=None):
+        if b is None:
+            return self._weights(f32(a))
+        a, b = f32(a), f32(b)
+        a_vec, b_vec = rank(a) == 1, rank(b) == 1
+        if a_vec:
+            a = a[:, None, :]
+        if b_vec:
+            b = b[:, :, None]
+        if self.ta and not a_vec:
+            a = np.swapaxes(a, -1, -2)
+        if self.tb and not b_vec:
+            b = np.swapaxes(b, -1, -2)
+        a, b = align_ranks(a, b)
+        if a.shape[-1] != b.shape[-2]:
+            raise self.error(f"inner dimensions differ: a is (..., {a.shape[-2]}, {a.shape[-1]}), "
+                             f"b is (..., {b.shape[-2]}, {b.shape[-1]}) after transposes")
+        return np.matmul(a, b)
+
+    def _weights(self, a: np.ndarray) -> np.ndarray:
+        if a.shape[-1] != self.x1:
+            raise self.error(f"the input's last dim is {a.shape[-1]} (per-sample shape {tuple(a.shape[1:])}), "
+                             f"the weights expect weightMatrixFirstDimension={self.x1}")
+        y = a @ self.w
+        if self.b is not None:
+            y += self.b
+        return y

@@ -1,0 +1,67 @@
+"""Mean/variance normalizations: ``mvn`` (legacy, used for layer norm by the converter) and ``layerNormalization``.
+
+Both compute ``(x - mean) / sqrt(var + eps)`` with the biased variance over
+the normalized axes (two-pass, float32), which is what PyTorch's
+``layer_norm`` computes; the converter turns ``nn.LayerNorm`` into
+``reshapeStatic -> mvn -> scale -> reshapeStatic``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from harness.executors.ops.base import F32, Op, f32, rank
+from harness.executors.registry import register
+
+
+def normalize(x: np.ndarray, axes: tuple[int, ...], eps: float, variance: bool = True) -> np.ndarray:
+    """Subtract the mean over numpy ``axes`` and (if ``variance``) divide by ``sqrt(var + eps)``."""
+    x = f32(x)
+    d = x - x.mean(axis=axes, keepdims=True, dtype=F32)
+    if not variance:
+        return d
+    var = np.mean(d * d, axis=axes, keepdims=True, dtype=F32)
+    return (d / np.sqrt(var + F32(eps))).astype(F32)
+
+
+@register("mvn")
+class MVN(Op):
+    """Normalize over (H, W) per channel, or over (C, H, W) with ``acrossChannels``; eps defaults to 1e-6."""
+
+    n_inputs = 1
+
+    def build(self, params, ctx) -> None:
+        self.across = bool(params.acrossChannels)
+        self.variance = bool(params.normalizeVariance)
+        self.eps = float(params.epsilon) or 1e-6
+
+    def run(self, x):
+        if rank(x) < 3:
+            raise self.error(f"needs an input of rank >= 3 (..., C, H, W), got rank {rank(x)}")
+        axes = (-3, -2, -1) if self.across else (-2, -1)
+        return normalize(x, tuple(a % x.ndim for a in axes), self.eps, self.variance)
+
+
+@register("layerNormalization")
+class LayerNormalization(Op):
+    """Normalize over the trailing ``normalizedShape`` axes, then ``* gamma + beta`` (both of that shape)."""
+
+    n_inputs = 1
+
+    def build(self, params, ctx) -> None:
+        self.shape = tuple(int(s) for s in params.normalizedShape)
+        if not self.shape or any(s <= 0 for s in self.shape):
+            raise self.error(f"normalizedShape {list(self.shape)} must be a non-empty list of positive sizes")
+        self.eps = float(params.eps)
+        self.gamma = self.weights("gamma", self.shape, 0) if self.has_weights("gamma") else None
+        self.beta = self.weights("beta", self.shape, 0) if self.has_weights("beta") else None
+
+    def run(self, x):
+        k = len(self.shape)
+        if rank(x) < k or tuple(x.shape[-k:]) != self.shape:
+            raise self.error(f"the input's trailing dims {tuple(x.shape[1:])} do not end in normalizedShape {self.shape}")
+        y = normalize(x, tuple(range(x.ndim - k, x.ndim)), self.eps)
+        if self.gamma is not None:
+            y = y * self.gamma
+        if self.beta is not None:
+            y = y + self.beta
+        return y.astype(F32)
