@@ -344,6 +344,38 @@ def _slice(op: Op, x: np.ndarray, sl: tuple[slice, ...], squeeze: Sequence[bool]
     return y
 
 
+@register("slice")
+class Slice(Op):
+    """Legacy slice ``x[start:end:stride]`` on axis -3 (CHANNEL), -2 (HEIGHT) or -1 (WIDTH).
+
+    The converter emits it for a ``slice_by_index`` that cuts one of those
+    axes (e.g. the GRU loop's output buffer). Indices follow Python/numpy
+    (negative ones count from the end; ``end`` is exclusive).
+    """
+
+    n_inputs = 1
+    AXES = {0: -3, 1: -2, 2: -1}
+
+    def build(self, params, ctx) -> None:
+        if int(params.axis) not in self.AXES:
+            raise self.error(f"axis {params.axis} is not CHANNEL (0), HEIGHT (1) or WIDTH (2)")
+        self.axis = self.AXES[int(params.axis)]
+        self.sl = slice(int(params.startIndex), int(params.endIndex), int(params.stride) or 1)
+        if self.sl.step < 0:
+            raise self.error(f"stride {params.stride} must be positive")
+
+    def run(self, x):
+        if rank(x) < -self.axis:
+            raise self.error(f"slicing axis {self.axis} needs an input of rank >= {-self.axis}, got rank {rank(x)}")
+        idx = [slice(None)] * x.ndim
+        idx[self.axis] = self.sl
+        y = x[tuple(idx)]
+        if y.shape[self.axis] == 0:
+            raise self.error(f"slice {self.sl.start}:{self.sl.stop}:{self.sl.step} of an axis of length "
+                             f"{x.shape[self.axis]} is empty")
+        return y
+
+
 @register("sliceStatic")
 class SliceStatic(Op):
     """``x[begin:end:stride]`` on every axis (masks select the full range; squeezeMasks drop axes)."""
