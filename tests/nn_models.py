@@ -232,6 +232,16 @@ def _branch(name: str = "branch") -> Spec:
     return b.spec
 
 
+def _updatable_flags(name: str = "innerProduct_updatable") -> Spec:
+    """An innerProduct whose layer and weights carry ``isUpdatable`` (must survive quantization)."""
+    spec = _inner_product(name)
+    layer = spec.neuralNetwork.layers[0]
+    layer.isUpdatable = True
+    layer.innerProduct.weights.isUpdatable = True
+    layer.innerProduct.bias.isUpdatable = True
+    return spec
+
+
 def _classifier(name: str = "classifier") -> Spec:
     rng = rng_for(name)
     b = NeuralNetworkBuilder([("data", datatypes.Array(12))], [("probs", None)], mode="classifier")
@@ -269,6 +279,7 @@ LAYER_MODELS: dict[str, Callable[[], Spec]] = {
     "loop": _loop,
     "branch": _branch,
     "classifier": _classifier,
+    "innerProduct_updatable": _updatable_flags,
 }
 
 
