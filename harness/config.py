@@ -118,6 +118,8 @@ class SearchConfig:
     is the seconds this worker may spend starting trials. ``max_accuracy_drop``
     reports the smallest model whose task metric is within that drop of the
     float model. ``fuse`` applies coremltools' pre-quantization fusions.
+    ``options`` holds settings of one search kind (e.g. ``mixed``, ``sensitivity``;
+    each validates its own keys and names an unknown one).
     """
 
     kind: str = "grid"
@@ -128,6 +130,7 @@ class SearchConfig:
     sampler: Dict[str, Any] = field(default_factory=dict)
     fuse: bool = True
     wait_for_others: bool = True
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

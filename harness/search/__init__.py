@@ -9,6 +9,10 @@ new module and one entry here.
   so concurrent workers never repeat one.
 * ``tpe``, ``nsga2``, ``random`` (:mod:`.sampled`): Optuna samplers within
   ``search.n_trials`` / ``search.timeout``.
+* ``sensitivity`` (:mod:`harness.sensitivity`): each layer x codec alone.
+* ``mixed`` (:mod:`harness.mixed`): one codec per layer, Optuna-searched.
+
+An entry whose module contains a dot is an absolute module path.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ STRATEGIES: dict[str, str] = {
     "tpe": "sampled:SamplerSearch",
     "nsga2": "sampled:SamplerSearch",
     "random": "sampled:SamplerSearch",
+    "sensitivity": "harness.sensitivity:SensitivitySearch",
+    "mixed": "harness.mixed:MixedSearch",
 }
 
 
@@ -33,7 +39,7 @@ def strategy_class(kind: str) -> type[SearchStrategy]:
         raise ConfigError(f"search.kind={kind!r} is not a search kind; choose one of {', '.join(STRATEGIES)} "
                           f"(e.g. search={next(iter(STRATEGIES))}).")
     module, _, name = target.partition(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
 
 
 def make_strategy(ctx: SearchContext) -> SearchStrategy:
