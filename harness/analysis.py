@@ -10,7 +10,7 @@ over this module.
 >>> run = analysis.load_run("outputs/2024-01-01/12-00-00")        # doctest: +SKIP
 >>> run.baseline                                                  # doctest: +SKIP
 {'size_bytes': 331522, 'accuracy': 0.9694}
->>> analysis.best_within_drop(run.trials, run.metric, run.baseline[run.metric], 0.01)  # doctest: +SKIP
+>>> run.best_within(0.01)                                        # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ __all__ = [
     "compare_runs",
     "layer_encodings",
     "encoding_label",
+    "layer_encodings_from_column",
     "drop_column",
     "sensitivity_matrix",
     "sensitivity_ranking",
@@ -83,7 +84,19 @@ class RunData:
     baseline: dict[str, Any]
     max_accuracy_drop: float | None
     sensitivity: pd.DataFrame | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    maximize: bool = True
+
+    @property
+    def complete(self) -> pd.DataFrame:
+        """The finished trials (see :func:`complete_trials`)."""
+        return complete_trials(self.trials)
+
+    def best_within(self, max_drop: float) -> pd.Series | None:
+        """The smallest finished trial within ``max_drop`` of the float metric (None if none)."""
+        if self.metric not in self.baseline:
+            return None
+        return best_within_drop(self.complete, self.metric, float(self.baseline[self.metric]), max_drop,
+                                maximize=self.maximize)
 
     @property
     def name(self) -> str:
@@ -210,7 +223,7 @@ def load_run(path: str | Path) -> RunData:
     if (p / "pareto.csv").is_file():
         pareto = _read_csv(p / "pareto.csv")
     elif not trials.empty and {"size_bytes", metric} <= set(trials.columns):
-        pareto = pareto_front(complete_trials(trials), metric)
+        pareto = pareto_front(complete_trials(trials), metric, maximize=summary.get("direction", "maximize") != "minimize")
     else:
         pareto = pd.DataFrame(columns=trials.columns)
     sens = _read_csv(p / "sensitivity.csv") if (p / "sensitivity.csv").is_file() else None
@@ -229,6 +242,7 @@ def load_run(path: str | Path) -> RunData:
         baseline=baseline,
         max_accuracy_drop=_target(summary, config),
         sensitivity=sens,
+        maximize=summary.get("direction", "maximize") != "minimize",
     )
 
 
@@ -292,33 +306,35 @@ def complete_trials(trials: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def pareto_front(df: pd.DataFrame, metric: str, size: str = "size_bytes") -> pd.DataFrame:
-    """Rows of ``df`` not dominated in (smaller ``size``, larger ``metric``), sorted by size.
+def pareto_front(df: pd.DataFrame, metric: str, size: str = "size_bytes", *, maximize: bool = True) -> pd.DataFrame:
+    """Rows of ``df`` not dominated in (smaller ``size``, better ``metric``), sorted by size.
 
-    Ties (same size and metric) keep the first row only.
+    The sweep's own rule (:func:`harness.pareto.front`): ties keep the lowest
+    trial number, trials that reused another's result are left out.
     """
+    from harness import pareto
+
     if df.empty:
         return df.copy()
-    d = df[df[size].notna() & df[metric].notna()].sort_values([size, metric], ascending=[True, False], kind="mergesort")
-    keep = []
-    best = -math.inf
-    for idx, m in zip(d.index, d[metric]):
-        if m > best:
-            keep.append(idx)
-            best = m
-    return d.loc[keep]
+    return pareto.front(df, metric, maximize=maximize, size=size)
 
 
 def best_within_drop(
-    df: pd.DataFrame, metric: str, baseline_metric: float, max_drop: float, size: str = "size_bytes"
+    df: pd.DataFrame, metric: str, baseline_metric: float, max_drop: float, size: str = "size_bytes",
+    *, maximize: bool = True,
 ) -> pd.Series | None:
-    """The smallest row whose ``metric`` is at least ``baseline_metric - max_drop`` (None if none)."""
+    """The smallest row whose ``metric`` is at most ``max_drop`` worse than ``baseline_metric`` (None if none)."""
     if df.empty:
         return None
-    ok = df[df[metric] >= baseline_metric - max_drop - 1e-12]
+    vals = df[metric].astype(float)
+    drop = (baseline_metric - vals) if maximize else (vals - baseline_metric)
+    ok = df[drop <= max_drop + 1e-12]
+    if "reused_from" in ok.columns:
+        ok = ok[ok["reused_from"].isna()]
     if ok.empty:
         return None
-    return ok.sort_values([size, metric], ascending=[True, False], kind="mergesort").iloc[0]
+    keys = [size] + (["trial"] if "trial" in ok.columns else [])
+    return ok.sort_values(keys, kind="mergesort").iloc[0]
 
 
 def hypervolume(
@@ -372,10 +388,10 @@ def compare_runs(runs: Iterable[RunData], drops: Sequence[float] = (0.0, 0.005, 
             f"float_{run.metric}": base_m,
             "float_size_kb": base_s / 1024 if np.isfinite(base_s) else np.nan,
         }
-        if np.isfinite(base_s) and not done.empty:
+        if np.isfinite(base_s) and not done.empty and run.maximize:
             row["hypervolume"] = hypervolume(done["size_bytes"], done[run.metric], base_s)
         for d in drops:
-            best = best_within_drop(done, run.metric, base_m, d) if np.isfinite(base_m) else None
+            best = best_within_drop(done, run.metric, base_m, d, maximize=run.maximize) if np.isfinite(base_m) else None
             row[f"smallest_kb_within_{d:g}"] = best["size_bytes"] / 1024 if best is not None else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
@@ -460,6 +476,39 @@ def layer_encodings(model: Any) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(out, columns=["layer", "layer_type", "encoding", "nbits", "label", "tensors", "stored_bytes", "count"])
+
+
+def layer_encodings_from_column(value: Any) -> pd.DataFrame:
+    """Per-layer encodings from a trials.csv ``layer_encodings`` cell (JSON
+    ``{"layer.field": "lut4", ...}``), when the model file is not at hand.
+
+    A layer's label is that of its ``weights`` tensor (else its first one),
+    with ``*`` when its tensors differ, as in :func:`layer_encodings`.
+    """
+    import re
+
+    cols = ["layer", "nbits", "label"]
+    if not isinstance(value, str) or not value.strip():
+        return pd.DataFrame(columns=cols)
+    try:
+        per = json.loads(value)
+    except json.JSONDecodeError:
+        return pd.DataFrame(columns=cols)
+    layers: dict[str, dict[str, str]] = {}
+    for key, label in per.items():
+        layer, _, fld = str(key).rpartition(".") if "." in str(key) else (str(key), "", "")
+        # Field paths may hold dots (weightParams.0.x): split at the first known field start.
+        m = re.match(r"^(.*?)\.((?:weightParams|activations|weights|bias|gamma|beta|mean|variance|scale|data).*)$", str(key))
+        if m:
+            layer, fld = m.group(1), m.group(2)
+        layers.setdefault(layer, {})[fld] = str(label)
+    rows = []
+    for layer, fields in layers.items():
+        label = fields.get("weights", next(iter(fields.values())))
+        digits = re.findall(r"\d+", label)
+        rows.append({"layer": layer, "nbits": int(digits[-1]) if digits else 32,
+                     "label": label + ("*" if len(set(fields.values())) > 1 else "")})
+    return pd.DataFrame(rows, columns=cols)
 
 
 # --------------------------------------------------------------------------- sensitivity
@@ -554,7 +603,7 @@ def plot_pareto(ax: Any, run: RunData, *, label_prefix: str = "", front_color: s
             handles.append(Line2D([], [], color="gray", marker="*", ls="", label="mixed"))
     else:
         handles = []
-    front = run.pareto if not run.pareto.empty else pareto_front(done, metric)
+    front = run.pareto if not run.pareto.empty else pareto_front(done, metric, maximize=run.maximize)
     if not front.empty:
         f = front.sort_values("size_bytes")
         xs = list(f["size_bytes"] / 1024)

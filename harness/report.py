@@ -93,14 +93,19 @@ def _pareto_layer_rows(run: analysis.RunData) -> tuple[pd.DataFrame, list[str], 
     for _, row in front.iterrows():
         path = resolve_model_file(run.path, row.get("model_file"))
         tag = f"trial {row['trial']}" if "trial" in row else "model"
-        if path is None:
-            notes.append(f"{tag}: no saved model file ({row.get('model_file')!r})")
-            continue
-        try:
-            enc = analysis.layer_encodings(path)
-        except USER_ERRORS as exc:
-            notes.append(f"{tag}: cannot read {path.name}: {exc}")
-            continue
+        enc = None
+        if path is not None:
+            try:
+                enc = analysis.layer_encodings(path)
+            except USER_ERRORS as exc:
+                notes.append(f"{tag}: cannot read {path.name}: {exc}")
+        if enc is None:
+            enc = analysis.layer_encodings_from_column(row.get("layer_encodings"))
+            if enc.empty:
+                if path is None:
+                    notes.append(f"{tag}: no saved model file ({row.get('model_file')!r}) and no layer_encodings")
+                continue
+            notes.append(f"{tag}: encodings from trials.csv (layer_encodings), the model file is not in models/")
         enc["model"] = len(labels)
         frames.append(enc)
         metric = row.get(run.metric)
@@ -178,8 +183,7 @@ def _best_section(run: analysis.RunData) -> str:
     base_m = run.baseline.get(metric)
     if run.max_accuracy_drop is None or base_m is None:
         return ""
-    done = analysis.complete_trials(run.trials)
-    best = analysis.best_within_drop(done, metric, float(base_m), run.max_accuracy_drop)
+    best = run.best_within(run.max_accuracy_drop)
     head = f"<h2>Best within the target ({metric} drop &le; {run.max_accuracy_drop:g})</h2>"
     if best is None:
         return head + f'<p class="warn">No candidate met the target: every trial lost more than {run.max_accuracy_drop:g} {html.escape(metric)}.</p>'
