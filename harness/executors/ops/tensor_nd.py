@@ -203,7 +203,7 @@ class FlattenTo2D(Op):
         r = rank(x)
         if not -r <= self.axis <= r:
             raise self.error(f"axis {self.axis} is out of range for a rank-{r} tensor")
-        a = self.axis % (r + 1) if self.axis < 0 else self.axis
+        a = self.axis + r if self.axis < 0 else self.axis
         s = x.shape[1:]
         return x.reshape(x.shape[0], int(np.prod(s[:a], dtype=np.int64)), int(np.prod(s[a:], dtype=np.int64)))
 
