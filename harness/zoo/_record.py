@@ -80,6 +80,10 @@ def save_and_record(spec, name: str, meta: dict[str, Any]) -> dict[str, Any]:
     record["weight_count"] = weight_count(spec)
     record["file_size"] = len(data)
     record["sha256"] = hashlib.sha256(data).hexdigest()
+    metric = record.get("metric")
+    if metric:
+        metric["higher_is_better"] = metric["name"] in ("accuracy", "r2")
+        record.setdefault("metrics", {metric["name"]: metric["value"]})
     ds = record.get("dataset", {})
     if ds.get("source") == "sklearn":
         from harness.data import load_sklearn
