@@ -774,3 +774,21 @@ def test_load_constant_nd_broadcasts_against_samples():
     out = run(nn, {"x": x})
     assert out["k"].shape == (1, 1, 3)
     close(out["y"], x + 2)
+
+
+def test_constant_pad_amounts_and_output_size_mode():
+    x = f32(N, 2, 3)
+
+    def amounts(p):
+        p.value = -2.0
+        p.padAmounts.extend([1, 0, 2, 1])
+
+    close(one("constantPad", {"x": x}, amounts)["y"], np.pad(x, [(0, 0), (1, 0), (2, 1)], constant_values=-2.0))
+
+    def to_size(p):
+        p.padToGivenOutputSizeMode = True
+        p.padAmounts.extend([0, 4, 5, 0])  # axis 0: after, to size 4; axis 1: before, to size 5
+
+    close(one("constantPad", {"x": x}, to_size)["y"], np.pad(x, [(0, 0), (0, 2), (2, 0)]))
+    close(one("constantPad", {"x": x, "p": np.array([[0, 1, 1, 0]], np.float32)})["y"],
+          np.pad(x, [(0, 0), (0, 1), (1, 0)]))

@@ -511,6 +511,40 @@ class Tile(Op):
         return np.tile(x, (1,) + tuple(reps))
 
 
+@register("constantPad")
+class ConstantPad(Op):
+    """Pad every axis with ``value``: ``padAmounts = [before_0, after_0, before_1, ...]`` (or input 2).
+
+    With ``padToGivenOutputSizeMode`` a non-zero ``before_i`` (``after_i``) is
+    the output size of axis i, reached by padding before (after) the values.
+    """
+
+    n_inputs = (1, 2)
+
+    def build(self, params, ctx) -> None:
+        self.value, self.to_size = F32(params.value), bool(params.padToGivenOutputSizeMode)
+        self.amounts = [int(a) for a in params.padAmounts]
+
+    def run(self, x, amounts=None):
+        am = u.uniform_ints(self, amounts, "the pad amounts input") if amounts is not None else self.amounts
+        r = rank(x)
+        if len(am) != 2 * r or any(a < 0 for a in am):
+            raise self.error(f"padAmounts {am} must hold 2 x rank = {2 * r} non-negative values")
+        pads = [(0, 0)]
+        for i in range(r):
+            before, after = am[2 * i], am[2 * i + 1]
+            if self.to_size:
+                d = x.shape[i + 1]
+                if before and after:
+                    raise self.error(f"padToGivenOutputSizeMode: axis {i} sets both before ({before}) and after ({after})")
+                if max(before, after) and max(before, after) < d:
+                    raise self.error(f"padToGivenOutputSizeMode: output size {max(before, after)} of axis {i} is "
+                                     f"smaller than the input's {d}")
+                before, after = (before - d if before else 0), (after - d if after else 0)
+            pads.append((before, after))
+        return np.pad(f32(x), pads, mode="constant", constant_values=self.value)
+
+
 @register("reverse")
 class Reverse(Op):
     """Reverse every axis whose ``reverseDim`` is true."""
