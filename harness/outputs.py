@@ -52,6 +52,7 @@ def trial_row(t: FrozenTrial, retried_as: int | None = None) -> dict[str, Any]:
     (SIGKILL, lost machine); ``retried_as`` names the trial that re-ran it.
     """
     row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
+    row.update(t.params)
     for k, v in t.user_attrs.items():
         if k in _INTERNAL_ATTRS:
             continue

@@ -329,10 +329,14 @@ def make_selector(setting: Setting) -> Any:
     )
 
 
-def build_plan(model: Any, setting: Setting, lut_function: Callable | None = None) -> Any:
-    """Compile ``setting`` to a :class:`quantizer.QuantPlan` for ``model``."""
+def build_plan(model: Any, setting: Setting, lut_function: Callable | None = None, *, fuse: bool = True) -> Any:
+    """Compile ``setting`` to a :class:`quantizer.QuantPlan` for ``model``.
+
+    With ``fuse`` (coremltools' behaviour below 16 bits) the plan addresses the
+    tensors of the fused model, the one :func:`quantizer.apply_plan` quantizes.
+    """
     import quantizer
 
     mode = setting.mode
     return quantizer.build_plan(model, setting.nbits, mode, selector=make_selector(setting),
-                                lut_function=lut_function if mode == "custom_lut" else None)
+                                lut_function=lut_function if mode == "custom_lut" else None, fuse=fuse)

@@ -170,8 +170,10 @@ class TrialRunner:
         except Exception as e:  # noqa: BLE001 - recorded on the trial, the sweep goes on
             self._fail(trial, e)
             return
+        params = trial.params
         for k, v in cand.attrs.items():
-            trial.set_user_attr(k, v)
+            if k not in params or params[k] != v:  # parameters are recorded already
+                trial.set_user_attr(k, v)
         try:
             digest = cand.plan.digest()
         except Exception as e:  # noqa: BLE001
@@ -329,7 +331,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     space = SearchSpace.from_config(cfg.search.space, cfg.selector)
     seed = int(cfg.seed)
     ctx = SearchContext(cfg=cfg.search, space=space, model=model.spec, seed=seed,
-                        build_plan=lambda s: build_plan(model.spec, s, space.lut_function))
+                        build_plan=lambda s: build_plan(model.spec, s, space.lut_function, fuse=bool(cfg.search.fuse)))
     strategy = make_strategy(ctx)
 
     storage = open_storage(cfg.storage)
@@ -356,6 +358,8 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     runner = TrialRunner(study, strategy, evaluator, claims, model.spec, fuse=bool(cfg.search.fuse))
     progress = Progress(study, strategy.total(), metric, baseline[metric.name], cfg.search.max_accuracy_drop,
                         bool(cfg.progress))
+    if progress.bar is not None and hasattr(strategy, "progress_desc"):  # hook: e.g. the cost of a sensitivity run
+        progress.bar.set_description_str(strategy.progress_desc())
     worker = Worker(study, strategy, runner, timeout=cfg.search.timeout,
                     wait_for_others=bool(cfg.search.wait_for_others), on_progress=progress.update)
     try:
@@ -418,6 +422,7 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     files: dict[str, Path] = {}
     if bool(cfg.output.save_models):
         saved = _save_front_models(run_dir, front, study, strategy, model, bool(cfg.search.fuse))
+        table["model_file"] = table["model_file"].astype(object)
         for number, rel in saved.items():
             table.loc[table["trial"] == number, "model_file"] = rel
         front = table.loc[front.index]
@@ -457,9 +462,12 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
                    "reused": int(complete["reused_from"].notna().sum())},
         "pareto_front": outputs.records(front),
         "target": target,
-        "worker": {"id": worker_id(), "started_trials": loop.started, "stopped_by": loop.stopped_by,
+        "worker": {"id": worker_id(), "trials_started": len(loop.started), "stopped_by": loop.stopped_by,
                    "elapsed_s": round(time.time() - t_start, 2)},
     }
+    finish = getattr(strategy, "finish", None)  # hook: a strategy's own files and summary entries
+    if finish is not None:
+        files.update(finish(run_dir, table, summary, evaluator) or {})
     files["summary"] = outputs.write_json(run_dir / "summary.json", summary)
 
     print(f"\nPareto front ({len(front)} of {len(complete)} complete trials; study {study.study_name!r}):")
