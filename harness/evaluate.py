@@ -179,6 +179,7 @@ class Evaluator:
     def predict(self, spec: Any) -> dict[str, np.ndarray]:
         """Every output of ``spec`` on the whole test set (in batches)."""
         ex = self.executor_for(spec)
+        self.executor_name = type(ex).__name__
         feeds = self.dataset.feeds
         n = next(iter(feeds.values())).shape[0]
         parts: dict[str, list[np.ndarray]] = {}
@@ -220,13 +221,13 @@ class Evaluator:
         name = self.metric.name
         y = self.labels
         if name == "accuracy":
-            return float(metrics.accuracy(classes, y))
+            return metrics.top1_accuracy(classes, y)
         if _TOPK.match(name):
             scores = _scores_2d(outputs[self.task.score_output])
-            idx = y if self.task.kind != "classifier" else _label_indices(self.task.classes, y)
-            return float(metrics.topk_accuracy(scores, idx, self.metric.k))
+            classes_in_order = self.task.classes if self.task.kind == "classifier" else None
+            return metrics.topk_accuracy(scores, y, self.metric.k, class_labels=classes_in_order)
         if name == "agreement":
-            return float(metrics.agreement(classes, self.float_classes))
+            return metrics.agreement(self.float_classes, classes)
         if name in ("snr_db", "psnr_db"):
             return self._snr(outputs)[0 if name == "snr_db" else 1]
         pred = np.asarray(outputs[self.task.score_output], dtype=np.float64).reshape(len(y), -1)
@@ -236,17 +237,20 @@ class Evaluator:
         return float(getattr(metrics, name)(y.astype(np.float64), pred[:, 0]))
 
     def _snr(self, outputs: Mapping[str, np.ndarray]) -> tuple[float, float]:
-        """Lowest SNR and PSNR (dB) over the compared outputs (coremltools' definition)."""
+        """Mean per-sample SNR and PSNR in dB (coremltools' ``compare_models`` figures).
+
+        A classifier is compared on its probabilities output; other models on each
+        numeric output, reporting the lowest (worst) output.
+        """
         from harness import metrics
 
         names = ([self.task.score_output] if self.task.kind == "classifier" else
                  [k for k, v in self.float_outputs.items() if np.asarray(v).dtype.kind == "f"])
         snrs, psnrs = [], []
         for k in names:
-            ref = np.asarray(self.float_outputs[k], dtype=np.float64).ravel()
-            got = np.asarray(outputs[k], dtype=np.float64).ravel()
-            snrs.append(float(metrics.snr_db(ref, got)))
-            psnrs.append(float(metrics.psnr_db(ref, got)))
+            stats = metrics.noise_stats(self.float_outputs[k], outputs[k])
+            snrs.append(stats.snr_mean)
+            psnrs.append(stats.psnr_mean)
         return min(snrs), min(psnrs)
 
     def evaluate(self, spec: Any) -> dict[str, Any]:
@@ -261,19 +265,19 @@ class Evaluator:
         value = self._task_value(outputs, classes)
         snr, psnr = self._snr(outputs)
         size = quantizer.model_size(spec)
-        from harness import metrics
-
         return {
             "size_bytes": int(size),
             "compression_ratio": self.float_size / size,
             self.metric.name: value,
             self.metric.drop_name: self.metric.drop(self.baseline[self.metric.name], value),
-            "agreement": float(metrics.agreement(classes, self.float_classes)) if classes is not None else None,
+            "agreement": agreement(self.float_classes, classes) if classes is not None else None,
             "snr_db": snr,
             "psnr_db": psnr,
         }
 
 
-def _label_indices(classes: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    lookup = {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
-    return np.array([lookup[v.item() if hasattr(v, "item") else v] for v in labels], dtype=np.int64)
+def agreement(reference: np.ndarray, other: np.ndarray) -> float:
+    """Fraction of samples with the same predicted class (see :func:`harness.metrics.agreement`)."""
+    from harness import metrics
+
+    return metrics.agreement(reference, other)

@@ -90,7 +90,9 @@ def _json_safe(v: Any) -> Any:
         return int(v)
     if isinstance(v, (np.floating, float)):
         f = float(v)
-        return None if math.isnan(f) else f
+        if math.isnan(f):
+            return None
+        return f if math.isfinite(f) else ("inf" if f > 0 else "-inf")
     if isinstance(v, Mapping):
         return {str(k): _json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -107,7 +109,7 @@ def records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=False) + "\n")
+    path.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
     return path
 
 

@@ -430,7 +430,7 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     files["environment"] = outputs.write_json(run_dir / "environment.json", outputs.environment(
         model={"name": model.label, "path": str(model.path), "sha256": model.sha256, "zoo": model.zoo},
         data={"name": dataset.name, "description": dataset.description, "n": dataset.n, "sha256": dataset.sha256},
-        seed=int(cfg.seed), executor=type(evaluator.executor_for(model.spec)).__name__,
+        seed=int(cfg.seed), executor=evaluator.executor_name,
         storage=masked_url(storage_url), study=study.study_name, worker=worker_id()))
     files["trials"], files["pareto"] = outputs.write_tables(run_dir, table, front)
 
@@ -465,9 +465,8 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
         "worker": {"id": worker_id(), "trials_started": len(loop.started), "stopped_by": loop.stopped_by,
                    "elapsed_s": round(time.time() - t_start, 2)},
     }
-    finish = getattr(strategy, "finish", None)  # hook: a strategy's own files and summary entries
-    if finish is not None:
-        files.update(finish(run_dir, table, summary, evaluator) or {})
+    # A strategy's own files and summary entries (e.g. sensitivity.csv), before summary.json is written.
+    files.update(strategy.finish(run_dir, table, summary, evaluator) or {})
     files["summary"] = outputs.write_json(run_dir / "summary.json", summary)
 
     print(f"\nPareto front ({len(front)} of {len(complete)} complete trials; study {study.study_name!r}):")

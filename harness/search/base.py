@@ -12,14 +12,18 @@ driver's (:mod:`harness.sweep`), so a new kind of search only has to answer:
   worker should stop starting trials.
 * :meth:`SearchStrategy.candidate` — parameters (from ``trial.params`` or the
   sampler) -> Candidate; :meth:`SearchStrategy.suggest` does this for a live trial.
+* :meth:`SearchStrategy.finish` (optional) — extra files and summary entries
+  at the end of the run.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import optuna
+import pandas as pd
 
 from harness.space import SearchSpace
 
@@ -95,3 +99,10 @@ class SearchStrategy(abc.ABC):
     @abc.abstractmethod
     def candidate(self, params: Mapping[str, Any]) -> Candidate:
         """The candidate of finished parameters (to rebuild a Pareto-optimal model)."""
+
+    def finish(self, run_dir: Path, table: pd.DataFrame, summary: dict[str, Any], evaluator: Any) -> dict[str, Path]:
+        """Write strategy-specific files into ``run_dir`` and add to ``summary`` (before it is saved).
+
+        ``table`` is trials.csv as a DataFrame; returns the files written by name.
+        """
+        return {}
