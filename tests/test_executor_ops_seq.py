@@ -743,7 +743,7 @@ def test_batched_matmul_weights_follow_coremltools_storage():
     """One input: W is [X1, X2] stored column-major; use coremltools' own builder to store it."""
     from quantizer._coremltools import coremltools
 
-    ct = coremltools()
+    coremltools()  # imports coremltools quietly
     from coremltools.models import datatypes
     from coremltools.models.neural_network import NeuralNetworkBuilder
 
@@ -761,7 +761,6 @@ def test_batched_matmul_weights_follow_coremltools_storage():
     builder.add_batched_mat_mul("bmm", ["x"], "y", weight_matrix_rows=X1, weight_matrix_columns=X2, W=q.tobytes(),
                                 is_quantized_weight=True, quantization_type="linear", nbits=8,
                                 quant_scale=scale, quant_bias=qbias)
-    del ct
     got = NumpyExecutor(builder.spec).predict({"x": x})["y"]
     close(got, x @ (q * scale + qbias), 1e-4)
 
