@@ -382,7 +382,7 @@ def compare_runs(runs: Iterable[RunData], drops: Sequence[float] = (0.0, 0.005, 
         row: dict[str, Any] = {
             "run": run.name,
             "model": run.model_name,
-            "search": _search_kind(run),
+            "search": search_kind(run),
             "trials": len(done),
             "pareto_points": len(run.pareto),
             f"float_{run.metric}": base_m,
@@ -397,7 +397,7 @@ def compare_runs(runs: Iterable[RunData], drops: Sequence[float] = (0.0, 0.005, 
     return pd.DataFrame(rows)
 
 
-def _search_kind(run: RunData) -> str:
+def search_kind(run: RunData) -> str:
     search = run.config.get("search")
     if isinstance(search, dict):
         for key in ("kind", "name", "type", "sampler"):

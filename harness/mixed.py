@@ -19,8 +19,11 @@ NSGA-II (``nsga2``), seeded with queued trials, in this order:
    its most aggressive (smallest) codec, then repeatedly move the unit whose
    move to a gentler codec removes the most predicted output noise per added
    byte (the most sensitive layers move first), until every unit is at its
-   gentlest codec. Up to ``search.options.greedy_points`` points of this path,
-   evenly spread, are queued. The noise of (unit, codec) is the probe's
+   gentlest codec. ``search.options.greedy_points`` points of this path,
+   evenly spread, are queued; then (``refine_steps``) the path is bisected
+   between the largest point that loses more than the focus drop
+   (``focus_drop``, default ``max_accuracy_drop``, else 0.01) and the smallest
+   point within it, one trial at a time. The noise of (unit, codec) is the probe's
    output noise power (``10^(-SNR/10)``) scaled by the codec's weight
    quantization error relative to the probe codec's (measured on the weights,
    no evaluation needed); a sensitivity table gives it directly.
@@ -74,7 +77,9 @@ MIXED_OPTIONS: dict[str, Any] = {
     "keep_float": True,       # a unit may stay float32 (fp32)
     "seed_uniform": True,     # queue every codec applied everywhere
     "seed_greedy": True,      # queue the greedy path from the sensitivity ranking
-    "greedy_points": 12,      # at most this many points of the greedy path
+    "greedy_points": 8,       # this many points of the greedy path, evenly spread
+    "refine_steps": 6,        # then bisect the path around the focus drop, at most this many trials
+    "focus_drop": None,       # the drop the bisection aims at (default: max_accuracy_drop, else 0.01)
     "probe_codec": None,      # codec label of the per-unit probes (default: the codec nearest 4 bits)
     "sensitivity": None,      # run dir (or csv) of a search=sensitivity run: use it instead of probes
     "compare_to": None,       # a grid run dir whose hypervolume summary.json records beside this run's
@@ -170,6 +175,14 @@ def unit_profiles(units: UnitPlans) -> tuple[dict[str, dict[str, float]], dict[s
     return delta, err
 
 
+def _drop_of(trial: optuna.trial.FrozenTrial) -> float | None:
+    """The task-metric drop (``<metric>_drop`` user attribute) of a trial, or None."""
+    for k, v in trial.user_attrs.items():
+        if k.endswith("_drop") and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
 def _noise_from_snr(snr_db: Any) -> float | None:
     try:
         v = float(snr_db)
@@ -231,6 +244,13 @@ class MixedSearch(SearchStrategy):
         if o["sensitivity"]:
             self.sens_table = load_sensitivity(str(o["sensitivity"]))
         self.max_drop = ctx.cfg.max_accuracy_drop
+        fd = o["focus_drop"]
+        if fd is not None and (isinstance(fd, bool) or not isinstance(fd, (int, float)) or fd < 0):
+            raise ConfigError(f"search.options.focus_drop must be a number >= 0 or null, got {fd!r}.")
+        rs = o["refine_steps"]
+        if isinstance(rs, bool) or not isinstance(rs, int) or rs < 0:
+            raise ConfigError(f"search.options.refine_steps must be an integer >= 0, got {rs!r}.")
+        self.focus_drop = float(fd if fd is not None else self.max_drop if self.max_drop is not None else 0.01)
         self._sampler = self._make_sampler()
         self._greedy_done = False
         log.info("mixed: %d %ss x %d codecs (%s); sampler %s", len(self.units.units), self.units.unit_kind,
@@ -247,10 +267,10 @@ class MixedSearch(SearchStrategy):
         return min(quantizing, key=lambda c: (abs(c.nbits - 4), c.mode != "kmeans_lut", -c.nbits)).label
 
     def _constraints(self, trial: optuna.trial.FrozenTrial) -> list[float]:
-        drops = [v for k, v in trial.user_attrs.items() if k.endswith("_drop") and isinstance(v, (int, float))]
-        if not drops or self.max_drop is None:
+        d = _drop_of(trial)
+        if d is None or self.max_drop is None:
             return [0.0]
-        return [float(drops[0]) - float(self.max_drop)]
+        return [d - float(self.max_drop)]
 
     def _make_sampler(self) -> optuna.samplers.BaseSampler:
         kwargs = dict(self.ctx.cfg.sampler or {})
@@ -277,7 +297,9 @@ class MixedSearch(SearchStrategy):
         d["units"] = list(self.units.units)
         d["codecs"] = list(self.labels)
         d["options"] = {k: self.options[k] for k in ("algorithm", "unit", "keep_float", "seed_uniform",
-                                                     "seed_greedy", "greedy_points", "probe_codec", "sensitivity")}
+                                                     "seed_greedy", "greedy_points", "refine_steps", "probe_codec",
+                                                     "sensitivity")}
+        d["focus_drop"] = self.focus_drop
         d["probe_codec"] = self.probe_label
         d["sampler"] = {k: v for k, v in dict(self.ctx.cfg.sampler or {}).items()}
         return d
@@ -295,8 +317,8 @@ class MixedSearch(SearchStrategy):
     def params_of(self, assignment: Mapping[str, str]) -> dict[str, str]:
         return {self.param(u): assignment.get(u, FLOAT.label) for u in self.units.units}
 
-    def _enqueue(self, study: optuna.Study, assignment: Mapping[str, str], seed: str) -> None:
-        study.enqueue_trial(self.params_of(assignment), user_attrs={SEED_ATTR: seed}, skip_if_exists=True)
+    def _enqueue(self, study: optuna.Study, assignment: Mapping[str, str], seed: str, **attrs: Any) -> None:
+        study.enqueue_trial(self.params_of(assignment), user_attrs={SEED_ATTR: seed, **attrs}, skip_if_exists=True)
 
     def prepare(self, study: optuna.Study) -> None:
         """Queue the probes (unless a sensitivity table is given) and the uniform settings, once."""
@@ -334,15 +356,60 @@ class MixedSearch(SearchStrategy):
             if storage.get_study_system_attrs(study._study_id).get(GREEDY_FLAG):
                 self._greedy_done = True
                 return
-            path = self.greedy_assignments(probes)
-            for a in path:
-                self._enqueue(study, a, "greedy")
-            storage.set_study_system_attr(study._study_id, GREEDY_FLAG, len(path))
+            path = self.path_from_probes(probes)
+            picks = spread(len(path), int(self.options["greedy_points"]))
+            for i in picks:
+                self._enqueue(study, path[i], "greedy", path_index=i)
+            storage.set_study_system_attr(study._study_id, GREEDY_FLAG, path)
         self._greedy_done = True
-        log.info("mixed: queued %d point(s) of the greedy path from the sensitivity ranking", len(path))
+        log.info("mixed: greedy path from the sensitivity ranking has %d steps; queued %d of them",
+                 len(path), len(picks))
 
-    def greedy_assignments(self, probes: Sequence[optuna.trial.FrozenTrial]) -> list[dict[str, str]]:
-        """The queued points of the greedy path (uniform ones left out: they are seeds already)."""
+    def _maybe_refine(self, study: optuna.Study) -> bool:
+        """Bisect the greedy path around the focus drop: queue one point, or return False.
+
+        Between the largest evaluated path point that loses more than the focus
+        drop and the smallest one within it, the middle point is queued, one at a
+        time (each needs the previous result), at most ``refine_steps`` times.
+        """
+        steps = int(self.options["refine_steps"])
+        if steps <= 0 or not self.options["seed_greedy"]:
+            return False
+        storage = study._storage
+        path = storage.get_study_system_attrs(study._study_id).get(GREEDY_FLAG)
+        if not path:
+            return False
+        trials = study.get_trials(deepcopy=False)
+        on_path = [t for t in trials if t.user_attrs.get("path_index") is not None]
+        if any(not t.state.is_finished() for t in on_path):
+            return False
+        if sum(1 for t in on_path if t.user_attrs.get(SEED_ATTR) == "refine") >= steps:
+            return False
+        focus = self.focus_drop
+        drops = {}
+        for t in on_path:
+            d = _drop_of(t)
+            if t.state == TrialState.COMPLETE and d is not None:
+                drops[int(t.user_attrs["path_index"])] = d
+        ok = [i for i, d in drops.items() if d <= focus + 1e-12]
+        if not ok:
+            return False
+        hi = min(ok)
+        below = [i for i, d in drops.items() if i < hi and d > focus + 1e-12]
+        lo = max(below) if below else None
+        if lo is None or hi - lo <= 1:
+            return False
+        mid = (lo + hi) // 2
+        with self.ctx.claims.lock(study._study_id, "mixed-refine", worker_id()):
+            if any(t.user_attrs.get("path_index") == mid for t in study.get_trials(deepcopy=False)):
+                return False
+            self._enqueue(study, path[mid], "refine", path_index=mid)
+        log.info("mixed: refining the greedy path between steps %d and %d (drop %.4f / %.4f; focus %g)",
+                 lo, hi, drops[lo], drops[hi], focus)
+        return True
+
+    def path_from_probes(self, probes: Sequence[optuna.trial.FrozenTrial]) -> list[dict[str, str]]:
+        """The greedy path (uniform assignments left out: they are seeds already)."""
         delta, err = unit_profiles(self.units)
         labels = [c.label for c in self.choices]
         measured: dict[tuple[str, str], float] = {}
@@ -373,8 +440,7 @@ class MixedSearch(SearchStrategy):
                 if c != FLOAT.label and not self.units.entries(u, c):
                     delta[u][c], noise[u][c] = 0.0, 0.0
         path = greedy_path(self.units.units, labels, delta, noise)
-        path = [a for a in path if len(set(a.values())) > 1]
-        return [path[i] for i in spread(len(path), int(self.options["greedy_points"]))]
+        return [a for a in path if len(set(a.values())) > 1]
 
     def _from_table(self, err: Mapping[str, Mapping[str, float]]):
         """Measured noise from a sensitivity table: (measured, probe noise, per-unit probe codec)."""
@@ -406,6 +472,7 @@ class MixedSearch(SearchStrategy):
                 return None
         if not any(t.state == TrialState.WAITING for t in trials):
             self._maybe_greedy(study)
+            self._maybe_refine(study)
         trial = study.ask()
         mark_running(trial)
         return trial
@@ -439,6 +506,8 @@ class MixedSearch(SearchStrategy):
             "mode": ch.mode if ch is not None else ("float" if uniform else "mixed"),
             "nbits": ch.nbits if ch is not None else None,
             "mean_bits": round(mean_bits, 3),
+            "setting": (ch.label if ch is not None else
+                        "fp32" if uniform else f"mixed, {mean_bits:.2f} bits/weight on average"),
             "assignment": json.dumps(a),
         }
         label = ch.label if ch is not None else f"mixed_{mean_bits:.2f}bit"
@@ -517,7 +586,7 @@ def mixed_summary(table: pd.DataFrame, metric: Any, baseline: Mapping[str, Any],
                               f"(float size {other_base.get('size_bytes')} bytes, this one {baseline['size_bytes']}).")
         blk = hv_block(other, metric, baseline, len(run.trials[run.trials["state"] != "PRUNED"]))
         blk["run_dir"] = str(Path(str(compare_to)).resolve())
-        blk["search"] = analysis._search_kind(run)
+        blk["search"] = analysis.search_kind(run)
         out["compare_to"] = blk
         if "hypervolume" in blk and "hypervolume" in out["mixed"]:
             out["mixed_minus_compare_to"] = round(out["mixed"]["hypervolume"] - blk["hypervolume"], 6)

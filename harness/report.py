@@ -225,14 +225,15 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     sections: list[str] = []
     title = f"qsweep report: {run.model_name}"
 
-    items: list[tuple[str, Any]] = [("run directory", str(run.path.resolve())), ("model", run.model_name), ("search", analysis._search_kind(run))]
+    items: list[tuple[str, Any]] = [("run directory", str(run.path.resolve())), ("model", run.model_name), ("search", analysis.search_kind(run))]
     if run.baseline:
         items += [(f"float {k}", v) for k, v in run.baseline.items() if isinstance(v, (int, float, str))]
     if not run.trials.empty:
         items.append(("trials (complete / all)", f"{len(analysis.complete_trials(run.trials))} / {len(run.trials)}"))
     sections.append("<h2>Run and float baseline</h2>" + _kv_table(items))
 
-    if not run.trials.empty:
+    sensitivity_run = analysis.search_kind(run) == "sensitivity"
+    if not run.trials.empty and not sensitivity_run:
         data = _save(pareto_figure(run), run.path / "pareto.png")
         out["pareto"] = run.path / "pareto.png"
         sections.append(_best_section(run))

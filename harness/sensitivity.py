@@ -225,7 +225,7 @@ class SensitivitySearch(SearchStrategy):
         n_trials = ctx.cfg.n_trials
         if n_trials is not None and n_trials < 1:
             raise ConfigError(f"search.n_trials must be at least 1 (or null for every unit x codec), got {n_trials}.")
-        log.info("sensitivity: %s", self.progress_desc())
+        log.info("%s (one per %s and codec)", self.progress_desc(), self.units.unit_kind)
 
     # -- description -----------------------------------------------------------------------
     def progress_desc(self) -> str:
@@ -282,8 +282,9 @@ class SensitivitySearch(SearchStrategy):
             raise ConfigError(f"sensitivity trial names unit {unit!r} / codec {label!r}, which this search space "
                               "does not have (the study was made with another config?).")
         layer = self.units.layer_of(unit)
-        attrs = {"unit": unit, "codec": label, "nbits": choice.nbits, "mode": choice.mode,
-                 "layer_type": self.units.layer_type.get(layer, "?")}
+        # No nbits/mode columns: this is not a uniform setting (reports would read it as one).
+        attrs = {"unit": unit, "codec": label, "codec_mode": choice.mode, "codec_nbits": choice.nbits,
+                 "layer_type": self.units.layer_type.get(layer, "?"), "setting": f"{label} on {unit} alone"}
         safe = unit.replace("/", "_").replace(".", "_")
         return Candidate(attrs=attrs, plan=self.units.single(unit, label), label=f"{safe}_{label}")
 
@@ -314,6 +315,7 @@ def sensitivity_table(table: pd.DataFrame, metric: str, units: UnitPlans | None 
         done = done.sort_values(["_u", "_c"], kind="mergesort").drop(columns=["_u", "_c"])
         counts = _unit_weight_counts(units)
         done.insert(0, "weights", done["unit"].map(counts).astype("Int64"))
+    done = done.rename(columns={"codec_mode": "mode", "codec_nbits": "nbits"})
     cols = ["unit", "layer_type", "codec", "mode", "nbits", "weights", "size_bytes", metric, drop,
             "agreement", "snr_db", "psnr_db", "trial"]
     out = done[[c for c in cols if c in done.columns]].reset_index(drop=True)
