@@ -193,7 +193,7 @@ class Loop(Op):
             run = np.ones(1, bool)  # shape (1,) stands for "every sample"
             if limit is not None:
                 run = run & np.asarray(it < limit).reshape(-1)
-            if self.cond_net is not None and run.any():
+            if self.cond_net is not None:  # evaluated after every body, as in the proto's pseudo-code
                 run = run & self._condition(blobs)
             if active is not None:
                 if run.shape[0] not in (1, active.shape[0]):
