@@ -7,7 +7,8 @@ coremltools 9's ``quantization_utils`` exactly, so the bytes are identical:
 
 - ``fp16``: IEEE half precision (``float16Value``).
 - ``linear``: per output channel, ``scale = (max - min) / (2**n - 1)``,
-  ``bias = min``, ``q = round((w - min) * (1 / scale))`` in float64.
+  ``bias = min``, ``q = round((w - min) * (1 / scale))``, in float32 exactly as
+  coremltools computes it on this stack (see :func:`linear_quantize`).
 - ``linear_symmetric``: ``scale = max|w| / (2**(n-1) - 1)``,
   ``bias = -2**(n-1) * scale``, ``q = round((w - bias) / scale)``; 2 to 8 bits
   (coremltools allows only 8).
@@ -40,6 +41,7 @@ import numpy as np
 from .errors import InvalidArgumentError, InvalidWeightsError
 from .kmeans import kmeans_lut
 from .packing import pack_bits
+from .weightparams import clear_payload, write_float32, write_quantized
 
 __all__ = [
     "MODES",
@@ -62,7 +64,7 @@ VALID_NBITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
 LUT_MODES = ("kmeans_lut", "linear_lut", "custom_lut")
 
 _FP16_OVERFLOW = 65520.0  # the smallest magnitude float16 rounds to infinity
-_CHUNK = 1 << 22  # elements per block in the float64 linear math (bounds temporary memory)
+_CHUNK = 1 << 22  # elements per block in the linear math (bounds temporary memory)
 
 
 def normalize_mode(mode: Any) -> str:
@@ -233,34 +235,17 @@ class Encoded:
         return len(self.data) + extra + 200
 
     def write(self, wp: Any) -> None:
-        """Replace the contents of WeightParams ``wp`` with this tensor."""
-        wp.Clear()
+        """Replace the values of WeightParams ``wp`` with this tensor (other fields, such as
+        ``isUpdatable``, are kept)."""
         if self.encoding == "float32":
-            # Building a packed repeated field from bytes is ~1000x faster than extend().
-            wp.MergeFromString(b"\x0a" + _varint(len(self.data)) + self.data if self.data else b"")
+            write_float32(wp, np.frombuffer(self.data, dtype="<f4"))
         elif self.encoding == "float16":
+            clear_payload(wp)
             wp.float16Value = self.data
+        elif self.encoding == "linear":
+            write_quantized(wp, self.data, self.nbits, scale=self.scale, bias=self.bias)
         else:
-            q = wp.quantization
-            q.numberOfBits = self.nbits
-            if self.encoding == "linear":
-                q.linearQuantization.scale.extend(self.scale.tolist())
-                q.linearQuantization.bias.extend(self.bias.tolist())
-            else:
-                q.lookupTableQuantization.floatValue.extend(self.lut.tolist())
-            wp.rawValue = self.data
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+            write_quantized(wp, self.data, self.nbits, lut=self.lut)
 
 
 def _check_finite(w: np.ndarray, where: str) -> None:
@@ -316,16 +301,17 @@ def _blocks(w3: np.ndarray):
 def linear_quantize(
     w: np.ndarray, nbits: int, shape: tuple[int, ...], channel_axis: int = 0, *, symmetric: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """coremltools' ``_quantize_channelwise_linear``: returns ``(q uint8 flat, scale, bias)`` (float64 [C]).
+    """coremltools' ``_quantize_channelwise_linear``: returns ``(q uint8 flat, scale, bias)`` (float32 [C]).
 
-    Computed in float64 in blocks, so a 20 M-weight tensor needs no 160 MB
-    temporaries.
+    The arithmetic is float32, as coremltools' is on this stack: it quantizes
+    ``np.array(wp.floatValue)``, which protobuf 4+ hands over as a float32 array,
+    and numpy 2 keeps ``float32 op python-scalar`` in float32. Computed in
+    blocks, so large tensors need no full-size temporaries.
     """
     w32 = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
     w3 = _channel_view(w32, shape, channel_axis)
-    # min/max of float32 values are exact in float64, so reduce in float32 (4x less memory traffic).
-    a = w3.min(axis=(0, 2)).astype(np.float64)
-    b = w3.max(axis=(0, 2)).astype(np.float64)
+    a = w3.min(axis=(0, 2))
+    b = w3.max(axis=(0, 2))
     if symmetric:
         r = np.maximum(np.abs(a), np.abs(b))
         scale = r / ((1 << nbits) / 2.0 - 1)
@@ -338,39 +324,41 @@ def linear_quantize(
         mul = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
     q3 = np.empty(w3.shape, dtype=np.uint8)
     for sl in _blocks(w3):
-        blk = w3[sl].astype(np.float64)
         csl = sl[1]
         if symmetric:
             den = scale[csl][None, :, None]
-            num = blk - bias[csl][None, :, None]
+            num = w3[sl] - bias[csl][None, :, None]
             qf = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
         else:
-            blk -= a[csl][None, :, None]
-            blk *= mul[csl][None, :, None]
-            qf = blk
+            qf = w3[sl] - a[csl][None, :, None]
+            qf *= mul[csl][None, :, None]
         np.round(qf, out=qf)
         q3[sl] = qf
     return q3.reshape(-1), scale, bias
 
 
 def linear_lut(w: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
-    """coremltools' ``_get_linear_lookup_table_and_weight``: ``(lut float64 [2**n], q uint8)``."""
+    """coremltools' ``_get_linear_lookup_table_and_weight``: ``(lut float64 [2**n], q uint8)``.
+
+    As in coremltools, ``arange(2**n)`` (int64) times the float32 scale promotes
+    to float64; the LUT is rounded to float32 when stored.
+    """
     w = np.asarray(w, dtype=np.float32).reshape(-1)
     q, scale, bias = linear_quantize(w, nbits, (w.size,), 0)
-    lut = np.arange(1 << nbits) * scale[0] + bias[0]
+    lut = np.arange(1 << nbits) * np.float64(scale[0]) + np.float64(bias[0])
     return lut, q
 
 
 def validate_custom_lut(
     fn: Callable, nbits: int, w: np.ndarray, shape: tuple[int, ...], where: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Call ``fn(nbits, weights)`` as coremltools does (float64 weights of the tensor's
-    shape) and check what it returns: a LUT of exactly ``2**nbits`` finite values
+    """Call ``fn(nbits, weights)`` as coremltools does (a float32 copy of the weights in the
+    tensor's shape) and check what it returns: a LUT of exactly ``2**nbits`` finite values
     (shape ``(2**n,)`` or ``(2**n, 1)``) and one integer index in ``[0, 2**n)`` per weight."""
     k = 1 << nbits
     who = where or "tensor"
     try:
-        out = fn(nbits, w.astype(np.float64).reshape(shape))
+        out = fn(nbits, w.astype(np.float32, copy=True).reshape(shape))
     except Exception as exc:  # the user's function failed: say where
         raise InvalidArgumentError(f"lut_function failed on {who}: {type(exc).__name__}: {exc}") from exc
     if not (isinstance(out, (tuple, list)) and len(out) == 2):

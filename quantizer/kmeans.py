@@ -1,18 +1,25 @@
-"""Exact 1-D k-means for lookup-table (palette) quantization.
+"""1-D k-means for lookup-table (palette) quantization: exact where cheap, fast always.
 
 coremltools builds its k-means LUT with scikit-learn's ``KMeans`` (k-means++,
-``tol=1e-2``, one init), which treats a weight tensor as N points in one
-dimension and costs O(N K) per iteration. In one dimension clusters are
-contiguous runs of the *sorted* values, so Lloyd's algorithm can run on the
-sorted array with prefix sums: an iteration is K binary searches for the
-cluster boundaries plus O(K) arithmetic, independent of N. We sort once
-(O(N log N)), run Lloyd's to exact convergence (the partition stops changing)
-from two deterministic initialisations -- scikit-learn's greedy k-means++ run
-on a few thousand weighted atoms that summarise the sorted values, and a
-companded grid with centroid density proportional to p(x)**(1/3) -- refill
-empty clusters by splitting the cluster with the largest error, and keep the
-better result. Converging fully (scikit-learn stops at ``tol=1e-2``) is what
-makes the error no higher than coremltools' on the tensors we measured.
+``tol=1e-2``, one init), treating a weight tensor as N points: O(N K) per
+iteration, ~40 s for 2 M weights at 8 bits. In one dimension clusters are
+contiguous runs of the *sorted* values, which allows two much faster methods:
+
+* **Exact optimum** (small tensors: few distinct values): dynamic programming
+  over the distinct values, ``D[k][i] = min_j D[k-1][j] + cost(j, i)`` with
+  cluster costs from prefix sums. The optimal split point is monotone in both
+  ``i`` and ``k`` (the cost is concave Monge), which bounds the candidates;
+  each DP layer is evaluated vectorised, either over a candidate window or by
+  divide and conquer, whichever is smaller. The result is the global optimum,
+  so its error can be no higher than scikit-learn's.
+* **Lloyd on sorted values** (large tensors): an iteration is K binary searches
+  plus O(K) arithmetic on prefix sums, independent of N. Lloyd runs to exact
+  convergence (the partition stops changing; scikit-learn stops at
+  ``tol=1e-2``) from three deterministic starts -- scikit-learn's greedy
+  k-means++ run on a few thousand weighted atoms summarising the values, a
+  companded grid with centroid density ~ p(x)**(1/3), and (k <= 64) the exact
+  DP optimum over coarse atoms -- empty clusters are refilled by splitting the cluster
+  with the largest error, and the best result is kept.
 
 >>> import numpy as np
 >>> lut, idx = kmeans_lut(np.array([0.0, 0.1, 1.0, 1.1], np.float32), 1)
@@ -21,23 +28,29 @@ makes the error no higher than coremltools' on the tensors we measured.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["kmeans_1d", "kmeans_lut"]
+__all__ = ["kmeans_1d", "kmeans_lut", "optimal_partition"]
 
-#: Lloyd iterations per initialisation (each costs O(K log N); convergence is usually far earlier).
+#: Lloyd iterations per start (each costs O(K log N); convergence is usually far earlier).
 MAX_ITER = 2000
+#: Work (candidate evaluations) we allow the exact DP before switching to Lloyd.
+EXACT_BUDGET = 3_000_000
+#: Largest k for which Lloyd also starts from the exact optimum over coarse atoms
+#: (for larger k that start converges slowly and rarely wins).
+COARSE_DP_MAX_K = 64
 
 
 class _Sorted:
     """Sorted values with prefix sums, for O(1) cluster statistics of any index range."""
 
     def __init__(self, values: np.ndarray) -> None:
-        x = np.sort(np.asarray(values, dtype=np.float32).ravel()).astype(np.float64)
-        self.n = x.size
-        self.shift = float(x[self.n // 2]) if self.n else 0.0  # centring keeps the sums well conditioned
+        self.x = x = np.sort(np.asarray(values, dtype=np.float32).ravel()).astype(np.float64)
+        self.n = n = x.size
+        self.shift = float(x[n // 2]) if n else 0.0  # centring keeps the sums well conditioned
         xc = x - self.shift
-        self.x = x
         self.p1 = np.concatenate(([0.0], np.cumsum(xc)))
         self.p2 = np.concatenate(([0.0], np.cumsum(xc * xc)))
 
@@ -46,44 +59,188 @@ class _Sorted:
         cnt = (ends - starts).astype(np.float64)
         s1 = self.p1[ends] - self.p1[starts]
         s2 = self.p2[ends] - self.p2[starts]
-        safe = np.maximum(cnt, 1.0)
-        mean = s1 / safe
+        mean = s1 / np.maximum(cnt, 1.0)
         sse = np.maximum(s2 - s1 * mean, 0.0)
         return cnt, mean + self.shift, sse
+
+    def ends(self, starts: np.ndarray) -> np.ndarray:
+        return np.concatenate((starts[1:], [self.n]))
 
     def split_points(self, centroids: np.ndarray) -> np.ndarray:
         """Start index of every cluster for sorted centroids (nearest-centroid partition)."""
         bounds = 0.5 * (centroids[:-1] + centroids[1:])
-        return np.concatenate(([0], np.searchsorted(self.x, bounds, side="left")))
+        return np.concatenate(([0], np.searchsorted(self.x, bounds)))
 
-    def ranges(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return starts, np.concatenate((starts[1:], [self.n]))
+    def sse(self, starts: np.ndarray) -> float:
+        return float(self.stats(starts, self.ends(starts))[2].sum())
+
+    def run_starts(self) -> np.ndarray:
+        """Start index of every run of equal values."""
+        return np.concatenate(([0], np.flatnonzero(self.x[1:] != self.x[:-1]) + 1))
+
+    def atom_starts(self, max_atoms: int) -> np.ndarray:
+        """At most ~``max_atoms`` runs (never splitting equal values): the union of an
+        equal-width grid (resolves sparse tails and outliers) and equal-count quantiles
+        (resolves the dense centre)."""
+        x = self.x
+        half = max(2, max_atoms // 2)
+        grid = np.searchsorted(x, np.linspace(x[0], x[-1], half + 1)[1:-1], side="left")
+        quant = np.searchsorted(x, x[(np.arange(1, half) * self.n) // half], side="left")
+        starts = np.unique(np.concatenate(([0], grid, quant)))
+        return starts[starts < self.n]
 
 
-def _lloyd(data: _Sorted, centroids: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's algorithm to convergence; returns (cluster starts, centroids)."""
-    k = centroids.size
-    c = np.sort(centroids)
-    starts = data.split_points(c)
+# ------------------------------------------------------------------------------- exact DP
+def optimal_partition(values: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """Globally optimal partition of sorted distinct ``values`` (with ``weights``) into
+    ``k < len(values)`` contiguous clusters minimising weighted squared error.
+
+    Returns the start index of each of the ``k`` clusters.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    c = np.asarray(weights, dtype=np.float64)
+    m = v.size
+    if not 1 <= k < m:
+        raise ValueError(f"need 1 <= k < len(values), got k={k}, len={m}")
+    vc = v - np.average(v, weights=c)
+    C = np.concatenate(([0.0], np.cumsum(c)))
+    S = np.concatenate(([0.0], np.cumsum(c * vc)))
+    Q = np.concatenate(([0.0], np.cumsum(c * vc * vc)))
+
+    def cost(j: np.ndarray, i: np.ndarray) -> np.ndarray:
+        s = S[i] - S[j]
+        return np.maximum(Q[i] - Q[j] - s * s / (C[i] - C[j]), 0.0)
+
+    D = np.full(m + 1, np.inf)
+    D[1:] = cost(np.zeros(m, dtype=np.int64), np.arange(1, m + 1))
+    prev_opt = np.zeros(m + 1, dtype=np.int64)
+    args = np.zeros((k + 1, m + 1), dtype=np.int32)
+    for layer in range(2, k + 1):
+        hi = m - (k - layer)  # leave one value for every later cluster
+        i = np.arange(layer, hi + 1)
+        jlo = np.maximum(prev_opt[i], layer - 1)
+        window = int((i - jlo).sum())
+        if window <= 4 * i.size * max(1, int(math.log2(i.size + 1))):
+            D, opt = _layer_window(D, cost, i, jlo, m)
+        else:
+            D, opt = _layer_divide(D, cost, layer, hi, prev_opt, m)
+        args[layer] = opt
+        prev_opt = opt
+    starts = np.empty(k, dtype=np.int64)
+    end = m
+    for layer in range(k, 0, -1):
+        j = int(args[layer, end]) if layer > 1 else 0
+        starts[layer - 1] = j
+        end = j
+    return starts
+
+
+def _segment_argmin(val: np.ndarray, offs: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-segment (min, flat position of the first min) of a flat ragged array."""
+    mins = np.minimum.reduceat(val, offs)
+    pos = np.minimum.reduceat(np.where(val <= mins[seg], np.arange(val.size), val.size), offs)
+    return mins, pos
+
+
+def _ragged(jlo: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    offs = np.concatenate(([0], np.cumsum(lens)[:-1]))
+    seg = np.repeat(np.arange(lens.size), lens)
+    j = jlo[seg] + (np.arange(int(lens.sum())) - offs[seg])
+    return j, offs, seg
+
+
+def _layer_window(D, cost, i, jlo, m):
+    """One DP layer, every split candidate in [opt(k-1, i), i-1] evaluated at once."""
+    j, offs, seg = _ragged(jlo, i - jlo)
+    val = D[j] + cost(j, i[seg])
+    mins, pos = _segment_argmin(val, offs, seg)
+    Dn = np.full(m + 1, np.inf)
+    opt = np.zeros(m + 1, dtype=np.int64)
+    Dn[i] = mins
+    opt[i] = j[pos]
+    return Dn, opt
+
+
+def _layer_divide(D, cost, layer, hi0, prev_opt, m):
+    """One DP layer by divide and conquer on the monotone split point, one tree level at a time."""
+    Dn = np.full(m + 1, np.inf)
+    opt = np.zeros(m + 1, dtype=np.int64)
+    lo, hi = np.array([layer]), np.array([hi0])
+    olo, ohi = np.array([layer - 1]), np.array([hi0 - 1])
+    while lo.size:
+        mid = (lo + hi) // 2
+        jlo = np.maximum(olo, prev_opt[mid])
+        jhi = np.minimum(ohi, mid - 1)
+        j, offs, seg = _ragged(jlo, jhi - jlo + 1)
+        val = D[j] + cost(j, mid[seg])
+        mins, pos = _segment_argmin(val, offs, seg)
+        best = j[pos]
+        Dn[mid] = mins
+        opt[mid] = best
+        left, right = lo <= mid - 1, mid + 1 <= hi
+        lo, hi, olo, ohi = (
+            np.concatenate((lo[left], mid[right] + 1)),
+            np.concatenate((mid[left] - 1, hi[right])),
+            np.concatenate((olo[left], best[right])),
+            np.concatenate((best[left], ohi[right])),
+        )
+    return Dn, opt
+
+
+def _exact_is_cheap(m: int, k: int) -> bool:
+    """Rough work estimate of the DP over ``m`` values: window sums ~ m^2/2 * H(k), and
+    at most ~m log m per layer once layers are small."""
+    est = min(m * m / 2 * (math.log(k) + 0.6), k * m * max(1.0, math.log2(m)) * 2)
+    return est <= EXACT_BUDGET
+
+
+def _dp_on_runs(data: _Sorted, run_starts: np.ndarray, k: int) -> np.ndarray:
+    """Optimal partition of the data restricted to whole runs; returns data start indices."""
+    ends = data.ends(run_starts)
+    cnt, mean, _ = data.stats(run_starts, ends)
+    cut = optimal_partition(mean, cnt, k)
+    return run_starts[cut]
+
+
+# ---------------------------------------------------------------------------------- Lloyd
+def _lloyd_converge(data: _Sorted, c: np.ndarray, max_iter: int) -> np.ndarray:
+    """Plain Lloyd iterations on the sorted data until the partition is stable (tight loop)."""
+    p1 = data.p1
+    k = c.size
+    edges = np.empty(k + 1, dtype=np.int64)  # cluster i is [edges[i], edges[i+1])
+    edges[0], edges[-1] = 0, data.n
+    edges[1:-1] = np.searchsorted(data.x, 0.5 * (c[:-1] + c[1:]))
+    mean = c.copy()
     for _ in range(max_iter):
-        s, e = data.ranges(starts)
-        cnt, mean, _ = data.stats(s, e)
-        c = np.where(cnt > 0, mean, c)
-        c = np.sort(c)
-        new = data.split_points(c)
-        if np.array_equal(new, starts):
+        cnt = np.diff(edges)
+        sums = p1[edges[1:]] - p1[edges[:-1]]
+        np.divide(sums, cnt, out=mean, where=cnt > 0)  # empty clusters keep their centroid
+        mean[cnt > 0] += data.shift
+        if (cnt == 0).any():
+            mean.sort()
+        new = np.searchsorted(data.x, 0.5 * (mean[:-1] + mean[1:]))
+        if np.array_equal(new, edges[1:-1]):
             break
-        starts = new
-    # Refill empty clusters: split the cluster with the largest error at its mean.
-    for _ in range(k):
-        s, e = data.ranges(starts)
-        cnt, mean, sse = data.stats(s, e)
+        edges[1:-1] = new
+    return edges[:-1].copy()
+
+
+def _lloyd(data: _Sorted, centroids: np.ndarray, max_iter: int) -> np.ndarray:
+    """Lloyd's algorithm to convergence, refilling empty clusters; returns cluster starts."""
+    k = centroids.size
+    c = np.sort(np.asarray(centroids, dtype=np.float64))
+    starts = np.zeros(1, dtype=np.int64)
+    for _restart in range(k + 1):
+        starts = _lloyd_converge(data, c, max_iter)
+        cnt, mean, sse = data.stats(starts, data.ends(starts))
         empty = np.flatnonzero(cnt == 0)
         if empty.size == 0:
-            break
+            return starts
+        # Split the cluster with the largest error at its mean into two non-empty halves.
+        s, e = starts, data.ends(starts)
         splittable = (cnt >= 2) & (data.x[np.maximum(e - 1, 0)] > data.x[np.minimum(s, data.n - 1)])
         if not splittable.any():
-            break
+            return starts
         j = int(np.argmax(np.where(splittable, sse, -1.0)))
         lo, hi = int(s[j]), int(e[j])
         cut = lo + int(np.searchsorted(data.x[lo:hi], mean[j], side="right"))
@@ -91,41 +248,19 @@ def _lloyd(data: _Sorted, centroids: np.ndarray, max_iter: int) -> tuple[np.ndar
         _, m_l, _ = data.stats(np.array([lo]), np.array([cut]))
         _, m_r, _ = data.stats(np.array([cut]), np.array([hi]))
         c = np.where(cnt > 0, mean, c)
-        c[j] = m_l[0]
-        c[empty[0]] = m_r[0]
-        return _lloyd(data, c, max_iter)  # at most k nested restarts: each adds a used cluster
-    return starts, c
+        c[j], c[empty[0]] = m_l[0], m_r[0]
+        c = np.sort(c)
+    return starts
 
 
-def _sse(data: _Sorted, starts: np.ndarray) -> float:
-    s, e = data.ranges(starts)
-    return float(data.stats(s, e)[2].sum())
-
-
-def _atoms(data: _Sorted, max_atoms: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Summarise the sorted values as at most ``max_atoms`` runs (mean, count).
-
-    Run boundaries are the union of an equal-width grid (resolves sparse tails
-    and outliers) and equal-count quantiles (resolves the dense centre).
-    """
-    x = data.x
-    half = max_atoms // 2
-    grid = np.searchsorted(x, np.linspace(x[0], x[-1], half + 1)[1:-1], side="left")
-    quant = (np.arange(1, half) * data.n) // half
-    quant = np.searchsorted(x, x[quant], side="left")  # never split equal values
-    starts = np.unique(np.concatenate(([0], grid, quant)))
-    starts = starts[starts < data.n]
-    cnt, mean, _ = data.stats(*data.ranges(starts))
-    return mean, cnt
-
-
-def _init_kmeanspp(data: _Sorted, k: int, seed: int = 0) -> np.ndarray:
+def _init_kmeanspp(data: _Sorted, k: int, seed: int = 0, max_atoms: int = 8192) -> np.ndarray:
     """Greedy k-means++ seeding (as scikit-learn does it) on weighted atoms: deterministic."""
-    points, weights = _atoms(data)
+    starts = data.atom_starts(max_atoms)
+    weights, points, _ = data.stats(starts, data.ends(starts))
     rng = np.random.default_rng(seed)
     trials = 2 + int(np.log(k))
     c = np.empty(k)
-    c[0] = points[int(np.searchsorted(np.cumsum(weights), rng.random() * weights.sum()))]
+    c[0] = points[min(int(np.searchsorted(np.cumsum(weights), rng.random() * weights.sum())), points.size - 1)]
     d2 = (points - c[0]) ** 2
     for m in range(1, k):
         pot = np.cumsum(weights * d2)
@@ -142,46 +277,85 @@ def _init_kmeanspp(data: _Sorted, k: int, seed: int = 0) -> np.ndarray:
 
 def _init_companded(data: _Sorted, k: int) -> np.ndarray:
     """Centroid density proportional to p(x)**(1/3): the high-resolution optimum for MSE."""
-    lo, hi = data.x[0], data.x[-1]
     bins = int(min(4096, max(16, data.n // 8)))
-    counts, edges = np.histogram(data.x, bins=bins, range=(lo, hi))
-    dens = np.cbrt(counts.astype(np.float64))
-    cdf = np.concatenate(([0.0], np.cumsum(dens)))
+    counts, edges = np.histogram(data.x, bins=bins, range=(data.x[0], data.x[-1]))
+    cdf = np.concatenate(([0.0], np.cumsum(np.cbrt(counts.astype(np.float64)))))
     cdf /= cdf[-1]
     return np.interp((np.arange(k) + 0.5) / k, cdf, edges)
 
 
+def _init_coarse_optimum(data: _Sorted, k: int) -> np.ndarray | None:
+    """Centroids of the exact optimum over the largest affordable set of coarse atoms."""
+    atoms = 2 * k
+    while atoms * 2 <= data.n and _exact_is_cheap(atoms * 2, k):
+        atoms *= 2
+    starts = data.atom_starts(atoms)
+    if starts.size <= k:
+        return None
+    cut = _dp_on_runs(data, starts, k)
+    return data.stats(cut, data.ends(cut))[1]
+
+
+# ------------------------------------------------------------------------------------ API
 def kmeans_1d(values: np.ndarray, k: int, *, max_iter: int = MAX_ITER) -> tuple[np.ndarray, np.ndarray]:
     """Cluster 1-D ``values`` into at most ``k`` clusters minimising squared error.
 
     Returns ``(centroids, labels)``: ``centroids`` sorted float64 of length
     ``min(k, number of distinct values)`` (each the mean of its cluster) and
     ``labels`` (int64, same length as ``values``) indexing them. With at most
-    ``k`` distinct values the clustering is exact (zero error).
+    ``k`` distinct values the result is exact (zero error); with few distinct
+    values it is the global optimum.
     """
     flat = np.asarray(values, dtype=np.float32).ravel()
     if flat.size == 0:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     data = _Sorted(flat)
-    distinct = 1 + int(np.count_nonzero(data.x[1:] != data.x[:-1]))
-    if distinct <= k:
-        uniq = np.unique(data.x)
+    runs = data.run_starts()
+    if runs.size <= k:
+        uniq = data.x[runs]
         return uniq, np.searchsorted(uniq, flat.astype(np.float64)).astype(np.int64)
-    best = None
-    for init in (_init_kmeanspp, _init_companded):
-        starts, _ = _lloyd(data, init(data, k), max_iter)
-        err = _sse(data, starts)
-        if best is None or err < best[0]:
-            best = (err, starts)
-    starts = best[1]
-    s, e = data.ranges(starts)
-    cnt, mean, _ = data.stats(s, e)
+    if _exact_is_cheap(runs.size, k):
+        starts = _dp_on_runs(data, runs, k)
+    else:
+        best: tuple[float, np.ndarray] | None = None
+        inits = (_init_kmeanspp, _init_companded) + ((_init_coarse_optimum,) if k <= COARSE_DP_MAX_K else ())
+        for init in inits:
+            c0 = init(data, k)
+            if c0 is None:
+                continue
+            cand = _lloyd(data, c0, max_iter)
+            err = data.sse(cand)
+            if best is None or err < best[0]:
+                best = (err, cand)
+        starts = best[1]
+    cnt, mean, _ = data.stats(starts, data.ends(starts))
     used = cnt > 0
-    centroids = mean[used]
-    # Label by the partition itself (split values), which is what the centroids are the means of.
-    split_vals = data.x[s[used][1:]]
-    labels = np.searchsorted(split_vals, flat.astype(np.float64), side="right").astype(np.int64)
-    return centroids, labels
+    # Label by the partition itself (its split values), whose means the centroids are.
+    return mean[used], _labels(flat, data.x[starts[used][1:]], data.x[0], data.x[-1])
+
+
+def _labels(flat: np.ndarray, split_vals: np.ndarray, lo: float, hi: float, cells: int = 1 << 16) -> np.ndarray:
+    """``searchsorted(split_vals, flat, side="right")`` for many values, fast.
+
+    A uniform grid over [lo, hi] gives each value a cell; cells whose
+    neighbourhood holds no split value have one label for all their values
+    (looked up); only values in the few cells near a split are binary-searched.
+    """
+    if flat.size < 65536 or split_vals.size == 0 or not hi > lo:
+        return np.searchsorted(split_vals, flat.astype(np.float64), side="right").astype(np.int64)
+    step = (hi - lo) / cells
+    grid = lo + step * np.arange(cells + 1)
+    lab_at = np.searchsorted(split_vals, grid, side="right")  # label at each cell's left edge
+    lab_lo = np.concatenate(([lab_at[0]], lab_at[:-2]))  # left edge of the previous cell
+    lab_hi = np.concatenate((lab_at[2:], [lab_at[-1]]))  # right edge of the next cell
+    clear = lab_lo == lab_hi
+    # float32 cell arithmetic is off by far less than a cell; the neighbour check absorbs it
+    cell = ((flat - np.float32(lo)) * np.float32(1.0 / step)).astype(np.int32)
+    np.clip(cell, 0, cells - 1, out=cell)
+    labels = lab_at.astype(np.int64)[cell]
+    unsure = np.flatnonzero(~clear[cell])
+    labels[unsure] = np.searchsorted(split_vals, flat[unsure].astype(np.float64), side="right")
+    return labels
 
 
 def kmeans_lut(values: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
