@@ -33,7 +33,7 @@ from .weightparams import decode_weights, write_float16, write_float32, write_qu
 
 # Codecs, plans, selectors and fusion (modules added by the codec/plan work).
 try:  # pragma: no cover - exercised once those modules exist
-    from .plan import Codec, QuantPlan, apply_plan, build_plan  # noqa: F401
+    from .plan import Codec, CodecCache, QuantPlan, apply_plan, build_plan, codec_cache  # noqa: F401
 except ImportError:  # plan module not written yet
     pass
 try:  # pragma: no cover
