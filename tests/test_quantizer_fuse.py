@@ -299,3 +299,32 @@ def test_batchnorm_with_zero_variance_and_zero_epsilon_is_not_folded():
     quantizer.write_float32(bn.variance, np.zeros(6, np.float32))
     bn.epsilon = 0.0
     assert fuse_in_place(spec) == []
+
+
+def test_no_fold_of_a_blob_read_inside_a_later_loop_body():
+    """conv -> scale at top level, and a loop body after them also reads the conv output:
+    coremltools' per-list analysis would fold it away; we count reads at every depth."""
+    spec = FUSION_MODELS["ip+scale"].build()
+    loop = spec.neuralNetwork.layers.add()
+    loop.name = "loop"
+    loop.loop.maxLoopIterations = 1
+    reader = loop.loop.bodyNetwork.layers.add()
+    reader.name = "body_reader"
+    reader.input.append("b0")
+    reader.output.append("side")
+    reader.activation.ReLU.SetInParent()
+    assert fuse_in_place(spec) == []
+
+
+def test_no_fold_of_a_width_shaped_scale():
+    """A [1, 1, W] scale (the converter's layer-norm form) varies along width, not channels."""
+    spec = FUSION_MODELS["conv+scale"].build()
+    s = spec.neuralNetwork.layers[1].scale
+    for field in ("shapeScale", "shapeBias"):
+        del getattr(s, field)[:]
+        getattr(s, field).extend([1, 1, 3])
+    quantizer.write_float32(s.scale, np.array([1.0, 2.0, 3.0], np.float32))
+    quantizer.write_float32(s.bias, np.array([0.5, 0.0, -0.5], np.float32))
+    assert fuse_in_place(_copy(spec)) == []
+    feeds = _feeds(FUSION_MODELS["conv+scale"])
+    assert _max_rel(reference_predict(spec, feeds), reference_predict(quantizer.fuse(spec), feeds)) == 0
