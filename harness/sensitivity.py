@@ -152,8 +152,9 @@ class UnitPlans:
         self.uniform: dict[str, Any] = {}
         self.pieces: dict[str, dict[str, dict[tuple[str, str], Any]]] = {}
         order = {layer.name: i for i, layer in enumerate(quantizer.iter_layers(model))}
+        slot_order = {(t.layer, t.field): i for i, t in enumerate(quantizer.weight_tensors(model))}
         self.layer_type = {layer.name: layer.WhichOneof("layer") for layer in quantizer.iter_layers(model)}
-        units: dict[str, tuple[int, str]] = {}
+        units: dict[str, tuple[int, int, str]] = {}
         for ch in self.choices:
             if ch.is_float:
                 continue
@@ -165,7 +166,7 @@ class UnitPlans:
                     continue
                 u = self.unit_of(key)
                 split.setdefault(u, {})[key] = codec
-                units.setdefault(u, (order.get(key[0], len(order)), key[1]))
+                units.setdefault(u, (order.get(key[0], len(order)), slot_order.get(key, len(slot_order)), key[1]))
             self.pieces[ch.label] = split
         if not units:
             raise ConfigError("The model has no weight tensor any codec of the search space would quantize; "
