@@ -1,7 +1,7 @@
 """The numpy reference executor: runs a neural-network spec with the op registry."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -52,11 +52,30 @@ class NumpyExecutor(Executor):
             chw = (chw[0], 1, 1)
         return x.reshape((n, s, 1) + tuple(chw))
 
-    def _predict(self, split: dict[str, tuple[np.ndarray, int, int]], n: int) -> dict[str, np.ndarray]:
+    def _input_blobs(self, split: dict[str, tuple[np.ndarray, int, int]], n: int) -> Blobs:
         infos = {i.name: i for i in self.io.inputs}
-        blobs: Blobs = {k: self._blob(infos[k], x, n, s) for k, (x, _, s) in split.items()}
+        return {k: self._blob(infos[k], x, n, s) for k, (x, _, s) in split.items()}
+
+    def _predict(self, split: dict[str, tuple[np.ndarray, int, int]], n: int) -> dict[str, np.ndarray]:
+        blobs = self._input_blobs(split, n)
         self.network.run(blobs)
         return self._outputs(blobs, n)
+
+    def trace(self, feeds: Mapping[str, np.ndarray]) -> Blobs:
+        """Run the network and return every blob (inputs and layer outputs) in the internal layout.
+
+        Each blob is ``(N, *Core ML per-sample shape)``; useful to inspect a layer's output.
+        """
+        split, n = self.io.split_feeds(feeds)
+        blobs = self._input_blobs(split, n)
+        inputs = dict(blobs)
+        self.network.run(blobs)
+        return {**inputs, **blobs}
+
+    def input_blobs(self, feeds: Mapping[str, np.ndarray]) -> Blobs:
+        """The validated feeds as the network's input blobs (internal layout), without running it."""
+        split, n = self.io.split_feeds(feeds)
+        return self._input_blobs(split, n)
 
     # -- internal blobs -> outputs -------------------------------------------
     def _outputs(self, blobs: Blobs, n: int) -> dict[str, np.ndarray]:

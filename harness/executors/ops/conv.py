@@ -22,6 +22,9 @@ from numpy.lib.stride_tricks import as_strided
 from harness.executors.ops.base import F32, Op, f32
 from harness.executors.registry import register
 
+#: Upper bound (bytes) of one im2col buffer; larger batches are processed in chunks of samples.
+_COLS_BUDGET = 64 << 20
+
 
 def pair(values, default: int) -> tuple[int, int]:
     """A length-2 ``[H, W]`` param (empty -> default)."""
@@ -110,6 +113,7 @@ class Convolution(Op):
                 cg = self.cout // g
                 wg = w.reshape(g, cg, self.kc, self.kh, self.kw).transpose(0, 3, 4, 2, 1)
                 self.wmat = np.ascontiguousarray(wg.reshape(g, self.kh * self.kw * self.kc, cg))
+                self.wrows = np.ascontiguousarray(w.reshape(self.cout, -1)) if g == 1 else None
         self.b = self.weights("bias", (self.cout,), 0) if params.hasBias else None
 
     # -- helpers -------------------------------------------------------------
@@ -139,30 +143,47 @@ class Convolution(Op):
         wo = (w + pl + pr - ekw) // self.sw + 1
         if ho <= 0 or wo <= 0:
             raise self.error(f"the kernel ({self.kh}x{self.kw}, dilation {self.dh}x{self.dw}) does not fit the padded input {h}x{w}")
-        xp = pad_hw(x, pt, pb, pl, pr)
         if self.depthwise:
-            return self._depthwise(xp, ho, wo)
-        g, cg, kc = self.groups, self.cout // self.groups, self.kc
-        if self.kh == self.kw == 1:
-            # 1x1: no im2col, (M, C, Ho*Wo) strided view
-            v = xp[:, :, : (ho - 1) * self.sh + 1: self.sh, : (wo - 1) * self.sw + 1: self.sw]
+            return self._depthwise(pad_hw(x, pt, pb, pl, pr), ho, wo)
+        if c < 4 and self.groups == 1:
+            return self._conv_cols_nchw(pad_hw(x, pt, pb, pl, pr), ho, wo)
+        return self._conv_cols_nhwc(x, (pt, pb, pl, pr), ho, wo)
+
+    def _conv_cols_nhwc(self, x: np.ndarray, pads: tuple[int, int, int, int], ho: int, wo: int) -> np.ndarray:
+        """im2col in channels-last order + one GEMM per chunk of samples (memory-bounded)."""
+        m, c, h, w = x.shape
+        pt, pb, pl, pr = pads
+        g, kc, kh, kw = self.groups, self.kc, self.kh, self.kw
+        xn = np.zeros((m, h + pt + pb, w + pl + pr, c), dtype=F32)
+        xn[:, pt:pt + h, pl:pl + w, :] = x.transpose(0, 2, 3, 1)
+        st = xn.strides
+        k = kh * kw * c
+        out = np.empty((m, ho, wo, self.cout), dtype=F32)
+        step = max(1, _COLS_BUDGET // max(1, ho * wo * k * 4))
+        for lo in range(0, m, step):
+            hi = min(m, lo + step)
+            v = as_strided(xn[lo:hi], (hi - lo, ho, wo, kh, kw, c),
+                           (st[0], st[1] * self.sh, st[2] * self.sw, st[1] * self.dh, st[2] * self.dw, st[3]), writeable=False)
+            cols = np.ascontiguousarray(v).reshape((hi - lo) * ho * wo, k)
+            dst = out[lo:hi].reshape((hi - lo) * ho * wo, self.cout)
             if g == 1:
-                wt = self.wmat[0].T  # (Cout, Cin)
-                y = np.matmul(wt, v.reshape(m, c, ho * wo))
-                if self.b is not None:
-                    y += self.b[:, None]
-                return y.reshape(m, self.cout, ho, wo)
-        # im2col, channels last: (M, Ho, Wo, kh, kw, C)
-        win = windows(xp, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, ho, wo)  # (M, C, kh, kw, Ho, Wo)
-        cols = np.ascontiguousarray(win.transpose(0, 4, 5, 2, 3, 1))
-        if g == 1:
-            y = cols.reshape(m * ho * wo, -1) @ self.wmat[0]  # (M*Ho*Wo, Cout)
-        else:
-            cols = cols.reshape(m * ho * wo, self.kh * self.kw, g, kc).transpose(2, 0, 1, 3).reshape(g, m * ho * wo, -1)
-            y = np.matmul(cols, self.wmat).transpose(1, 0, 2).reshape(m * ho * wo, self.cout)
+                np.matmul(cols, self.wmat[0], out=dst)
+            else:
+                cg = cols.reshape(-1, kh * kw, g, kc).transpose(2, 0, 1, 3).reshape(g, -1, kh * kw * kc)
+                dst[...] = np.matmul(cg, self.wmat).transpose(1, 0, 2).reshape(-1, self.cout)
         if self.b is not None:
-            y += self.b
-        return y.reshape(m, ho, wo, self.cout).transpose(0, 3, 1, 2)
+            out += self.b
+        return out.transpose(0, 3, 1, 2)
+
+    def _conv_cols_nchw(self, xp: np.ndarray, ho: int, wo: int) -> np.ndarray:
+        """Few input channels: im2col rows (C, kh, kw) x columns (M, Ho, Wo), one GEMM."""
+        m, c = xp.shape[:2]
+        win = windows(xp, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, ho, wo)  # (M, C, kh, kw, Ho, Wo)
+        cols = np.ascontiguousarray(win.transpose(1, 2, 3, 0, 4, 5)).reshape(c * self.kh * self.kw, m * ho * wo)
+        y = self.wrows @ cols  # (Cout, M*Ho*Wo)
+        if self.b is not None:
+            y += self.b[:, None]
+        return y.reshape(self.cout, m, ho, wo).transpose(1, 0, 2, 3)
 
     def _depthwise(self, xp: np.ndarray, ho: int, wo: int) -> np.ndarray:
         m, c = xp.shape[:2]

@@ -38,7 +38,8 @@ class InnerProduct(Op):
             raise self.error(
                 f"input has {m.shape[-1]} channels per row (Core ML shape {tuple(x.shape[1:])}), "
                 f"the weights expect inputChannels={self.cin}")
-        y = f32(m) @ self.wt
+        # one 2-D GEMM (a stacked matmul would call BLAS once per row)
+        y = f32(m).reshape(-1, self.cin) @ self.wt
         if self.b is not None:
             y += self.b
-        return y.reshape(lead + (self.cout, 1, 1)) if r >= 4 else y
+        return y.reshape(lead + ((self.cout, 1, 1) if r >= 4 else (self.cout,)))

@@ -13,6 +13,9 @@ from harness.executors.registry import register
 
 def softmax(x: np.ndarray, ax: int) -> np.ndarray:
     """Numerically stable softmax of float32 ``x`` along numpy axis ``ax``."""
+    ax %= x.ndim
+    if ax < x.ndim - 1 and all(d == 1 for d in x.shape[ax + 1:]):  # e.g. (..., C, 1, 1): use the last axis
+        return softmax(x.reshape(x.shape[: ax + 1]), ax).reshape(x.shape)
     e = np.exp(x - x.max(axis=ax, keepdims=True))
     e /= e.sum(axis=ax, keepdims=True)
     return e
