@@ -5,9 +5,10 @@ For every fixture in ``tests/fixtures/manifest.json``:
 * the executor's outputs match the stored reference within the manifest's
   tolerance, relative to the output's scale;
 * running the batch at once equals running it sample by sample;
-* quantized variants of the model (linear 8 and 4 bits per channel, linear
-  LUT, k-means-style LUT, fp16) give the same outputs as the same network with
-  the decoded (dequantized) weights written back as float32.
+* quantized variants of the model (``quantizer.quantize_weights``: linear 8 and
+  4 bits, linear_symmetric 8, linear_lut 3, kmeans_lut 2, fp16) give the same
+  outputs as the same network dequantized to float32
+  (``quantization_mode="dequantization"``).
 """
 from __future__ import annotations
 
@@ -73,61 +74,22 @@ def test_batched_equals_per_sample(name: str) -> None:
 
 # -- quantized variants ------------------------------------------------------------
 
-def _encode(values: np.ndarray, channel_axis: int, mode: str, nbits: int, wp) -> None:
-    """Write ``values`` into ``wp`` with the given encoding (test-local encoder)."""
-    v = values.astype(np.float64)
-    if mode == "fp16":
-        quantizer.write_float16(wp, values.astype(np.float32))
-        return
-    if mode == "linear":  # per channel along channel_axis, coremltools' formula
-        c = v.shape[channel_axis] if v.ndim > 1 else 1
-        moved = np.moveaxis(v, channel_axis, 0).reshape(c, -1) if v.ndim > 1 else v.reshape(1, -1)
-        lo, hi = moved.min(axis=1), moved.max(axis=1)
-        scale = np.where(hi > lo, (hi - lo) / (2 ** nbits - 1), 1.0)
-        shape = [1] * v.ndim
-        if v.ndim > 1:
-            shape[channel_axis] = c
-        s_b, lo_b = (scale.reshape(shape), lo.reshape(shape)) if v.ndim > 1 else (scale, lo)
-        q = np.clip(np.round((v - lo_b) / s_b), 0, 2 ** nbits - 1).astype(np.uint8)
-        quantizer.write_quantized(wp, quantizer.pack_bits(q.ravel(), nbits), nbits, scale=scale, bias=lo)
-        return
-    if mode == "linear_lut":
-        lo, hi = v.min(), v.max()
-        scale = (hi - lo) / (2 ** nbits - 1) if hi > lo else 1.0
-        lut = np.arange(2 ** nbits) * scale + lo
-    else:  # "quantile_lut": a non-uniform table (k-means-like)
-        lut = np.quantile(v.ravel(), np.linspace(0, 1, 2 ** nbits))
-    idx = np.abs(v.ravel()[:, None] - lut[None, :]).argmin(axis=1).astype(np.uint8)
-    quantizer.write_quantized(wp, quantizer.pack_bits(idx, nbits), nbits, lut=lut)
-
-
-def _variant(spec, mode: str, nbits: int):
-    """(quantized spec, the same network with its decoded weights written as float32)."""
-    q = type(spec)()
-    q.CopyFrom(spec)
-    for layer, slot, wp in list(quantizer.iter_weight_slots(q)):
-        if not slot.quantizable:
-            continue
-        values = quantizer.decode_weights(wp, slot.shape, slot.channel_axis)
-        _encode(values, slot.channel_axis, mode, nbits, wp)
-    if q.specificationVersion < 3:
-        q.specificationVersion = 3
-    d = type(q)()
-    d.CopyFrom(q)
-    for layer, slot, wp in list(quantizer.iter_weight_slots(d)):
-        quantizer.write_float32(wp, quantizer.decode_weights(wp, slot.shape, slot.channel_axis))
-    return q, d
-
-
-QUANT_MODES = [("linear", 8), ("linear", 4), ("linear_lut", 3), ("quantile_lut", 2), ("fp16", 16)]
+QUANT_MODES = [("linear", 8), ("linear", 4), ("linear_symmetric", 8), ("linear_lut", 3), ("kmeans_lut", 2), ("fp16", 16)]
 
 
 @pytest.mark.parametrize("mode,nbits", QUANT_MODES, ids=[f"{m}{b}" for m, b in QUANT_MODES])
 @pytest.mark.parametrize("name", NAMES)
 def test_quantized_matches_dequantized(name: str, mode: str, nbits: int) -> None:
+    """The quantized model and the same network with its weights dequantized to float32 agree."""
     spec, inputs, _ = load_fixture(name)
     _executor(spec)  # skip when layers are missing
-    q, d = _variant(spec, mode, nbits)
+    if not any(t.count for t in quantizer.weight_tensors(spec) if t.layer_type in quantizer.QUANTIZABLE_LAYER_TYPES):
+        pytest.skip("the model has no weights quantize_weights quantizes")
+    q = quantizer.quantize_weights(spec, nbits, mode if mode != "fp16" else "linear")
+    d = quantizer.quantize_weights(q, None, "dequantization")
+    encodings = {t.encoding for t in quantizer.weight_tensors(q)}
+    assert encodings - {"float32"}, f"{mode}{nbits} left every weight in float32"
+    assert {t.encoding for t in quantizer.weight_tensors(d)} == {"float32"}
     got, ref = NumpyExecutor(q).predict(inputs), NumpyExecutor(d).predict(inputs)
     for out_name, y in ref.items():
         if y.dtype.kind in "iuUSO":
