@@ -553,7 +553,13 @@ def spec_diff(ours: Any, theirs: Any, path: str = "", limit: int = 20) -> list[s
             va, vb = getattr(a, name), getattr(b, name)
             q = f"{p}.{name}" if p else name
             if fd.is_repeated:
-                if fd.message_type is not None and not fd.message_type.GetOptions().map_entry:
+                if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+                    da, db = dict(va), dict(vb)  # maps: order-free (values here are scalars)
+                    if da != db:
+                        keys = sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
+                        out.append(f"{q}: differ at keys {keys[:5]}")
+                    continue
+                if fd.message_type is not None:
                     if len(va) != len(vb):
                         out.append(f"{q}: {len(va)} vs {len(vb)} entries")
                         continue
