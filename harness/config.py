@@ -48,7 +48,7 @@ class DataConfig:
 
     kind: ``zoo`` (the zoo model's own test set), ``sklearn`` (``name``:
     digits, iris, wine, breast_cancer, diabetes; ``transforms``; ``seed``),
-    ``npz`` (``path``; ``keys`` input name -> array key; labels key ``labels``,
+    ``npz`` (``path``; ``inputs``: input name -> array key; labels key ``labels``,
     default ``y``) or ``csv`` (``path``; ``feature_columns``; label column
     ``labels``, default a column named ``label`` or ``y``).
     ``labels: null`` ignores labels: the task metric becomes agreement with the
@@ -60,7 +60,7 @@ class DataConfig:
     path: Optional[str] = None
     transforms: Optional[str] = None
     seed: int = 0
-    keys: Dict[str, str] = field(default_factory=dict)
+    inputs: Dict[str, str] = field(default_factory=dict)
     labels: Optional[str] = "auto"
     label_mode: str = "auto"
     feature_columns: Optional[List[str]] = None

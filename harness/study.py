@@ -51,8 +51,18 @@ EXPERIMENT_ATTR = "qsweep:experiment"
 FAILURE_ATTR = "failure"  # user attr on FAIL trials: "error" (raised) or "interrupted" (Ctrl-C)
 KEPT_ON_RETRY = ("grid_point",)  # user attributes a retried trial inherits
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Silence Optuna's notes on the experimental APIs qsweep relies on on purpose (heartbeats,
+    stale-trial failing, metric names) and its advice to use heartbeats only with ``optimize``
+    (qsweep runs its own ask/tell loop with its own heartbeat thread)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
+        yield
 
 
 # -- identity ---------------------------------------------------------------------------------
@@ -205,10 +215,11 @@ def open_storage(cfg: Any) -> optuna.storages.RDBStorage:
     last: Exception | None = None
     for attempt in range(6):
         try:
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs,
-                heartbeat_interval=int(cfg.heartbeat_interval), grace_period=int(cfg.grace_period),
-                heartbeat_stale_trial_callback=RetryDeadTrial(cfg.max_retry))
+            with quiet_optuna():
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs,
+                    heartbeat_interval=int(cfg.heartbeat_interval), grace_period=int(cfg.grace_period),
+                    heartbeat_stale_trial_callback=RetryDeadTrial(cfg.max_retry))
             if backend == "sqlite":
                 _tune_sqlite(storage.engine)
             Claims(storage.engine)  # create qsweep's claims table now: fail here, not mid-sweep
@@ -261,7 +272,8 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, directions: Seque
     if created:
         Claims(storage.engine).forget_study(study._study_id)
         if metric_names:
-            study.set_metric_names(list(metric_names))
+            with quiet_optuna():
+                study.set_metric_names(list(metric_names))
         storage.set_study_system_attr(study._study_id, EXPERIMENT_ATTR, experiment)
         return study, True
     deadline = time.monotonic() + wait
@@ -296,7 +308,8 @@ def reap(study: optuna.Study) -> list[int]:
     storage = study._storage
     reaped: list[int] = []
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)
+    with quiet_optuna():
+        optuna.storages.fail_stale_trials(study)
     after_running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     reaped += sorted(before - after_running)
     callback = storage.get_heartbeat_stale_trial_callback()

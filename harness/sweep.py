@@ -113,7 +113,7 @@ def load_dataset(cfg: Any, model: ModelInput) -> Any:
         path = Path(str(cfg.path)).expanduser()
         if kind == "npz":
             key = "y" if labels == "auto" else labels
-            ds = hdata.load_npz(path, model.spec, keys=dict(cfg.keys or {}), label_key=key,
+            ds = hdata.load_npz(path, model.spec, keys=dict(cfg.inputs or {}), label_key=key,
                                 label_mode=str(cfg.label_mode))
         else:
             ds = hdata.load_csv(path, model.spec, feature_columns=list(cfg.feature_columns) if cfg.feature_columns

@@ -15,7 +15,7 @@ import optuna
 from harness.errors import ConfigError
 from harness.search.base import Candidate, SearchContext, SearchStrategy, SkipTrial
 from harness.space import Setting
-from harness.study import counted_trials, mark_running
+from harness.study import counted_trials, mark_running, quiet_optuna
 
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
@@ -68,7 +68,8 @@ class SamplerSearch(SearchStrategy):
         n_trials = self.ctx.cfg.n_trials
         if n_trials is not None and len(counted_trials(study.get_trials(deepcopy=False))) >= n_trials:
             return None
-        trial = study.ask()
+        with quiet_optuna():
+            trial = study.ask()
         mark_running(trial)
         return trial
 
