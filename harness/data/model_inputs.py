@@ -11,10 +11,15 @@ declaration:
   with ``NeuralNetworkBuilder`` declare ``(C,)`` or ``(C, H, W)``; exact-mapping
   shapes without a leading 1): the declared shape is one sample and the feed is
   ``(N, *declared)``.
-* ``image`` input of width W, height H: a float array ``(N, C, H, W)`` of raw
-  pixel values, C = 1 for grayscale and 3 for RGB/BGR (channels in the colour
-  order the model declares). The model's own preprocessing (scale, bias) is
-  applied by the executor, not here.
+* ``image`` input of width W, height H: pixel arrays the way PIL gives them,
+  ``(N, H, W, 3)`` in RGB order for RGB/BGR models and ``(N, H, W)`` (or
+  ``(N, H, W, 1)``) for grayscale ones, values 0..255, converted to float32.
+  This is the layout :mod:`harness.executors` takes; the model's own
+  preprocessing (channel order, scale, bias) is applied by the executor.
+
+Exact mapping applies only from specification version 4 (iOS 13) on, where
+the field exists; older models are always rank-5 mapped. Optional inputs
+(``isOptional``) may be left out of the feeds.
 
 Feed dtypes: ``FLOAT32``/``FLOAT16``/``DOUBLE`` inputs take floating arrays,
 ``INT32``/``INT8`` inputs take integer arrays.
@@ -29,7 +34,7 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -66,6 +71,7 @@ class InputSpec:
             a flexible shape range (``upper`` is ``-1`` for unbounded), else ``None``.
         enumerated: the allowed per-sample shapes when the model enumerates them, else ``None``.
         exact_mapping: True for ``EXACT_ARRAY_MAPPING`` models.
+        optional: the model marks the input optional (it may be absent from the feeds).
     """
 
     name: str
@@ -77,6 +83,7 @@ class InputSpec:
     ranges: tuple[tuple[int, int], ...] | None = None
     enumerated: tuple[tuple[int, ...], ...] | None = None
     exact_mapping: bool = False
+    optional: bool = False
 
     @property
     def is_integer(self) -> bool:
@@ -86,6 +93,8 @@ class InputSpec:
     def accepts(self, sample_shape: tuple[int, ...]) -> bool:
         """Whether one sample of this shape fits the declaration (incl. flexible shapes)."""
         sample_shape = tuple(int(d) for d in sample_shape)
+        if self.kind == "image" and self.declared_shape[0] == 1 and len(sample_shape) == 3 and sample_shape[2] == 1:
+            sample_shape = sample_shape[:2]  # grayscale (N, H, W, 1)
         if self.enumerated is not None:
             return sample_shape in self.enumerated
         if self.ranges is not None:
@@ -107,7 +116,9 @@ class InputSpec:
         """One line: name, dtype and the feed shape, plus the raw declaration."""
         if self.kind == "image":
             h, w = self.declared_shape[-2:]
-            decl = f"image {self.type_name} {w}x{h}"
+            decl = f"image {self.type_name} {w}x{h}, pixel values 0..255"
+            if self.declared_shape[0] == 3:
+                decl += ", RGB channel order"
         else:
             decl = f"multiArray {self.type_name} declared {list(self.declared_shape)}"
             decl += ", exact mapping" if self.exact_mapping else ", rank-5 mapping"
@@ -170,18 +181,22 @@ def expected_inputs(model: Any) -> list[InputSpec]:
     """
     spec = as_spec(model)
     nn = _nn_message(spec)
-    exact = nn is not None and nn.arrayInputShapeMapping == _EXACT_ARRAY_MAPPING
+    exact = (nn is not None and spec.specificationVersion >= 4
+             and nn.arrayInputShapeMapping == _EXACT_ARRAY_MAPPING)
     result = []
     for feat in spec.description.input:
         which = feat.type.WhichOneof("Type")
         if which == "multiArrayType":
-            result.append(_array_input(feat.name, feat.type.multiArrayType, exact))
+            inp = _array_input(feat.name, feat.type.multiArrayType, exact)
         elif which == "imageType":
-            result.append(_image_input(feat.name, feat.type.imageType))
+            inp = _image_input(feat.name, feat.type.imageType)
         else:
             raise DataError(
                 f"Model input '{feat.name}' is of type {which}; qsweep feeds only multiArray and image inputs."
             )
+        if feat.type.isOptional:
+            inp = replace(inp, optional=True)
+        result.append(inp)
     return result
 
 
@@ -208,15 +223,17 @@ def _image_input(name: str, t) -> InputSpec:
     if space is None:
         raise DataError(f"Model input '{name}' is an image with an invalid colorSpace ({t.colorSpace}).")
     declared = (channels, int(t.height), int(t.width))
+    tail = (3,) if channels == 3 else ()
+    sample = (int(t.height), int(t.width)) + tail
     ranges = enumerated = None
     flex = t.WhichOneof("SizeFlexibility")
     if flex == "imageSizeRange":
         hr, wr = t.imageSizeRange.heightRange, t.imageSizeRange.widthRange
-        ranges = ((channels, channels), (int(hr.lowerBound), int(hr.upperBound)),
-                  (int(wr.lowerBound), int(wr.upperBound)))
+        ranges = ((int(hr.lowerBound), int(hr.upperBound)), (int(wr.lowerBound), int(wr.upperBound)))
+        ranges += ((3, 3),) if tail else ()
     elif flex == "enumeratedSizes" and len(t.enumeratedSizes.sizes):
-        enumerated = tuple((channels, int(s.height), int(s.width)) for s in t.enumeratedSizes.sizes)
-    return InputSpec(name, "image", space, np.dtype(np.float32), declared, declared, ranges, enumerated)
+        enumerated = tuple((int(s.height), int(s.width)) + tail for s in t.enumeratedSizes.sizes)
+    return InputSpec(name, "image", space, np.dtype(np.float32), declared, sample, ranges, enumerated)
 
 
 def describe_inputs(model: Any) -> str:
@@ -239,7 +256,7 @@ def feed_problems(model: Any, feeds: Mapping[str, Any]) -> list[str]:
     inputs = expected_inputs(model)
     problems: list[str] = []
     names = {i.name for i in inputs}
-    missing = [i.name for i in inputs if i.name not in feeds]
+    missing = [i.name for i in inputs if i.name not in feeds and not i.optional]
     extra = [k for k in feeds if k not in names]
     if missing:
         problems.append("missing input(s) " + ", ".join(f"'{n}'" for n in missing))
@@ -253,7 +270,7 @@ def feed_problems(model: Any, feeds: Mapping[str, Any]) -> list[str]:
         if not isinstance(arr, np.ndarray):
             problems.append(f"'{inp.name}' is a {type(arr).__name__}, not a numpy array")
             continue
-        if arr.ndim != len(inp.sample_shape) + 1 or not inp.accepts(arr.shape[1:]):
+        if arr.ndim < 1 or not inp.accepts(arr.shape[1:]):
             problems.append(
                 f"'{inp.name}' has shape {_shape_text(arr.shape)}, the model takes {inp.feed_shape_text()}"
             )
