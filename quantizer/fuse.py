@@ -8,7 +8,8 @@ fusion pass (``optimization_utils._optimize_nn``) that folds
 * a ``scale`` or ``bias`` layer into the ``innerProduct`` that feeds it,
 * a ``scale`` layer into the (non-instance) ``batchnorm`` that feeds it,
 
-so that one weight tensor (quantized once) replaces two. :func:`fuse` does the
+so that one weight tensor (quantized once) replaces two (an innerProduct +
+batchnorm pair is not folded, by coremltools or here). :func:`fuse` does the
 same folds, in the same order and with the same float32 numpy arithmetic where
 coremltools 9.0 is right, so the fused floats -- and hence the quantized
 model -- are byte-identical to coremltools' output. It differs where
