@@ -43,36 +43,76 @@ EXACT_BUDGET = 3_000_000
 COARSE_DP_MAX_K = 64
 
 
+_BLOCK = 1 << 20  # elements per block when building float64 prefix sums (bounds temporaries)
+
+
 class _Sorted:
-    """Sorted values with prefix sums, for O(1) cluster statistics of any index range."""
+    """Sorted values (float32) with float64 prefix sums, for O(1) cluster means of any
+    index range. Memory: 12 bytes per value (the sum of squares is kept as a total; the
+    per-range version is built only when an empty cluster must be refilled)."""
 
     def __init__(self, values: np.ndarray) -> None:
-        self.x = x = np.sort(np.asarray(values, dtype=np.float32).ravel()).astype(np.float64)
+        self.x = x = np.sort(np.asarray(values, dtype=np.float32).ravel())
         self.n = n = x.size
         self.shift = float(x[n // 2]) if n else 0.0  # centring keeps the sums well conditioned
-        xc = x - self.shift
-        self.p1 = np.concatenate(([0.0], np.cumsum(xc)))
-        self.p2 = np.concatenate(([0.0], np.cumsum(xc * xc)))
+        self.p1 = np.empty(n + 1)
+        self.p1[0] = 0.0
+        self.total_sq = 0.0
+        for a in range(0, n, _BLOCK):
+            c = x[a : a + _BLOCK].astype(np.float64)
+            c -= self.shift
+            self.total_sq += float(np.dot(c, c))
+            np.cumsum(c, out=self.p1[a + 1 : a + 1 + c.size])
+            self.p1[a + 1 : a + 1 + c.size] += self.p1[a]
+        self._p2: np.ndarray | None = None
 
-    def stats(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(count, mean, sse) of the index ranges [starts, ends)."""
+    @property
+    def p2(self) -> np.ndarray:
+        """Prefix sums of squares (built on first use)."""
+        if self._p2 is None:
+            p2 = np.empty(self.n + 1)
+            p2[0] = 0.0
+            for a in range(0, self.n, _BLOCK):
+                c = self.x[a : a + _BLOCK].astype(np.float64)
+                c -= self.shift
+                c *= c
+                np.cumsum(c, out=p2[a + 1 : a + 1 + c.size])
+                p2[a + 1 : a + 1 + c.size] += p2[a]
+            self._p2 = p2
+        return self._p2
+
+    def stats(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(count, mean) of the index ranges [starts, ends) (mean of an empty range: shift)."""
         cnt = (ends - starts).astype(np.float64)
         s1 = self.p1[ends] - self.p1[starts]
+        return cnt, s1 / np.maximum(cnt, 1.0) + self.shift
+
+    def range_sse(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Squared error of each range around its own mean."""
+        cnt = np.maximum((ends - starts).astype(np.float64), 1.0)
+        s1 = self.p1[ends] - self.p1[starts]
         s2 = self.p2[ends] - self.p2[starts]
-        mean = s1 / np.maximum(cnt, 1.0)
-        sse = np.maximum(s2 - s1 * mean, 0.0)
-        return cnt, mean + self.shift, sse
+        return np.maximum(s2 - s1 * s1 / cnt, 0.0)
 
     def ends(self, starts: np.ndarray) -> np.ndarray:
         return np.concatenate((starts[1:], [self.n]))
 
+    def bounds_index(self, centroids: np.ndarray) -> np.ndarray:
+        """Index of the first value above each midpoint of consecutive sorted centroids."""
+        bounds = (0.5 * (centroids[:-1] + centroids[1:])).astype(np.float32)
+        return np.searchsorted(self.x, bounds, side="left")
+
     def split_points(self, centroids: np.ndarray) -> np.ndarray:
         """Start index of every cluster for sorted centroids (nearest-centroid partition)."""
-        bounds = 0.5 * (centroids[:-1] + centroids[1:])
-        return np.concatenate(([0], np.searchsorted(self.x, bounds)))
+        return np.concatenate(([0], self.bounds_index(centroids)))
 
     def sse(self, starts: np.ndarray) -> float:
-        return float(self.stats(starts, self.ends(starts))[2].sum())
+        """Total squared error of the partition with these cluster starts."""
+        ends = self.ends(starts)
+        cnt = (ends - starts).astype(np.float64)
+        s1 = self.p1[ends] - self.p1[starts]
+        used = cnt > 0
+        return max(self.total_sq - float(np.sum(s1[used] * s1[used] / cnt[used])), 0.0)
 
     def run_starts(self) -> np.ndarray:
         """Start index of every run of equal values."""
@@ -84,7 +124,8 @@ class _Sorted:
         (resolves the dense centre)."""
         x = self.x
         half = max(2, max_atoms // 2)
-        grid = np.searchsorted(x, np.linspace(x[0], x[-1], half + 1)[1:-1], side="left")
+        grid_vals = np.linspace(float(x[0]), float(x[-1]), half + 1)[1:-1].astype(np.float32)
+        grid = np.searchsorted(x, grid_vals, side="left")
         quant = np.searchsorted(x, x[(np.arange(1, half) * self.n) // half], side="left")
         starts = np.unique(np.concatenate(([0], grid, quant)))
         return starts[starts < self.n]
@@ -195,10 +236,10 @@ def _exact_is_cheap(m: int, k: int) -> bool:
 
 
 def _dp_on_runs(data: _Sorted, run_starts: np.ndarray, k: int) -> np.ndarray:
-    """Optimal partition of the data restricted to whole runs; returns data start indices."""
-    ends = data.ends(run_starts)
-    cnt, mean, _ = data.stats(run_starts, ends)
-    cut = optimal_partition(mean, cnt, k)
+    """Optimal partition of the data restricted to whole runs (each run taken as one point at
+    its mean); returns data start indices."""
+    cnt, mean = data.stats(run_starts, data.ends(run_starts))
+    cut = optimal_partition(mean, cnt, k)  # each run as one weighted point: exact for runs of equal values
     return run_starts[cut]
 
 
@@ -209,7 +250,7 @@ def _lloyd_converge(data: _Sorted, c: np.ndarray, max_iter: int) -> np.ndarray:
     k = c.size
     edges = np.empty(k + 1, dtype=np.int64)  # cluster i is [edges[i], edges[i+1])
     edges[0], edges[-1] = 0, data.n
-    edges[1:-1] = np.searchsorted(data.x, 0.5 * (c[:-1] + c[1:]))
+    edges[1:-1] = data.bounds_index(c)
     mean = c.copy()
     for _ in range(max_iter):
         cnt = np.diff(edges)
@@ -218,7 +259,7 @@ def _lloyd_converge(data: _Sorted, c: np.ndarray, max_iter: int) -> np.ndarray:
         mean[cnt > 0] += data.shift
         if (cnt == 0).any():
             mean.sort()
-        new = np.searchsorted(data.x, 0.5 * (mean[:-1] + mean[1:]))
+        new = data.bounds_index(mean)
         if np.array_equal(new, edges[1:-1]):
             break
         edges[1:-1] = new
@@ -232,21 +273,22 @@ def _lloyd(data: _Sorted, centroids: np.ndarray, max_iter: int) -> np.ndarray:
     starts = np.zeros(1, dtype=np.int64)
     for _restart in range(k + 1):
         starts = _lloyd_converge(data, c, max_iter)
-        cnt, mean, sse = data.stats(starts, data.ends(starts))
+        s, e = starts, data.ends(starts)
+        cnt, mean = data.stats(s, e)
         empty = np.flatnonzero(cnt == 0)
         if empty.size == 0:
             return starts
         # Split the cluster with the largest error at its mean into two non-empty halves.
-        s, e = starts, data.ends(starts)
+        sse = data.range_sse(s, e)
         splittable = (cnt >= 2) & (data.x[np.maximum(e - 1, 0)] > data.x[np.minimum(s, data.n - 1)])
         if not splittable.any():
             return starts
         j = int(np.argmax(np.where(splittable, sse, -1.0)))
         lo, hi = int(s[j]), int(e[j])
-        cut = lo + int(np.searchsorted(data.x[lo:hi], mean[j], side="right"))
+        cut = lo + int(np.searchsorted(data.x[lo:hi], np.float32(mean[j]), side="right"))
         cut = min(max(cut, lo + 1), hi - 1)
-        _, m_l, _ = data.stats(np.array([lo]), np.array([cut]))
-        _, m_r, _ = data.stats(np.array([cut]), np.array([hi]))
+        _, m_l = data.stats(np.array([lo]), np.array([cut]))
+        _, m_r = data.stats(np.array([cut]), np.array([hi]))
         c = np.where(cnt > 0, mean, c)
         c[j], c[empty[0]] = m_l[0], m_r[0]
         c = np.sort(c)
@@ -256,7 +298,7 @@ def _lloyd(data: _Sorted, centroids: np.ndarray, max_iter: int) -> np.ndarray:
 def _init_kmeanspp(data: _Sorted, k: int, seed: int = 0, max_atoms: int = 8192) -> np.ndarray:
     """Greedy k-means++ seeding (as scikit-learn does it) on weighted atoms: deterministic."""
     starts = data.atom_starts(max_atoms)
-    weights, points, _ = data.stats(starts, data.ends(starts))
+    weights, points = data.stats(starts, data.ends(starts))
     rng = np.random.default_rng(seed)
     trials = 2 + int(np.log(k))
     c = np.empty(k)
@@ -278,7 +320,7 @@ def _init_kmeanspp(data: _Sorted, k: int, seed: int = 0, max_atoms: int = 8192) 
 def _init_companded(data: _Sorted, k: int) -> np.ndarray:
     """Centroid density proportional to p(x)**(1/3): the high-resolution optimum for MSE."""
     bins = int(min(4096, max(16, data.n // 8)))
-    counts, edges = np.histogram(data.x, bins=bins, range=(data.x[0], data.x[-1]))
+    counts, edges = np.histogram(data.x, bins=bins, range=(float(data.x[0]), float(data.x[-1])))
     cdf = np.concatenate(([0.0], np.cumsum(np.cbrt(counts.astype(np.float64)))))
     cdf /= cdf[-1]
     return np.interp((np.arange(k) + 0.5) / k, cdf, edges)
@@ -302,18 +344,18 @@ def kmeans_1d(values: np.ndarray, k: int, *, max_iter: int = MAX_ITER) -> tuple[
 
     Returns ``(centroids, labels)``: ``centroids`` sorted float64 of length
     ``min(k, number of distinct values)`` (each the mean of its cluster) and
-    ``labels`` (int64, same length as ``values``) indexing them. With at most
+    ``labels`` (the smallest unsigned integer type, same length as ``values``) indexing them. With at most
     ``k`` distinct values the result is exact (zero error); with few distinct
     values it is the global optimum.
     """
     flat = np.asarray(values, dtype=np.float32).ravel()
     if flat.size == 0:
-        return np.zeros(0), np.zeros(0, dtype=np.int64)
+        return np.zeros(0), np.zeros(0, dtype=np.uint8)
     data = _Sorted(flat)
     runs = data.run_starts()
     if runs.size <= k:
         uniq = data.x[runs]
-        return uniq, np.searchsorted(uniq, flat.astype(np.float64)).astype(np.int64)
+        return uniq.astype(np.float64), np.searchsorted(uniq, flat).astype(_label_dtype(uniq.size))
     if _exact_is_cheap(runs.size, k):
         starts = _dp_on_runs(data, runs, k)
     else:
@@ -328,10 +370,10 @@ def kmeans_1d(values: np.ndarray, k: int, *, max_iter: int = MAX_ITER) -> tuple[
             if best is None or err < best[0]:
                 best = (err, cand)
         starts = best[1]
-    cnt, mean, _ = data.stats(starts, data.ends(starts))
+    cnt, mean = data.stats(starts, data.ends(starts))
     used = cnt > 0
     # Label by the partition itself (its split values), whose means the centroids are.
-    return mean[used], _labels(flat, data.x[starts[used][1:]], data.x[0], data.x[-1])
+    return mean[used], _labels(flat, data.x[starts[used][1:]], float(data.x[0]), float(data.x[-1]))
 
 
 def _labels(flat: np.ndarray, split_vals: np.ndarray, lo: float, hi: float, cells: int = 1 << 16) -> np.ndarray:
@@ -341,21 +383,28 @@ def _labels(flat: np.ndarray, split_vals: np.ndarray, lo: float, hi: float, cell
     neighbourhood holds no split value have one label for all their values
     (looked up); only values in the few cells near a split are binary-searched.
     """
+    dtype = _label_dtype(split_vals.size + 1)
+    split_vals = split_vals.astype(np.float32)  # values of the data itself: exact in float32
     if flat.size < 65536 or split_vals.size == 0 or not hi > lo:
-        return np.searchsorted(split_vals, flat.astype(np.float64), side="right").astype(np.int64)
+        return np.searchsorted(split_vals, flat, side="right").astype(dtype)
     step = (hi - lo) / cells
     grid = lo + step * np.arange(cells + 1)
-    lab_at = np.searchsorted(split_vals, grid, side="right")  # label at each cell's left edge
+    lab_at = np.searchsorted(split_vals.astype(np.float64), grid, side="right")  # label at each cell's left edge
     lab_lo = np.concatenate(([lab_at[0]], lab_at[:-2]))  # left edge of the previous cell
     lab_hi = np.concatenate((lab_at[2:], [lab_at[-1]]))  # right edge of the next cell
     clear = lab_lo == lab_hi
     # float32 cell arithmetic is off by far less than a cell; the neighbour check absorbs it
     cell = ((flat - np.float32(lo)) * np.float32(1.0 / step)).astype(np.int32)
     np.clip(cell, 0, cells - 1, out=cell)
-    labels = lab_at.astype(np.int64)[cell]
+    labels = lab_at.astype(dtype)[cell]
     unsure = np.flatnonzero(~clear[cell])
-    labels[unsure] = np.searchsorted(split_vals, flat[unsure].astype(np.float64), side="right")
+    labels[unsure] = np.searchsorted(split_vals, flat[unsure], side="right")
     return labels
+
+
+def _label_dtype(count: int) -> type:
+    """Smallest unsigned integer type that holds labels 0..count-1."""
+    return np.uint8 if count <= 256 else np.uint16 if count <= 65536 else np.int64
 
 
 def kmeans_lut(values: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
