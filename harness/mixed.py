@@ -54,6 +54,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -278,6 +279,9 @@ class MixedSearch(SearchStrategy):
         if self.max_drop is not None:
             kwargs.setdefault("constraints_func", self._constraints)
         algo = self.options["algorithm"]
+        # constraints_func is deprecated in Optuna 5 in favour of Trial.set_constraint, which must be
+        # called before the driver tells the result; constraints_func works on Optuna 4 and 5.
+        warnings.filterwarnings("ignore", message=".*constraints_func.*deprecated", category=FutureWarning)
         try:
             if algo == "tpe":
                 kwargs.setdefault("multivariate", True)
@@ -473,7 +477,9 @@ class MixedSearch(SearchStrategy):
         if not any(t.state == TrialState.WAITING for t in trials):
             self._maybe_greedy(study)
             self._maybe_refine(study)
-        trial = study.ask()
+        with warnings.catch_warnings():  # the driver records heartbeats itself (harness.study.Heartbeat)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+            trial = study.ask()
         mark_running(trial)
         return trial
 
