@@ -104,7 +104,7 @@ def masked_url(url: str) -> str:
 
 def normalize_url(url: str) -> str:
     """Make a relative SQLite path absolute (under the working folder) and create its folder."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+    if url.startswith("sqlite:///"):
         rel = url[len("sqlite:///"):]
         if rel and rel != ":memory:" and not rel.startswith("file:"):
             path = Path(rel).expanduser()
@@ -162,18 +162,31 @@ def retried_numbers(trials: Sequence[FrozenTrial]) -> dict[int, int]:
 
 
 def _tune_sqlite(engine: Any) -> None:
-    """WAL journal and synchronous=NORMAL: a commit no longer waits for fsync (a trial makes dozens),
-    and readers do not block the writer when several local workers share the file."""
+    """Make SQLite safe and quick for qsweep's concurrent local workers.
+
+    * ``BEGIN IMMEDIATE`` for every transaction (SQLAlchemy's documented pysqlite
+      recipe): Python's sqlite3 module otherwise starts a transaction only at the
+      first write, so two processes can both read a trial as WAITING and both mark
+      it RUNNING — Optuna's ``for_update`` row lock is ignored on SQLite. With
+      IMMEDIATE, the read and the write of a transaction hold the write lock.
+    * WAL journal with ``synchronous=NORMAL``: a commit does not wait for fsync
+      (a trial makes dozens) and readers do not block the writer.
+    """
     import sqlalchemy
 
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # sqlite3 emits no BEGIN of its own
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
     sqlalchemy.event.listen(engine, "connect", on_connect)
-    engine.dispose()  # connections opened before the listener get replaced
+    sqlalchemy.event.listen(engine, "begin", on_begin)
+    engine.dispose()  # connections opened before the listeners get replaced
 
 
 def open_storage(cfg: Any) -> optuna.storages.RDBStorage:
