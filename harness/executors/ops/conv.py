@@ -54,12 +54,33 @@ def same_pads(size: int, k: int, s: int, top_left_heavy: bool) -> tuple[int, int
     return (total - small, small) if top_left_heavy else (small, total - small)
 
 
+def empty_like_layout(x: np.ndarray, shape: tuple[int, ...], dtype=F32) -> np.ndarray:
+    """An uninitialised array of ``shape`` whose memory order of axes follows ``x``'s strides.
+
+    Ops that produce channels-last data return NCHW-shaped *views* of it; keeping
+    that memory order through padding and pooling makes the copies contiguous.
+    """
+    order = sorted(range(x.ndim), key=lambda a: (-abs(x.strides[a]) if x.shape[a] > 1 else 0, a))
+    if order == list(range(x.ndim)):
+        return np.empty(shape, dtype=dtype)
+    buf = np.empty([shape[a] for a in order], dtype=dtype)
+    return buf.transpose(np.argsort(order))
+
+
 def pad_hw(x: np.ndarray, pt: int, pb: int, pl: int, pr: int, value: float = 0.0) -> np.ndarray:
-    """Pad the last two axes of ``x`` with a constant (no copy when no padding)."""
+    """Pad the last two axes of ``x`` with a constant (no copy when no padding; keeps x's memory order)."""
     if not (pt or pb or pl or pr):
         return x
     h, w = x.shape[-2:]
-    out = np.full(x.shape[:-2] + (h + pt + pb, w + pl + pr), value, dtype=x.dtype)
+    out = empty_like_layout(x, x.shape[:-2] + (h + pt + pb, w + pl + pr), x.dtype)
+    if pt:
+        out[..., :pt, :] = value
+    if pb:
+        out[..., pt + h:, :] = value
+    if pl:
+        out[..., pt:pt + h, :pl] = value
+    if pr:
+        out[..., pt:pt + h, pl + w:] = value
     out[..., pt:pt + h, pl:pl + w] = x
     return out
 

@@ -75,7 +75,7 @@ class Pooling(Op):
             for j in range(kw):
                 v = xp[..., i: i + hs: sh, j: j + ws: sw]
                 if acc is None:
-                    acc = v.copy()
+                    acc = np.copy(v, order="K")
                 elif self.kind == MAX:
                     np.maximum(acc, v, out=acc)
                 else:
