@@ -48,6 +48,8 @@ TABLE_COLUMNS = (
     "trial",
     "mode",
     "nbits",
+    "setting",
+    "mean_bits",
     "size_bytes",
     "compression_ratio",
     "{metric}",
