@@ -37,6 +37,7 @@ class NumpyExecutor(Executor):
         missing = [w for w in wanted if w not in produced]
         if missing:
             raise ExecutorError(f"{label}: output(s) {missing} are not produced by any layer of the network")
+        self.network.release_dead_blobs(wanted)
 
     # -- feeds -> internal blobs ---------------------------------------------
     def _blob(self, info: InputInfo, x: np.ndarray, n: int, s: int) -> np.ndarray:
@@ -58,7 +59,7 @@ class NumpyExecutor(Executor):
 
     def _predict(self, split: dict[str, tuple[np.ndarray, int, int]], n: int) -> dict[str, np.ndarray]:
         blobs = self._input_blobs(split, n)
-        self.network.run(blobs)
+        self.network.run(blobs, release=True)
         return self._outputs(blobs, n)
 
     def trace(self, feeds: Mapping[str, np.ndarray]) -> Blobs:

@@ -72,10 +72,32 @@ class Network:
 
     def __init__(self, ops: list[Op]) -> None:
         self.ops = ops
+        self._release: list[list[str]] | None = None
 
-    def run(self, blobs: Blobs) -> Blobs:
-        """Run every op over ``blobs`` (mutated in place and returned)."""
-        for op in self.ops:
+    def release_dead_blobs(self, keep: Iterable[str]) -> None:
+        """Drop every blob after its last reader when run with ``release=True`` (top-level network only).
+
+        A loop/branch op counts as reading every blob its sub-networks read.
+        Blobs named in ``keep`` (model outputs) are never dropped.
+        """
+        keep = set(keep)
+        last: dict[str, int] = {}
+        for i, op in enumerate(self.ops):
+            for name in _reads(op.layer):
+                last[name] = i
+        self._release = [[] for _ in self.ops]
+        for name, i in last.items():
+            if name not in keep:
+                self._release[i].append(name)
+
+    def run(self, blobs: Blobs, release: bool = False) -> Blobs:
+        """Run every op over ``blobs`` (mutated in place and returned).
+
+        ``release=True`` drops blobs no later layer reads (see :meth:`release_dead_blobs`),
+        which bounds peak memory on large batches.
+        """
+        drop = self._release if release else None
+        for i, op in enumerate(self.ops):
             try:
                 op.run_blobs(blobs)
             except ExecutorError:
@@ -86,6 +108,9 @@ class Network:
                     f"layer {op.name!r} ({op.type}) failed on inputs [{shapes}] "
                     f"(Core ML shapes, per sample): {type(e).__name__}: {e}"
                 ) from e
+            if drop is not None:
+                for name in drop[i]:
+                    blobs.pop(name, None)
         return blobs
 
     def __len__(self) -> int:
@@ -94,6 +119,18 @@ class Network:
 
 def _core_shape(x: np.ndarray | None) -> str:
     return " missing" if x is None else str(tuple(x.shape[1:]))
+
+
+def _reads(layer: Any) -> set[str]:
+    """Blob names a layer reads, including everything its loop/branch sub-networks read."""
+    names = set(layer.input)
+    t = layer.WhichOneof("layer")
+    if t == "loop" and layer.loop.conditionVar:
+        names.add(layer.loop.conditionVar)
+    for f in SUBNETWORK_FIELDS.get(t, ()):
+        for sub in getattr(getattr(layer, t), f).layers:
+            names |= _reads(sub)
+    return names
 
 
 def iter_layers(layers: Iterable[Any]) -> Iterator[Any]:
