@@ -165,6 +165,8 @@ def unit_profiles(units: UnitPlans) -> tuple[dict[str, dict[str, float]], dict[s
             if codec is None:
                 continue
             u = units.unit_of((lname, field))
+            if u not in delta:  # a layer fusion folds away (see UnitPlans.hidden)
+                continue
             rl, ql = ref_layers[lname], q_layers[lname]
             rw = quantizer.layer_weights(rl)[field]
             qwp = get_weight_params(ql, field)
@@ -501,7 +503,7 @@ class MixedSearch(SearchStrategy):
                               "(the study was made with another config?).")
         plan = self.units.plan(a)
         weights = self._weights()
-        total = sum(weights.values()) or 1
+        total = sum(weights.get(u, 0) for u in self.units.units) or 1
         mean_bits = sum(self.units.by_label[c].nbits * weights.get(u, 0) for u, c in a.items()
                         if c in self.units.by_label) + sum(32 * weights.get(u, 0) for u, c in a.items()
                                                              if c == FLOAT.label)

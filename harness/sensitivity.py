@@ -155,6 +155,7 @@ class UnitPlans:
         slot_order = {(t.layer, t.field): i for i, t in enumerate(quantizer.weight_tensors(model))}
         self.layer_type = {layer.name: layer.WhichOneof("layer") for layer in quantizer.iter_layers(model)}
         units: dict[str, tuple[int, int, str]] = {}
+        self._layer: dict[str, str] = {}
         for ch in self.choices:
             if ch.is_float:
                 continue
@@ -167,11 +168,18 @@ class UnitPlans:
                 u = self.unit_of(key)
                 split.setdefault(u, {})[key] = codec
                 units.setdefault(u, (order.get(key[0], len(order)), slot_order.get(key, len(slot_order)), key[1]))
+                self._layer[u] = key[0]
             self.pieces[ch.label] = split
         if not units:
             raise ConfigError("The model has no weight tensor any codec of the search space would quantize; "
                               "nothing to search.")
-        self.units: list[str] = sorted(units, key=lambda u: (units[u], u))
+        # Below 16 bits the model is fused first (coremltools' batchnorm/scale/bias folds): a layer that
+        # only the fp16 plan names is folded away by any n-bit codec. It is not a unit of its own; it
+        # gets fp16 when every unit does (so the uniform fp16 assignment is the uniform fp16 plan).
+        quantizing = {u for c in self.choices if not c.is_float and c.nbits < 16 for u in self.pieces[c.label]}
+        self.hidden: list[str] = sorted((u for u in units if quantizing and u not in quantizing),
+                                        key=lambda u: (units[u], u))
+        self.units: list[str] = sorted((u for u in units if u not in self.hidden), key=lambda u: (units[u], u))
 
     def unit_of(self, key: tuple[str, str]) -> str:
         """The unit a ``(layer, field)`` tensor belongs to."""
@@ -179,9 +187,7 @@ class UnitPlans:
 
     def layer_of(self, unit: str) -> str:
         """The layer name of a unit."""
-        if self.unit_kind == "layer":
-            return unit
-        return unit.rsplit(".", 1)[0] if unit not in self.layer_type else unit
+        return self._layer.get(unit, unit)
 
     def entries(self, unit: str, label: str) -> dict[tuple[str, str], Any]:
         """The plan entries of ``unit`` under codec ``label`` (empty for fp32 or an unselected unit)."""
@@ -198,6 +204,9 @@ class UnitPlans:
         entries: dict[tuple[str, str], Any] = {}
         for u, label in assignment.items():
             entries.update(self.entries(u, label))
+        if self.hidden and self.units and all(assignment.get(u) == "fp16" for u in self.units):
+            for u in self.hidden:
+                entries.update(self.entries(u, "fp16"))
         return quantizer.QuantPlan(entries)
 
     def single(self, unit: str, label: str) -> Any:

@@ -120,3 +120,45 @@ def test_bad_options_fail_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="search space is empty"):
         run(*SENS, "search.space.nbits=[1]", "search.space.mode=[linear_symmetric]", root=tmp_path)
     assert not np.any([p.name == "sensitivity.csv" for p in tmp_path.rglob("*")])
+
+
+def _conv_bn_fc():
+    """conv (no bias) -> batchnorm -> flatten -> innerProduct, built with coremltools' builder."""
+    from quantizer._coremltools import coremltools
+
+    coremltools()
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+
+    rng = np.random.default_rng(0)
+    b = NeuralNetworkBuilder([("x", datatypes.Array(3, 8, 8))], [("y", None)])
+    b.add_convolution(name="conv", kernel_channels=3, output_channels=8, height=3, width=3, stride_height=1,
+                      stride_width=1, border_mode="same", groups=1,
+                      W=rng.normal(size=(3, 3, 3, 8)).astype(np.float32), b=None, has_bias=False, is_deconv=False,
+                      input_name="x", output_name="c")
+    b.add_batchnorm("bn", 8, rng.random(8) + 0.5, rng.normal(size=8), rng.normal(size=8), rng.random(8) + 0.5,
+                    input_name="c", output_name="b")
+    b.add_flatten("flat", 0, "b", "f")
+    b.add_inner_product("fc", rng.normal(size=(4, 512)).astype(np.float32), rng.normal(size=4).astype(np.float32),
+                        512, 4, True, input_name="f", output_name="y")
+    return b.spec
+
+
+def test_layers_folded_by_fusion_are_not_units():
+    """Below 16 bits conv+batchnorm are fused first: bn is no unit, and follows fp16 only when all units do."""
+    from harness.mixed import unit_profiles
+
+    spec = _conv_bn_fc()
+    units = UnitPlans(spec, space_choices(SearchSpace(nbits=(16, 4), modes=("linear",))),
+                      lambda s: build_plan(spec, s))
+    assert units.units == ["conv", "fc"] and units.hidden == ["bn"]
+    for label, plan in units.uniform.items():
+        assert units.plan({u: label for u in units.units}) == plan
+    mixed = units.plan({"conv": "fp16", "fc": "linear-4"})
+    assert ("bn", "gamma") not in mixed
+    q = quantizer.apply_plan(spec, mixed)
+    enc = {(t.layer, t.field): t.encoding for t in quantizer.weight_tensors(q)}
+    assert enc == {("conv", "weights"): "float16", ("conv", "bias"): "float32",
+                   ("fc", "weights"): "linear", ("fc", "bias"): "linear"}
+    delta, err = unit_profiles(units)
+    assert set(delta) == {"conv", "fc"} and err["fc"]["linear-4"] > 0 and delta["conv"]["fp16"] < 0
