@@ -214,7 +214,40 @@ def translate(layer: Any) -> Fn:
         return lc
     if t == "uniDirectionalLSTM" and not p.params.hasPeepholeVectors and not p.reverseInput:
         return _lstm(layer, p, ins, outs)
+    if t == "sliceStatic":
+        return unary(_slice_static(p))
+    if t == "concatND":
+        def cat(blobs):
+            xs = [blobs[n] for n in ins]
+            n = max(x.shape[0] for x in xs)
+            xs = [x.expand((n,) + tuple(x.shape[1:])) for x in xs]
+            blobs[outs[0]] = torch.cat(xs, dim=_ax(int(p.axis), xs[0]))
+        return cat
     raise NotImplementedError(t)
+
+
+def _slice_static(p) -> Callable:
+    begins, ends, strides = list(p.beginIds), list(p.endIds), list(p.strides)
+    bmask, emask, smask = list(p.beginMasks), list(p.endMasks), list(p.squeezeMasks)
+
+    def run(x):
+        idx: list = [slice(None)]
+        squeeze = []
+        for a in range(len(begins)):
+            size = x.shape[a + 1]
+            st = int(strides[a]) if a < len(strides) and strides[a] else 1
+            if st < 0:
+                raise NotImplementedError("sliceStatic with a negative stride")
+            b = 0 if (a < len(bmask) and bmask[a]) else int(begins[a])
+            e = size if (a < len(emask) and emask[a]) else int(ends[a])
+            b, e = (b + size if b < 0 else b), (e + size if e < 0 else e)
+            if a < len(smask) and smask[a]:
+                idx.append(b)
+                squeeze.append(a)
+            else:
+                idx.append(slice(b, e, st))
+        return x[tuple(idx)]
+    return run
 
 
 def _lstm(layer, p, ins, outs) -> Fn:

@@ -38,6 +38,7 @@ class NumpyExecutor(Executor):
         if missing:
             raise ExecutorError(f"{label}: output(s) {missing} are not produced by any layer of the network")
         self.network.release_dead_blobs(wanted)
+        self._labels = np.asarray(io.class_labels) if io.class_labels is not None else None
 
     # -- feeds -> internal blobs ---------------------------------------------
     def _blob(self, info: InputInfo, x: np.ndarray, n: int, s: int) -> np.ndarray:
@@ -87,7 +88,9 @@ class NumpyExecutor(Executor):
             p = blobs.get(io.prob_blob) if io.prob_blob else None
             if p is None:
                 raise ExecutorError(f"{io.label}: the classifier's probability blob {io.prob_blob!r} was not produced")
-            p = np.broadcast_to(p, (n,) + p.shape[1:]).reshape(n, -1)
+            if p.shape[0] != n:
+                p = np.broadcast_to(p, (n,) + p.shape[1:])
+            p = p.reshape(n, -1)
             if p.shape[1] != len(io.class_labels):
                 raise ExecutorError(
                     f"{io.label}: the probability blob {io.prob_blob!r} has {p.shape[1]} values per sample "
@@ -95,7 +98,7 @@ class NumpyExecutor(Executor):
             probs = np.ascontiguousarray(p, dtype=F32)
         for o in io.outputs:
             if o.kind == "label":
-                out[o.name] = np.asarray(io.class_labels)[np.argmax(probs, axis=1)]
+                out[o.name] = self._labels[np.argmax(probs, axis=1)]
             elif o.kind == "probabilities":
                 out[o.name] = probs
             else:
@@ -103,7 +106,8 @@ class NumpyExecutor(Executor):
         return out
 
     def _output_array(self, y: np.ndarray, declared: tuple[int, ...], n: int) -> np.ndarray:
-        y = np.broadcast_to(y, (n,) + y.shape[1:])
+        if y.shape[0] != n:
+            y = np.broadcast_to(y, (n,) + y.shape[1:])
         if self.io.legacy and y.ndim == 6:
             y = y[:, :, 0]  # drop Batch: (N, S, C, H, W)
             if y.shape[1] == 1:
