@@ -241,6 +241,8 @@ class MixedSearch(SearchStrategy):
         self.codecs: list[Choice] = [c for c in codecs if not c.is_float]
         self.choices: list[Choice] = self.codecs + ([FLOAT] if o["keep_float"] else [])
         self.labels = [c.label for c in self.choices]
+        #: What the other units get in a probe: float, or the gentlest codec when float is not a choice.
+        self.rest_label = FLOAT.label if o["keep_float"] else self.codecs[0].label
         self.units = UnitPlans(ctx.model, self.codecs, ctx.build_plan, str(o["unit"]))
         self.probe_label = self._probe_label(o["probe_codec"])
         self.sens_table: pd.DataFrame | None = None
@@ -321,7 +323,7 @@ class MixedSearch(SearchStrategy):
         return PARAM_PREFIX + unit
 
     def params_of(self, assignment: Mapping[str, str]) -> dict[str, str]:
-        return {self.param(u): assignment.get(u, FLOAT.label) for u in self.units.units}
+        return {self.param(u): assignment.get(u, self.rest_label) for u in self.units.units}
 
     def _enqueue(self, study: optuna.Study, assignment: Mapping[str, str], seed: str, **attrs: Any) -> None:
         study.enqueue_trial(self.params_of(assignment), user_attrs={SEED_ATTR: seed, **attrs}, skip_if_exists=True)
@@ -336,7 +338,8 @@ class MixedSearch(SearchStrategy):
             if self.sens_table is None and self.options["seed_greedy"]:
                 for u in self.units.units:
                     if self.units.entries(u, self.probe_label):
-                        self._enqueue(study, {u: self.probe_label}, "probe")
+                        self._enqueue(study, {**{v: self.rest_label for v in self.units.units}, u: self.probe_label},
+                                      "probe")
                         n += 1
             if self.options["seed_uniform"]:
                 for c in self.codecs:
@@ -428,7 +431,7 @@ class MixedSearch(SearchStrategy):
                 if t.state != TrialState.COMPLETE:
                     continue
                 a = self.assignment(t.params)
-                unit = next((u for u, c in a.items() if c == self.probe_label), None)
+                unit = next((u for u, c in a.items() if c == self.probe_label and c != self.rest_label), None)
                 noise = _noise_from_snr(t.user_attrs.get("snr_db"))
                 if unit is not None and noise is not None:
                     probe_noise[unit] = noise
