@@ -1,0 +1,89 @@
+"""The bundled zoo: metadata, package files, test sets, and the recorded float metric reproduced
+by the numpy executor."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+import quantizer
+from harness import metrics, zoo
+from harness.data import check_feeds, class_labels, split
+from harness.errors import ConfigError
+
+EXPECTED = ["diabetes_mlp", "digits_cnn", "digits_lstm", "digits_mlp", "digits_resnet"]
+MODELS = [n for n in EXPECTED if n in zoo.names()]
+MAX_BYTES = 12 * 1024 * 1024
+
+
+def test_names_lists_the_bundled_models():
+    assert zoo.names() == EXPECTED
+
+
+def test_unknown_name_lists_available_models():
+    with pytest.raises(ConfigError, match=r"Unknown zoo model 'resnet50'; available: diabetes_mlp, digits_cnn"):
+        zoo.load("resnet50")
+    with pytest.raises(ConfigError, match="Unknown zoo model"):
+        zoo.info("")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_metadata_describes_the_file(name):
+    meta = zoo.info(name)
+    data = zoo.path(name).read_bytes()
+    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert meta["file_size"] == len(data) < MAX_BYTES
+    spec = zoo.load_spec(name)
+    assert meta["model_type"] == spec.WhichOneof("Type")
+    assert [i["name"] for i in meta["inputs"]] == [f.name for f in spec.description.input]
+    assert meta["outputs"] == [f.name for f in spec.description.output]
+    assert meta["weight_count"] == sum(t.count for t in quantizer.weight_tensors(spec))
+    assert meta["task"] in ("classification", "regression")
+    assert meta["description"] and meta["training"]["script"] == f"harness/zoo/train_{name}.py"
+    assert meta["metric"]["name"] in ("accuracy", "rmse")
+    assert (zoo.path(name).parent / f"train_{name}.py").is_file()
+    if meta["task"] == "classification":
+        assert meta["metric"]["higher_is_better"] and meta["probability_output"] in meta["outputs"]
+    # converted models: explicit, named outputs (no var_<n>)
+    assert not any(o.startswith("var_") for o in meta["outputs"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_load_returns_the_held_out_test_set(name):
+    spec, ds = zoo.load(name)
+    meta = zoo.info(name)
+    check_feeds(spec, ds.feeds)
+    assert ds.sha256 == meta["dataset"]["sha256"]
+    assert ds.n == meta["dataset"]["n"]
+    s = split(meta["dataset"]["name"], meta["dataset"]["split_seed"])
+    np.testing.assert_array_equal(ds.labels if class_labels(spec) is None else ds.labels.astype(s.y_test.dtype),
+                                  s.y_test)
+
+
+def test_the_realistic_size_model():
+    meta = zoo.info("digits_resnet")
+    assert 1_000_000 <= meta["weight_count"] <= 3_000_000
+    assert meta["inputs"][0]["shape"] == [1, 1, 32, 32]
+    assert zoo.info("digits_cnn")["metric"]["value"] >= 0.97
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_numpy_executor_reproduces_the_recorded_metric(name):
+    from harness.executors import make_executor
+
+    spec, ds = zoo.load(name)
+    meta = zoo.info(name)
+    ex = make_executor("numpy", spec)
+    out = ex.predict(dict(ds.feeds))
+    if meta["task"] == "classification":
+        probs = out[meta["probability_output"]]
+        acc = metrics.top1_accuracy(probs, ds.labels, class_labels=ex.class_labels)
+        assert acc == meta["metric"]["value"]
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        if meta.get("label_output"):
+            assert metrics.top1_accuracy(out[meta["label_output"]], ds.labels) == acc
+    else:
+        pred = out[meta["prediction_output"]]
+        for m in ("rmse", "mae", "r2"):
+            assert getattr(metrics, m)(ds.labels, pred) == pytest.approx(meta["metrics"][m], abs=1e-6)
