@@ -77,7 +77,8 @@ class Activation(Op):
         return a * _softplus(x * b)
 
     def run(self, x):
-        return f32(self.fn(f32(x)))
+        with np.errstate(over="ignore"):  # exp overflow saturates (sigmoid -> 0), as intended
+            return f32(self.fn(f32(x)))
 
 
 @register("clip")
