@@ -146,3 +146,21 @@ def test_compare_runs_table(grid_run: Path):
         analysis.hypervolume(run.complete["size_bytes"], run.complete["accuracy"], run.baseline["size_bytes"]))
     assert t["smallest_kb_within_0.01"].iloc[0] == pytest.approx(run.best_within(0.01)["size_bytes"] / 1024)
     assert isinstance(t, pd.DataFrame)
+
+
+def test_newest_run_is_the_notebook_default(grid_run: Path, tmp_path: Path):
+    import os
+
+    outputs = tmp_path / "outputs"
+    old, new = outputs / "2024-01-01" / "10-00-00", outputs / "2024-01-02" / "09-00-00"
+    for d, stamp in ((old, 1_700_000_000), (new, 1_700_100_000)):
+        shutil.copytree(grid_run, d)
+        os.utime(d / "trials.csv", (stamp, stamp))
+    (outputs / "qsweep.db").write_bytes(b"")
+    assert analysis.find_runs(outputs) == [old, new]
+    assert analysis.newest_run(outputs) == new
+    assert analysis.resolve_run_dirs(None, roots=(tmp_path / "nothing", outputs)) == [new]
+    assert analysis.resolve_run_dirs(f"{old}{os.pathsep}{new}") == [old, new]
+    assert analysis.resolve_run_dirs([old]) == [old]
+    with pytest.raises(QsweepError, match="set RUN_DIR"):
+        analysis.resolve_run_dirs("", roots=(tmp_path / "nothing",))
