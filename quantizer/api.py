@@ -10,8 +10,7 @@ from typing import Any, Callable
 
 from .codecs import Codec, check_nbits, normalize_mode
 from .errors import InvalidArgumentError
-from .io import load
-from .plan import CodecCache, apply_in_place, as_kind_of, bump_spec_version, select_tensors
+from .plan import CodecCache, apply_in_place, as_kind_of, bump_spec_version, fresh_spec, select_tensors
 
 __all__ = ["quantize_weights"]
 
@@ -75,7 +74,7 @@ def quantize_weights(
         codec = Codec("dequantization", lut_function=lut_function)
     else:
         codec = Codec(mode, check_nbits(nbits), lut_function)
-    spec = load(model)
+    spec = fresh_spec(model)
     if codec.nbits == 16 and spec.isUpdatable:
         raise InvalidArgumentError(
             "updatable models cannot be quantized to float16 (Core ML trains them in float32): "

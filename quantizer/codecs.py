@@ -54,6 +54,7 @@ __all__ = [
     "linear_quantize",
     "linear_lut",
     "fp16_bytes",
+    "pack",
     "validate_custom_lut",
 ]
 
@@ -194,22 +195,25 @@ class Codec:
             raise InvalidWeightsError(
                 f"{where or 'tensor'} holds {w.size} values but its shape {shape} needs {int(np.prod(shape))}"
             )
-        _check_finite(w, where)
+        if self.mode not in ("linear", "linear_symmetric"):  # linear checks its channel min/max instead
+            _check_finite(w, where)
         if self.mode == "dequantization":
             return Encoded("float32", 32, w.tobytes())
         if self.mode == "fp16":
             return Encoded("float16", 16, fp16_bytes(w, where))
         n = self.nbits
         if self.mode in ("linear", "linear_symmetric"):
-            q, scale, bias = linear_quantize(w, n, shape, channel_axis, symmetric=self.mode == "linear_symmetric")
-            return Encoded("linear", n, pack_bits(q, n), scale=scale.astype(np.float32), bias=bias.astype(np.float32))
+            q, scale, bias = linear_quantize(
+                w, n, shape, channel_axis, symmetric=self.mode == "linear_symmetric", where=where
+            )
+            return Encoded("linear", n, pack(q, n), scale=scale.astype(np.float32), bias=bias.astype(np.float32))
         if self.mode == "linear_lut":
             lut, q = linear_lut(w, n)
         elif self.mode == "kmeans_lut":
             lut, q = kmeans_lut(w, n)
         else:
             lut, q = validate_custom_lut(self.lut_function, n, w, shape, where)
-        return Encoded("lut", n, pack_bits(q, n), lut=lut.astype(np.float32))
+        return Encoded("lut", n, pack(q, n), lut=lut.astype(np.float32))
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,8 +252,29 @@ class Encoded:
             write_quantized(wp, self.data, self.nbits, lut=self.lut)
 
 
+def pack(q: np.ndarray, nbits: int) -> bytes:
+    """:func:`quantizer.packing.pack_bits` with fast paths for 1, 2, 4 and 8 bits (values
+    already known to be < 2**nbits): whole bytes are assembled from 8/nbits values."""
+    q = np.ascontiguousarray(q, dtype=np.uint8).reshape(-1)
+    if nbits == 8:
+        return q.tobytes() if q.size else b"\x00"
+    if nbits == 1:
+        return np.packbits(q).tobytes() if q.size else b"\x00"
+    if nbits in (2, 4):
+        per = 8 // nbits
+        pad = -q.size % per
+        if pad or not q.size:
+            q = np.concatenate((q, np.zeros(pad or per, np.uint8)))
+        cols = q.reshape(-1, per)
+        out = cols[:, 0] << np.uint8(8 - nbits)
+        for i in range(1, per):
+            out |= cols[:, i] << np.uint8(8 - nbits * (i + 1))
+        return out.tobytes()
+    return pack_bits(q, nbits)
+
+
 def _check_finite(w: np.ndarray, where: str) -> None:
-    if w.size and not np.isfinite(w).all():
+    if w.size and not (np.isfinite(w.min()) and np.isfinite(w.max())):
         bad = ~np.isfinite(w)
         nan, inf = int(np.isnan(w).sum()), int(bad.sum() - np.isnan(w).sum())
         first = int(np.flatnonzero(bad)[0])
@@ -299,7 +324,8 @@ def _blocks(w3: np.ndarray):
 
 
 def linear_quantize(
-    w: np.ndarray, nbits: int, shape: tuple[int, ...], channel_axis: int = 0, *, symmetric: bool = False
+    w: np.ndarray, nbits: int, shape: tuple[int, ...], channel_axis: int = 0, *, symmetric: bool = False,
+    where: str = "",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """coremltools' ``_quantize_channelwise_linear``: returns ``(q uint8 flat, scale, bias)`` (float32 [C]).
 
@@ -312,6 +338,8 @@ def linear_quantize(
     w3 = _channel_view(w32, shape, channel_axis)
     a = w3.min(axis=(0, 2))
     b = w3.max(axis=(0, 2))
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):  # min/max propagate NaN and show Inf
+        _check_finite(w32, where)
     if symmetric:
         r = np.maximum(np.abs(a), np.abs(b))
         scale = r / ((1 << nbits) / 2.0 - 1)

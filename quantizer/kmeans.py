@@ -37,7 +37,9 @@ __all__ = ["kmeans_1d", "kmeans_lut", "optimal_partition"]
 #: Lloyd iterations per start (each costs O(K log N); convergence is usually far earlier).
 MAX_ITER = 2000
 #: Work (candidate evaluations) we allow the exact DP before switching to Lloyd.
-EXACT_BUDGET = 3_000_000
+EXACT_BUDGET = 600_000
+#: Work allowed for the banded exact DP (k * (m - k + 1)**2), used when m is close to k.
+BAND_BUDGET = 4_000_000
 #: Largest k for which Lloyd also starts from the exact optimum over coarse atoms
 #: (for larger k that start converges slowly and rarely wins).
 COARSE_DP_MAX_K = 64
@@ -152,6 +154,8 @@ def optimal_partition(values: np.ndarray, weights: np.ndarray, k: int) -> np.nda
         s = S[i] - S[j]
         return np.maximum(Q[i] - Q[j] - s * s / (C[i] - C[j]), 0.0)
 
+    if k * (m - k + 1) ** 2 <= BAND_BUDGET:
+        return _band_partition(cost, m, k)
     D = np.full(m + 1, np.inf)
     D[1:] = cost(np.zeros(m, dtype=np.int64), np.arange(1, m + 1))
     prev_opt = np.zeros(m + 1, dtype=np.int64)
@@ -173,6 +177,31 @@ def optimal_partition(values: np.ndarray, weights: np.ndarray, k: int) -> np.nda
         j = int(args[layer, end]) if layer > 1 else 0
         starts[layer - 1] = j
         end = j
+    return starts
+
+
+def _band_partition(cost, m: int, k: int) -> np.ndarray:
+    """The DP when few values must share clusters (``r = m - k`` small): after ``L``
+    clusters the cover ends at value ``L + t`` with ``t`` in ``[0, r]``, so each layer is one
+    vectorised ``(r+1) x (r+1)`` min -- O(k r^2) work in k small numpy steps."""
+    r = m - k
+    t = np.arange(r + 1)
+    tp, tt = np.meshgrid(t, t, indexing="ij")  # tp: previous layer's t (rows), tt: this layer's t
+    invalid = tp > tt
+    jj, ii = np.where(invalid, 0, tp), np.where(invalid, 1, tt)  # harmless indices where invalid
+    D = cost(np.zeros(r + 1, dtype=np.int64), 1 + t)
+    args = np.zeros((k + 1, r + 1), dtype=np.int64)
+    for layer in range(2, k + 1):
+        vals = D[:, None] + cost(layer - 1 + jj, layer + ii)
+        vals[invalid] = np.inf
+        args[layer] = np.argmin(vals, axis=0)
+        D = vals[args[layer], t]
+    starts = np.zeros(k, dtype=np.int64)
+    tcur = r
+    for layer in range(k, 1, -1):
+        tprev = int(args[layer, tcur])
+        starts[layer - 1] = layer - 1 + tprev
+        tcur = tprev
     return starts
 
 
@@ -296,8 +325,11 @@ def _lloyd(data: _Sorted, centroids: np.ndarray, max_iter: int) -> np.ndarray:
 
 
 def _init_kmeanspp(data: _Sorted, k: int, seed: int = 0, max_atoms: int = 8192) -> np.ndarray:
-    """Greedy k-means++ seeding (as scikit-learn does it) on weighted atoms: deterministic."""
-    starts = data.atom_starts(max_atoms)
+    """Greedy k-means++ seeding (as scikit-learn does it) on weighted atoms: deterministic.
+
+    Costs O(atoms * k * log k); atoms are capped at ``max_atoms`` and at a quarter of
+    the values (but at least 2k), so small tensors seed quickly too."""
+    starts = data.atom_starts(min(max_atoms, max(2 * k, data.n // 4)))
     weights, points = data.stats(starts, data.ends(starts))
     rng = np.random.default_rng(seed)
     trials = 2 + int(np.log(k))
@@ -356,7 +388,8 @@ def kmeans_1d(values: np.ndarray, k: int, *, max_iter: int = MAX_ITER) -> tuple[
     if runs.size <= k:
         uniq = data.x[runs]
         return uniq.astype(np.float64), np.searchsorted(uniq, flat).astype(_label_dtype(uniq.size))
-    if _exact_is_cheap(runs.size, k):
+    m = runs.size
+    if k * (m - k + 1) ** 2 <= BAND_BUDGET or _exact_is_cheap(m, k):
         starts = _dp_on_runs(data, runs, k)
     else:
         best: tuple[float, np.ndarray] | None = None
