@@ -137,6 +137,8 @@ def _save_npy(path, arr) -> None:
     (lambda p: np.savez(p, x=np.zeros((3, 64))), {"keys": {"img": "x"}}, "'img', which are not model inputs"),
     (lambda p: np.savez(p, x=np.zeros((3, 64)), y=[1, 2, 3, 4]), {}, "4 values but the feeds hold N = 3"),
     (lambda p: np.savez(p, x=np.zeros((3, 64)), y=[1, 2, 11]), {}, r"\[11\] are neither class labels"),
+    (lambda p: np.savez(p, x=np.zeros((3, 64)), y=np.array([1, "a", None], dtype=object)), {},
+     "label array 'y' cannot be read without pickle"),
 ])
 def test_npz_errors(tmp_path, setup, kwargs, match):
     model = builder_model({"pixels": (64,)}, mode="classifier", class_labels=list(range(10)))

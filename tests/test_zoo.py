@@ -87,3 +87,33 @@ def test_numpy_executor_reproduces_the_recorded_metric(name):
         pred = out[meta["prediction_output"]]
         for m in ("rmse", "mae", "r2"):
             assert getattr(metrics, m)(ds.labels, pred) == pytest.approx(meta["metrics"][m], abs=1e-6)
+
+
+def test_a_corrupted_model_file_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from harness.errors import DataError
+
+    for f in ("digits_mlp.mlmodel", "digits_mlp.json"):
+        shutil.copy(zoo.ZOO_DIR / f, tmp_path / f)
+    data = bytearray((tmp_path / "digits_mlp.mlmodel").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "digits_mlp.mlmodel").write_bytes(bytes(data))
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    assert zoo.names() == ["digits_mlp"]
+    with pytest.raises(DataError, match=r"digits_mlp.mlmodel does not match its recorded sha256"):
+        zoo.load("digits_mlp")
+
+
+def test_runtime_modules_do_not_import_torch():
+    """Only the training scripts (train_*.py, _torch.py) use torch; qsweep's runtime code never does."""
+    import re
+    from pathlib import Path
+
+    import harness
+
+    root = Path(harness.__file__).parent
+    runtime = [root / "metrics.py", root / "zoo" / "__init__.py", root / "zoo" / "_record.py",
+               *sorted((root / "data").glob("*.py"))]
+    for f in runtime:
+        assert not re.search(r"^\s*(import|from)\s+torch\b", f.read_text(), re.M), f

@@ -144,7 +144,11 @@ def load_npz(path: str | os.PathLike, model: Any, *, keys: Mapping[str, str] | N
         y = None
         if label_key is not None:
             if label_key in present:
-                y = npz[label_key]
+                try:
+                    y = npz[label_key]
+                except ValueError as e:  # object arrays need pickle
+                    raise DataError(f"{source}: label array {label_key!r} cannot be read without pickle ({e}); "
+                                    "save labels as numbers or fixed-width strings (numpy.str_).") from None
                 used.add(label_key)
             elif label_key != "y":
                 raise DataError(f"{source} has no label array {label_key!r}. Keys in the file: {present}.")
