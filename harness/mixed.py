@@ -595,7 +595,7 @@ def mixed_summary(table: pd.DataFrame, metric: Any, baseline: Mapping[str, Any],
         if other_base.get("size_bytes") != baseline["size_bytes"]:
             raise ConfigError(f"search.options.compare_to={str(compare_to)!r} is a run on another model "
                               f"(float size {other_base.get('size_bytes')} bytes, this one {baseline['size_bytes']}).")
-        blk = hv_block(other, metric, baseline, len(run.trials[run.trials["state"] != "PRUNED"]))
+        blk = hv_block(other, metric, baseline, len(counted_rows(run.trials)))
         blk["run_dir"] = str(Path(str(compare_to)).resolve())
         blk["search"] = analysis.search_kind(run)
         out["compare_to"] = blk
@@ -605,8 +605,9 @@ def mixed_summary(table: pd.DataFrame, metric: Any, baseline: Mapping[str, Any],
 
 
 def counted_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """Trials that used budget (not skipped, not a dead trial that was retried)."""
-    t = table[table["state"] != "PRUNED"]
+    """Trials that used budget: finished (not skipped, not queued and left unrun) and not a dead
+    trial that was retried."""
+    t = table[table["state"].isin(["COMPLETE", "FAIL"])]
     if "error" in t.columns:
         t = t[~t["error"].astype(str).str.contains("retried as trial", na=False)]
     return t

@@ -47,7 +47,7 @@ def run_pair(model: str, out: Path, seed: int = 0, extra: Sequence[str] = ()) ->
     t0 = time.perf_counter()
     grid = run_sweep(_compose(common[:-1] + [common[-1] + "-grid", "search=grid", *extra]), out / f"{model}-grid")
     t_grid = time.perf_counter() - t0
-    budget = int(len(grid.trials[grid.trials["state"] != "PRUNED"]))
+    budget = int(grid.trials["state"].isin(["COMPLETE", "FAIL"]).sum())
     t0 = time.perf_counter()
     mixed = run_sweep(_compose(common[:-1] + [common[-1] + "-mixed", "search=mixed", f"search.n_trials={budget}",
                                               f"search.options.compare_to={grid.run_dir}", *extra]),
