@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m harness.bench <benchmark> [options]   (<benchmark> --help for its options)\n")
         for name, doc in sorted(available.items()):
             print(f"  {name:<12} {doc}")
-        return 0 if argv else 2
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in available:
         print(f"unknown benchmark {name!r}; available: {', '.join(sorted(available))}", file=sys.stderr)
