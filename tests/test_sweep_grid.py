@@ -166,3 +166,40 @@ def test_sampler_search_honours_the_study_wide_budget(tmp_path):
     more = run(tmp_path, overrides[:3] + ["search.n_trials=7"] + overrides[4:], run_dir="run2")
     df2 = frame(more)
     assert len(df2[df2["state"] != "PRUNED"]) == 7
+
+
+def test_bring_your_own_model_and_npz_data(tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from harness import zoo
+
+    shutil.copy(zoo.path("digits_mlp"), tmp_path / "my.mlmodel")
+    _, test = zoo.load("digits_mlp")
+    x = test.feeds["pixels"]
+    np.savez(tmp_path / "test.npz", x=x, y=test.labels)  # `x` feeds the single input
+    np.savez(tmp_path / "unlabelled.npz", pixels=x)
+    grid = ["selector=all", "search.space.nbits=[4]", "search.space.mode=[linear,kmeans_lut]"]
+    mine = run(tmp_path, [f"model.path={tmp_path / 'my.mlmodel'}", "data=npz", f"data.path={tmp_path / 'test.npz'}",
+                          *grid])
+    zoo_run = run(tmp_path, ["model=digits_mlp", *grid], run_dir="zoo", db="zoo.db")
+    a, b = frame(mine), frame(zoo_run)
+    assert a["accuracy"].tolist() == b["accuracy"].tolist()  # same model, same data, same figures
+    assert mine.summary["model"]["name"] == "my"
+    # without labels the task metric is agreement with the float model
+    unl = run(tmp_path, [f"model.path={tmp_path / 'my.mlmodel'}", "data=npz",
+                         f"data.path={tmp_path / 'unlabelled.npz'}", *grid], run_dir="unl", db="unl.db")
+    assert unl.summary["metric"] == "agreement" and unl.summary["baseline"]["agreement"] == 1.0
+    df = frame(unl)
+    assert "accuracy" not in df.columns and df["agreement_drop"].notna().all()
+    assert df["agreement"].tolist() == b["agreement"].tolist()
+
+
+def test_regressor_sweeps_on_r2(tmp_path):
+    result = run(tmp_path, ["model=diabetes_mlp", "selector=all", "search.space.nbits=[8,2]",
+                            "search.space.mode=[linear]"])
+    assert result.summary["metric"] == "r2" and result.summary["direction"] == "maximize"
+    df = frame(result)
+    assert (df["state"] == "COMPLETE").all() and df["agreement"].isna().all()
+    assert (df["r2_drop"] - (result.summary["baseline"]["r2"] - df["r2"])).abs().max() < 1e-12
