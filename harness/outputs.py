@@ -114,9 +114,14 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> Path:
-    """``config.yaml``: the composed config with every interpolation resolved."""
+    """``config.yaml``: the composed config with every interpolation resolved (storage password masked)."""
+    from harness.study import masked_url
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(data.get("storage"), dict) and data["storage"].get("url"):
+        data["storage"]["url"] = masked_url(str(data["storage"]["url"]))
     path = run_dir / "config.yaml"
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
     return path
 
 
@@ -127,6 +132,10 @@ def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
             out[n] = metadata.version(n)
         except metadata.PackageNotFoundError:
             out[n] = None
+    if out.get("qsweep") is None:  # running from a source checkout
+        import quantizer
+
+        out["qsweep"] = f"{quantizer.__version__} (source tree, not installed)"
     return out
 
 

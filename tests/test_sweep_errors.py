@@ -147,3 +147,12 @@ def test_a_shell_user_sees_one_line(tmp_path):
     proc = run_cli(["model.path=missing.mlmodel", "data=npz", "data.path=test.npz"], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "qsweep: error: model file 'missing.mlmodel' does not exist: check the path"
+
+
+def test_storage_password_never_reaches_the_run_directory(tmp_path):
+    from harness.outputs import write_config
+    from tests.sweep_support import compose
+
+    cfg = compose(["storage.url=postgresql://me:hunter2@db.example:5432/qsweep"])
+    text = write_config(tmp_path, cfg).read_text()
+    assert "hunter2" not in text and "postgresql://me:***@db.example:5432/qsweep" in text
