@@ -411,3 +411,10 @@ def test_regressor_and_multiple_inputs_outputs():
     out = _run(spec, {"a": a, "b": b})
     np.testing.assert_allclose(out["sum"], a + b, rtol=1e-6)
     np.testing.assert_allclose(out["prod"], a * b, rtol=1e-6)
+
+
+def test_predict_in_chunks_equals_whole_batch():
+    spec, w, b = _conv_spec(3, 4, (3, 3), (1, 1), (1, 1), 1, (6, 6), pads=(1, 1, 1, 1))
+    x = RNG.standard_normal((7, 3, 6, 6)).astype(np.float32)
+    ex = NumpyExecutor(spec)
+    np.testing.assert_allclose(ex.predict({"x": x}, batch_size=3)["y"], ex.predict({"x": x})["y"], rtol=1e-6, atol=1e-6)

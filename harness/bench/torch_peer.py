@@ -271,7 +271,7 @@ def _lstm(layer, p, ins, outs) -> Fn:
         h0 = h0.expand(n * bb, h).contiguous().unsqueeze(0)
         c0 = c0.expand(n * bb, h).contiguous().unsqueeze(0)
         seq = x.reshape(n, s, bb, i).permute(1, 0, 2, 3).reshape(s, n * bb, i)
-        y, (hn, cn) = torch._VF.lstm(seq, (h0, c0), [w_ih, w_hh, b, torch.zeros_like(b)], True, 1, 0.0, False, False, False)
+        y, hn, cn = torch._VF.lstm(seq, (h0, c0), [w_ih, w_hh, b, torch.zeros_like(b)], True, 1, 0.0, False, False, False)
         if seq_out:
             out = y.reshape(s, n, bb, h).permute(1, 0, 2, 3).reshape(n, s, bb, h, 1, 1)
         else:
@@ -305,7 +305,7 @@ class TorchPeer:
     @torch.inference_mode()
     def run(self, blobs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """``blobs``: the numpy executor's input blobs; returns the named blobs as numpy arrays."""
-        env = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in blobs.items()}
+        env = {k: torch.from_numpy(np.require(v, np.float32, ("C", "W"))) for k, v in blobs.items()}
         for fn in self.fns:
             fn(env)
         return {k: env[k].numpy() for k in outputs}
