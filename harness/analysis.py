@@ -698,9 +698,9 @@ def plot_sensitivity(ax: Any, sens: pd.DataFrame, value: str | None = None) -> A
     mat = sensitivity_matrix(sens, value)
     data = mat.to_numpy(dtype=float)
     finite = data[np.isfinite(data)]
+    vmax = max(float(finite.max()) if finite.size else 0.0, 1e-6)
     if value.endswith("_drop"):
         # Drops: white at no change, red as the metric falls (improvements stay white).
-        vmax = max(float(finite.max()) if finite.size else 0.0, 1e-6)
         im = ax.imshow(data, cmap="Reds", vmin=0.0, vmax=vmax, aspect="auto")
     else:
         im = ax.imshow(data, cmap="viridis", aspect="auto")
@@ -709,7 +709,9 @@ def plot_sensitivity(ax: Any, sens: pd.DataFrame, value: str | None = None) -> A
             for j in range(data.shape[1]):
                 v = data[i, j]
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.3f}" if value.endswith("_drop") else f"{v:.0f}", ha="center", va="center", fontsize=6)
+                    dark = value.endswith("_drop") and v > 0.6 * vmax
+                    ax.text(j, i, f"{v:.3f}" if value.endswith("_drop") else f"{v:.0f}", ha="center", va="center",
+                            fontsize=6, color="white" if dark else "black")
     ax.set_xticks(range(len(mat.columns)))
     ax.set_xticklabels(mat.columns, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(mat.index)))
