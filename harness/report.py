@@ -194,11 +194,29 @@ def _best_section(run: analysis.RunData) -> str:
 
 
 def _hypervolume_section(run: analysis.RunData) -> str:
+    """The hypervolume block of a mixed-precision run's summary.json, as a table."""
     hv = run.summary.get("hypervolume")
     if not isinstance(hv, dict) or not hv:
         return ""
-    items = [(k, v) for k, v in hv.items() if not isinstance(v, (dict, list))]
-    return "<h2>Hypervolume (size normalised by the float model, reference: float size, zero metric)</h2>" + _kv_table(items)
+    rows = []
+    names = {"mixed": "this run (all trials)", "uniform_seeds_in_this_run": "its uniform settings",
+             "compare_to": "compared run"}
+    for key, label in names.items():
+        blk = hv.get(key)
+        if not isinstance(blk, dict):
+            continue
+        best = blk.get("smallest_within_1_point") or {}
+        if key == "compare_to" and blk.get("run_dir"):
+            label += f" ({blk.get('search', '?')}: {blk['run_dir']})"
+        rows.append({"": label, "trials": blk.get("trials"), "evaluated": blk.get("evaluated"),
+                     "hypervolume": blk.get("hypervolume"),
+                     "smallest within 1 point (KB)": best.get("size_bytes", float("nan")) / 1024 if best else None,
+                     f"its {run.metric}": best.get(run.metric) if best else None})
+    if not rows:
+        return ""
+    table = pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, na_rep="none")
+    return ("<h2>Hypervolume (size normalised by the float model; reference point: float size, zero "
+            f"{html.escape(run.metric)})</h2>" + table)
 
 
 _CSS = """

@@ -87,6 +87,10 @@ def test_budget_seeds_and_order(mixed_run: Path):
     summary = json.loads((mixed_run / "summary.json").read_text())
     assert summary["mixed"]["probe_codec"] == "kmeans_lut-4"
     assert summary["mixed"]["trials_by_seed"]["probe"] == 3
+    page = (mixed_run / "report.html").read_text()
+    hv = summary["hypervolume"]
+    assert "this run (all trials)" in page and "its uniform settings" in page
+    assert f"{hv['mixed']['hypervolume']:.4f}" in page
 
 
 def test_uniform_seeds_match_grid_trials(mixed_run: Path):
