@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from harness import outputs, pareto
 from harness.claims import Claims
-from harness.errors import USER_ERRORS, ConfigError, DataError
+from harness.errors import USER_ERRORS, ConfigError
 from harness.evaluate import Evaluator, ModelTask, TaskMetric, choose_metric
 from harness.search import SearchContext, SearchStrategy, SkipTrial, make_strategy
 from harness.space import SearchSpace, build_plan
@@ -161,6 +161,13 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> None:
         try:
+            self._run(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("trial %d was declared dead by another worker meanwhile (no heartbeat); its result is "
+                        "dropped and its retry runs instead", trial.number)
+
+    def _run(self, trial: optuna.Trial) -> None:
+        try:
             cand = self.strategy.suggest(trial)
         except SkipTrial as e:
             trial.set_user_attr("skipped", str(e))
@@ -249,11 +256,7 @@ class TrialRunner:
         self._tell(trial, state=TrialState.FAIL)
 
     def _tell(self, trial: optuna.Trial, **kwargs: Any) -> None:
-        try:
-            self.study.tell(trial, **kwargs)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            log.warning("trial %d was declared dead by another worker meanwhile (no heartbeat); its result is "
-                        "dropped and its retry runs instead", trial.number)
+        self.study.tell(trial, **kwargs)
 
 
 # -- progress -------------------------------------------------------------------------------

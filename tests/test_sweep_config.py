@@ -23,7 +23,7 @@ def _cli(argv, capsys):
     old = sys.argv
     sys.argv = ["qsweep", *argv]
     try:
-        with pytest.raises(SystemExit) as exc:
+        with pytest.raises(SystemExit) as exc, restored_logging():
             cli.main()
     finally:
         sys.argv = old

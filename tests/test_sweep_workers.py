@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 
 from tests.sweep_support import cli_command, cli_env, free_port, frame, grid_points

@@ -17,7 +17,6 @@ An entry whose module contains a dot is an absolute module path.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from harness.errors import ConfigError
 from harness.search.base import Candidate, SearchContext, SearchStrategy, SkipTrial
