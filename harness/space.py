@@ -137,36 +137,56 @@ def codec_problem(nbits: int, mode: str, lut_function: Callable | None) -> str |
     return None
 
 
+def _import(path: str, key: str) -> Callable:
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ConfigError(f"{key}={path!r} is not an import path; write package.module.function.")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise ConfigError(f"{key}={path!r}: cannot import module {module!r} ({e}).") from None
+    except AttributeError:
+        raise ConfigError(f"{key}={path!r}: module {module!r} has no attribute {name!r}.") from None
+    if not callable(fn):
+        raise ConfigError(f"{key}={path!r} is not callable.")
+    return fn
+
+
+class BoundLutFunction:
+    """``fn(nbits, weights, **kwargs)`` with the keyword arguments of a ``_target_`` node bound.
+
+    Its ``__qualname__`` includes the arguments and ``__code__`` is the target's, so
+    the quantizer's codec identity (and thus the plan hash) tells two bindings apart.
+    """
+
+    def __init__(self, fn: Callable, kwargs: Mapping[str, Any]):
+        self.fn, self.kwargs = fn, dict(kwargs)
+        self.__module__ = getattr(fn, "__module__", "?")
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.kwargs.items()))
+        self.__qualname__ = f"{getattr(fn, '__qualname__', type(fn).__qualname__)}({args})"
+        self.__code__ = getattr(fn, "__code__", None)
+
+    def __call__(self, nbits: int, weights: Any) -> Any:
+        return self.fn(nbits, weights, **self.kwargs)
+
+
 def resolve_lut_function(spec: Any, key: str = "search.space.lut_function") -> tuple[Callable | None, str | None]:
-    """Import a custom LUT function: an import path or a ``{_target_: ...}`` node -> (function, name)."""
+    """A custom LUT function from an import path or a ``{_target_: path, **kwargs}`` node -> (function, name).
+
+    The function is called as ``fn(nbits, weights, **kwargs)`` and returns ``(lut, indices)``.
+    """
     if spec is None:
         return None, None
     if isinstance(spec, str):
-        module, _, name = spec.rpartition(".")
-        if not module:
-            raise ConfigError(f"{key}={spec!r} is not an import path; write package.module.function.")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except ImportError as e:
-            raise ConfigError(f"{key}={spec!r}: cannot import module {module!r} ({e}).") from None
-        except AttributeError:
-            raise ConfigError(f"{key}={spec!r}: module {module!r} has no attribute {name!r}.") from None
-        if not callable(fn):
-            raise ConfigError(f"{key}={spec!r} is not callable.")
-        return fn, spec
+        return _import(spec, key), spec
     if isinstance(spec, Mapping) and "_target_" in spec:
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
+        from omegaconf import DictConfig, OmegaConf
 
-        try:
-            fn = instantiate(spec)
-        except Exception as e:
-            raise ConfigError(f"{key}: cannot instantiate {dict(spec)!r}: {e}") from None
-        if not callable(fn):
-            raise ConfigError(f"{key}: {spec['_target_']!r} did not give a callable; add _partial_: true "
-                              "to pass the function itself with bound keyword arguments.")
-        node = OmegaConf.to_container(spec) if not isinstance(spec, dict) else spec
-        return fn, json_name(node)
+        node = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+        target = str(node.pop("_target_"))
+        node.pop("_partial_", None)
+        fn = _import(target, f"{key}._target_")
+        return (BoundLutFunction(fn, node) if node else fn), json_name({"_target_": target, **node})
     raise ConfigError(f"{key} must be an import path string or a node with _target_, got {spec!r}.")
 
 

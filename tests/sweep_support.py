@@ -117,3 +117,10 @@ def linear_lut(nbits: int, weights: np.ndarray):
     lut = np.linspace(w.min(), w.max(), 2 ** nbits).astype(np.float32)
     idx = np.abs(w[:, None] - lut[None, :]).argmin(axis=1)
     return lut, idx
+
+
+def levels_lut(nbits: int, weights: np.ndarray, spread: float = 1.0):
+    """A custom_lut function with a keyword argument (for ``{_target_: ..., spread: ...}`` nodes)."""
+    w = np.asarray(weights, dtype=np.float32).ravel()
+    lut = (np.linspace(w.min(), w.max(), 2 ** nbits) * spread).astype(np.float32)
+    return lut, np.abs(w[:, None] - lut[None, :]).argmin(axis=1)

@@ -148,3 +148,21 @@ def test_config_yaml_round_trips_through_the_schema():
     cfg = compose(["model=digits_mlp", "search=nsga2"])
     merged = OmegaConf.merge(OmegaConf.structured(QsweepConfig), OmegaConf.create(OmegaConf.to_yaml(cfg)))
     assert merged.search.kind == "nsga2" and merged.model.name == "digits_mlp"
+
+
+def test_lut_function_as_a_target_node_with_arguments():
+    import quantizer
+
+    a = _space(**{"search.space.mode": "[custom_lut]",
+                  "search.space.lut_function": "{_target_:tests.sweep_support.levels_lut,spread:0.5}"})
+    b = _space(**{"search.space.mode": "[custom_lut]",
+                  "search.space.lut_function": "{_target_:tests.sweep_support.levels_lut,spread:0.9}"})
+    plain = _space(**{"search.space.mode": "[custom_lut]",
+                      "search.space.lut_function": "tests.sweep_support.levels_lut"})
+    assert a.lut_function_name == '{"_target_": "tests.sweep_support.levels_lut", "spread": 0.5}'
+    tokens = {quantizer.Codec("custom_lut", 2, s.lut_function).token() for s in (a, b, plain)}
+    assert len(tokens) == 3  # different bindings never share a plan hash
+    import numpy as np
+
+    lut, idx = a.lut_function(2, np.array([0.0, 1.0, 2.0, 3.0], np.float32))
+    assert lut.tolist() == [0.0, 0.5, 1.0, 1.5] and len(idx) == 4
