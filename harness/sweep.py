@@ -241,7 +241,7 @@ class TrialRunner:
             if k in other.user_attrs:
                 trial.set_user_attr(k, other.user_attrs[k])
         trial.set_user_attr("reused_from", other.number)
-        log.info("trial %d: same plan as trial %d, result reused", trial.number, other.number)
+        log.debug("trial %d: same plan as trial %d, result reused", trial.number, other.number)
         self._tell(trial, values=list(other.values))
 
     def _fail(self, trial: optuna.Trial, exc: BaseException | None, message: str | None = None) -> None:
@@ -271,7 +271,7 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="trials", unit="trial", dynamic_ncols=True,
-                            bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| [{elapsed}<{remaining}] {postfix}")
+                            bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| [{elapsed}<{remaining}]{postfix}")
             self.update()
 
     def update(self) -> None:
@@ -472,7 +472,12 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     files.update(strategy.finish(run_dir, table, summary, evaluator) or {})
     files["summary"] = outputs.write_json(run_dir / "summary.json", summary)
 
-    print(f"\nPareto front ({len(front)} of {len(complete)} complete trials; study {study.study_name!r}):")
+    n_reused = int(complete["reused_from"].notna().sum())
+    n_failed = int((table["state"] == "FAIL").sum())
+    print(f"\n{len(table)} trial(s) in study {study.study_name!r}: {len(complete) - n_reused} evaluated, {n_reused} "
+          f"reused the result of an identical plan, {n_failed} failed" + (f", {len(table) - len(complete) - n_failed} "
+          "other (running, waiting or skipped)" if len(table) - len(complete) - n_failed else "") + ".")
+    print(f"Pareto front ({len(front)} of {len(complete)} complete trials):")
     print(outputs.front_table(front, baseline, metric.name))
     if max_drop is not None:
         print(target["message"])
