@@ -473,10 +473,14 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     files["summary"] = outputs.write_json(run_dir / "summary.json", summary)
 
     n_reused = int(complete["reused_from"].notna().sum())
-    n_failed = int((table["state"] == "FAIL").sum())
-    print(f"\n{len(table)} trial(s) in study {study.study_name!r}: {len(complete) - n_reused} evaluated, {n_reused} "
-          f"reused the result of an identical plan, {n_failed} failed" + (f", {len(table) - len(complete) - n_failed} "
-          "other (running, waiting or skipped)" if len(table) - len(complete) - n_failed else "") + ".")
+    counts = table["state"].value_counts()
+    parts = [f"{len(complete) - n_reused} evaluated", f"{n_reused} reused the result of an identical plan",
+             f"{int(counts.get('FAIL', 0))} failed"]
+    if counts.get("PRUNED", 0):
+        parts.append(f"{int(counts['PRUNED'])} skipped (invalid combination)")
+    if counts.get("RUNNING", 0) or counts.get("WAITING", 0):
+        parts.append(f"{int(counts.get('RUNNING', 0) + counts.get('WAITING', 0))} not finished")
+    print(f"\n{len(table)} trial(s) in study {study.study_name!r}: " + ", ".join(parts) + ".")
     print(f"Pareto front ({len(front)} of {len(complete)} complete trials):")
     print(outputs.front_table(front, baseline, metric.name))
     if max_drop is not None:
