@@ -166,3 +166,14 @@ def test_lut_function_as_a_target_node_with_arguments():
 
     lut, idx = a.lut_function(2, np.array([0.0, 1.0, 2.0, 3.0], np.float32))
     assert lut.tolist() == [0.0, 0.5, 1.0, 1.5] and len(idx) == 4
+
+
+def test_settings_of_another_search_kind_are_refused():
+    from harness.search import SearchContext, make_strategy
+
+    for overrides, key in ((["+search.sampler.n_startup_trials=3"], "search.sampler"),
+                           (["+search.options.unit=layer"], "search.options")):
+        cfg = compose(["selector=all", *overrides])
+        space = SearchSpace.from_config(cfg.search.space, cfg.selector)
+        with pytest.raises(ConfigError, match=f"{key}=.* is not used by search=grid"):
+            make_strategy(SearchContext(cfg=cfg.search, space=space, model=None, seed=0, build_plan=lambda s: None))

@@ -70,8 +70,19 @@ class SearchContext:
 class SearchStrategy(abc.ABC):
     """Base class of the search kinds (see module docstring)."""
 
+    #: Which of ``search.sampler`` / ``search.options`` this kind reads; a non-empty one it
+    #: does not read is refused (it belongs to another kind). Subclasses narrow it.
+    uses: tuple[str, ...] = ("sampler", "options")
+
     def __init__(self, ctx: SearchContext):
         self.ctx = ctx
+        for key in ("sampler", "options"):
+            value = ctx.cfg.get(key) if hasattr(ctx.cfg, "get") else getattr(ctx.cfg, key, None)
+            if value and key not in self.uses:
+                from harness.errors import ConfigError
+
+                raise ConfigError(f"search.{key}={dict(value)!r} is not used by search={ctx.cfg.kind}; remove it "
+                                  "(it belongs to another search kind).")
 
     @abc.abstractmethod
     def sampler(self) -> optuna.samplers.BaseSampler:

@@ -36,6 +36,8 @@ def point_key(setting: Setting) -> str:
 class GridSearch(SearchStrategy):
     """Queue the whole grid once; workers pop points until none is left."""
 
+    uses = ()
+
     def __init__(self, ctx: SearchContext):
         super().__init__(ctx)
         points, dropped = ctx.space.grid()

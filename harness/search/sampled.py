@@ -27,6 +27,8 @@ SAMPLERS = {
 class SamplerSearch(SearchStrategy):
     """Ask the study's sampler for each trial's setting."""
 
+    uses = ("sampler",)
+
     def __init__(self, ctx: SearchContext):
         super().__init__(ctx)
         kind = str(ctx.cfg.kind)
