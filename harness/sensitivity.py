@@ -225,6 +225,8 @@ def _sens_key(unit: str, label: str) -> str:
 class SensitivitySearch(SearchStrategy):
     """Queue one trial per (unit, codec); workers pop them until none is left."""
 
+    uses = ("options",)  # no sampler: every trial is queued with fixed parameters
+
     def __init__(self, ctx: SearchContext):
         super().__init__(ctx)
         self.options = search_options(ctx.cfg, SENSITIVITY_OPTIONS, "sensitivity")

@@ -117,6 +117,8 @@ def test_bad_options_fail_before_any_work(tmp_path):
         run(*SENS, "+search.options.units=layer", root=tmp_path)
     with pytest.raises(ConfigError, match="search.options.unit='neuron'"):
         run(*SENS, "search.options.unit=neuron", root=tmp_path)
+    with pytest.raises(ConfigError, match="search.sampler=.* is not used by search=sensitivity"):
+        run(*SENS, "+search.sampler.seed=3", root=tmp_path)
     with pytest.raises(ConfigError, match="search space is empty"):
         run(*SENS, "search.space.nbits=[1]", "search.space.mode=[linear_symmetric]", root=tmp_path)
     assert not np.any([p.name == "sensitivity.csv" for p in tmp_path.rglob("*")])
