@@ -1,8 +1,14 @@
-"""Import coremltools without the noise it prints on Linux.
+"""Import coremltools without the noise it prints on Linux, and without torch.
 
 coremltools prints "Failed to load _MLModelProxy ..." lines (to stdout/stderr)
 and warns about untested scikit-learn/torch versions on import. Users of
 qsweep should not see that. Import it only through :func:`coremltools`.
+
+coremltools also imports torch (and friends) on import when it is installed,
+which costs seconds and is not needed to read, write or quantize specs. Unless
+the process has imported torch already (the fixture and zoo scripts that
+convert PyTorch models do so first), those imports are blocked while
+coremltools loads, so its converters treat torch as absent.
 """
 from __future__ import annotations
 
@@ -28,11 +34,31 @@ def coremltools():
         prev = logging.root.manager.disable
         logging.disable(logging.CRITICAL)
         try:
-            with _quiet_fd(2), _quiet_fd(1):
+            with _quiet_fd(2), _quiet_fd(1), _without_optional_frameworks():
                 import coremltools as ct  # noqa: F401
         finally:
             logging.disable(prev)
     return sys.modules["coremltools"]
+
+
+_OPTIONAL_FRAMEWORKS = ("torch", "torchvision", "torchaudio", "torchao", "executorch", "tensorflow")
+
+
+@contextlib.contextmanager
+def _without_optional_frameworks():
+    """Make ``import torch`` (etc.) fail while coremltools loads, unless already imported."""
+    if os.environ.get("QSWEEP_COREMLTOOLS_WITH_TORCH") or "torch" in sys.modules:
+        yield
+        return
+    blocked = [name for name in _OPTIONAL_FRAMEWORKS if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 @contextlib.contextmanager
