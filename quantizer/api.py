@@ -10,7 +10,18 @@ from typing import Any, Callable
 
 from .codecs import Codec, check_nbits, normalize_mode
 from .errors import InvalidArgumentError
-from .plan import CodecCache, apply_in_place, as_kind_of, bump_spec_version, fresh_spec, select_tensors
+from .plan import (
+    CodecCache,
+    apply_copying,
+    apply_in_place,
+    as_kind_of,
+    bump_spec_version,
+    codec_cache,
+    fresh_spec,
+    fusion_possible,
+    select_tensors,
+    source_spec,
+)
 
 __all__ = ["quantize_weights"]
 
@@ -74,18 +85,23 @@ def quantize_weights(
         codec = Codec("dequantization", lut_function=lut_function)
     else:
         codec = Codec(mode, check_nbits(nbits), lut_function)
-    spec = fresh_spec(model)
-    if codec.nbits == 16 and spec.isUpdatable:
+    cache = codec_cache if cache is None else cache
+    src, owned = source_spec(model)
+    if codec.nbits == 16 and src.isUpdatable:
         raise InvalidArgumentError(
             "updatable models cannot be quantized to float16 (Core ML trains them in float32): "
             "quantize a non-updatable copy, or keep float32"
         )
-    if fuse and codec.quantizes:
-        from .fuse import fuse_in_place
+    fusing = fuse and codec.quantizes and fusion_possible(src)
+    if owned or fusing:
+        spec = src if owned else fresh_spec(src)
+        if fusing:
+            from .fuse import fuse_in_place
 
-        fuse_in_place(spec)
-    plan = select_tensors(spec, codec, selector)
-    apply_in_place(spec, plan, cache=cache)
+            fuse_in_place(spec)
+        apply_in_place(spec, select_tensors(spec, codec, selector), cache=cache)
+    else:  # nothing to fold: select on the source, copy it applying the plan (no float copy)
+        spec = apply_copying(src, select_tensors(src, codec, selector), cache=cache)
     if codec.mode != "dequantization":
         bump_spec_version(spec, codec.min_spec_version)
     return as_kind_of(model, spec)

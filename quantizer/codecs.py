@@ -175,6 +175,12 @@ class Codec:
         return self.nbits is not None and self.nbits < 16
 
     @property
+    def cacheable(self) -> bool:
+        """Worth caching: everything but ``fp16`` and ``dequantization``, whose encoding is a
+        single cast -- cheaper than computing the tensor digest a cache lookup needs."""
+        return self.mode not in ("fp16", "dequantization")
+
+    @property
     def min_spec_version(self) -> int:
         """Core ML specification version the encoded weights need (fp16: 2, n-bit: 3)."""
         if self.mode == "dequantization":

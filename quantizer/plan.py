@@ -413,6 +413,52 @@ def _layer_params(layer: Any) -> Any:
     return getattr(layer, layer.WhichOneof("layer"))
 
 
+def _encode_tensor(
+    wp: Any, layer: Any, slot: WeightSlot, codec: Codec, cache: CodecCache
+) -> tuple[Encoded | None, bool]:
+    """The encoding of one planned tensor (read from ``wp``), or None if there is nothing
+    to do; second item: the tensor was int8 (its layer's int8DynamicQuantize must go)."""
+    where = _where(layer, slot.field)
+    if not slot.quantizable:
+        raise InvalidArgumentError(
+            f"{where} cannot be quantized: Core ML reads this parameter as float only "
+            "(coremltools does not quantize it either); drop it from the plan"
+        )
+    enc, _ = encoding_of(wp)
+    if enc == "empty" or (enc == "float32" and codec.mode == "dequantization"):
+        return None, False
+    shape = slot.shape if all(s >= 0 for s in slot.shape) else (int(len(wp.floatValue)),)
+    shape = tuple(int(s) for s in shape)
+    if enc == "float32":
+        values = np.array(wp.floatValue, dtype=np.float32)
+        if values.size != int(np.prod(shape)):
+            raise InvalidWeightsError(
+                f"{where} holds {values.size} values but the layer's shape {shape} needs "
+                f"{int(np.prod(shape))}: the model is inconsistent"
+            )
+    else:
+        values = decode_exact(wp, shape, slot.channel_axis, where)
+
+    def encode() -> Encoded:
+        return codec.encode(values, shape, slot.channel_axis, where=where)
+
+    if not codec.cacheable:
+        return encode(), enc == "int8"
+    digest = tensor_digest(values, shape, slot.channel_axis)
+    return cache.get_or_encode(digest, codec, encode), enc == "int8"
+
+
+def _check_missing(plan: QuantPlan, found: set[Key], known: set[Key] | None) -> None:
+    missing = [k for k in plan if k not in found and not (known and k in known)]
+    if missing:
+        shown = ", ".join(f"({a!r}, {b!r})" for a, b in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise InvalidArgumentError(
+            f"the plan names {len(missing)} tensor(s) the model does not have: {shown}{more}; "
+            "see quantizer.weight_table(model) for the (layer, field) pairs"
+        )
+
+
 def apply_in_place(spec: Any, plan: QuantPlan, *, cache: CodecCache | None = None, known: set[Key] | None = None) -> int:
     """Apply ``plan`` to ``spec`` (modified in place, no fusion); return the tensors changed.
 
@@ -427,51 +473,191 @@ def apply_in_place(spec: Any, plan: QuantPlan, *, cache: CodecCache | None = Non
     for nn in _networks(spec):
         for layer, slot in _all_slots(nn):
             key = (layer.name, slot.field)
-            codec = wanted.get(key)
             if key in plan:
                 found.add(key)
+            codec = wanted.get(key)
             if codec is None:
                 continue
-            where = _where(layer, slot.field)
-            if not slot.quantizable:
-                raise InvalidArgumentError(
-                    f"{where} cannot be quantized: Core ML reads this parameter as float only "
-                    "(coremltools does not quantize it either); drop it from the plan"
-                )
             wp = get_weight_params(layer, slot.field)
-            enc, _ = encoding_of(wp)
-            if enc == "empty" or (enc == "float32" and codec.mode == "dequantization"):
+            encoded, was_int8 = _encode_tensor(wp, layer, slot, codec, cache)
+            if encoded is None:
                 continue
-            shape = slot.shape if all(s >= 0 for s in slot.shape) else (int(len(wp.floatValue)),)
-            shape = tuple(int(s) for s in shape)
-            if enc == "float32":
-                values = np.array(wp.floatValue, dtype=np.float32)
-                if values.size != int(np.prod(shape)):
-                    raise InvalidWeightsError(
-                        f"{where} holds {values.size} values but the layer's shape {shape} needs "
-                        f"{int(np.prod(shape))}: the model is inconsistent"
-                    )
-            else:
-                values = decode_exact(wp, shape, slot.channel_axis, where)
-            digest = tensor_digest(values, shape, slot.channel_axis)
-            encoded = cache.get_or_encode(
-                digest, codec, lambda: codec.encode(values, shape, slot.channel_axis, where=where)
-            )
             encoded.write(wp)
-            if enc == "int8":
-                params = _layer_params(layer)
-                if hasattr(params, "int8DynamicQuantize"):
-                    params.int8DynamicQuantize = False
+            if was_int8 and hasattr(_layer_params(layer), "int8DynamicQuantize"):
+                _layer_params(layer).int8DynamicQuantize = False
             changed += 1
-    missing = [k for k in plan if k not in found and not (known and k in known)]
-    if missing:
-        shown = ", ".join(f"({a!r}, {b!r})" for a, b in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise InvalidArgumentError(
-            f"the plan names {len(missing)} tensor(s) the model does not have: {shown}{more}; "
-            "see quantizer.weight_table(model) for the (layer, field) pairs"
-        )
+    _check_missing(plan, found, known)
     return changed
+
+
+# --------------------------------------------------------------------- apply while copying
+_WEIGHT_PARAMS = "CoreML.Specification.WeightParams"
+_LAYER = "CoreML.Specification.NeuralNetworkLayer"
+_PAYLOAD = frozenset({"floatValue", "float16Value", "rawValue", "int8RawValue", "quantization"})
+_REACHES: dict[str, bool] = {}
+
+
+def _reaches_weights(desc: Any) -> bool:
+    """True if messages of this type can contain a WeightParams (memoised; cycles are fine)."""
+    name = desc.full_name
+    if name not in _REACHES:
+        _REACHES[name] = name == _WEIGHT_PARAMS
+        if name != _WEIGHT_PARAMS:
+            _REACHES[name] = any(f.message_type is not None and _reaches_weights(f.message_type) for f in desc.fields)
+    return _REACHES[name]
+
+
+def _is_repeated(fd: Any) -> bool:
+    rep = getattr(fd, "is_repeated", None)
+    return bool(rep) if rep is not None else fd.label == fd.LABEL_REPEATED
+
+
+def _copy_whole(src: Any, dst: Any) -> None:
+    # serialize + merge: several times faster than CopyFrom on large upb messages
+    dst.MergeFromString(src.SerializeToString())
+
+
+class _CopyApplier:
+    """Build a new spec from a read-only source, applying a plan on the way: planned
+    tensors are read from the source and only their encodings are written, so the float
+    payloads that get replaced are never copied."""
+
+    def __init__(self, plan: QuantPlan, cache: CodecCache) -> None:
+        self.plan = plan
+        self.wanted = {k: c for k, c in plan.items() if c is not None}
+        self.cache = cache
+        self.found: set[Key] = set()
+
+    def copy(self, src: Any, dst: Any, layer: Any = None, slots: dict | None = None, path: str = "") -> bool:
+        """Copy ``src`` into ``dst``; returns True if an int8 tensor was replaced inside."""
+        int8 = False
+        for fd, val in src.ListFields():
+            mt = fd.message_type
+            if mt is None:
+                if _is_repeated(fd):
+                    getattr(dst, fd.name).extend(val)
+                else:
+                    setattr(dst, fd.name, val)
+                continue
+            if mt.GetOptions().map_entry:
+                target = getattr(dst, fd.name)
+                for k in val:
+                    if mt.fields_by_name["value"].message_type is None:
+                        target[k] = val[k]
+                    else:
+                        target[k].CopyFrom(val[k])
+                continue
+            if not _is_repeated(fd):
+                items = [(val, getattr(dst, fd.name), fd.name)]
+                getattr(dst, fd.name).SetInParent()
+            else:
+                container = getattr(dst, fd.name)
+                items = [(item, container.add(), f"{fd.name}.{i}") for i, item in enumerate(val)]
+            for s_item, d_item, name in items:
+                if not _reaches_weights(mt):
+                    _copy_whole(s_item, d_item)
+                elif mt.full_name == _WEIGHT_PARAMS and layer is not None:
+                    int8 |= self._weights(s_item, d_item, layer, slots, path + name)
+                elif mt.full_name == _LAYER:
+                    kind = s_item.WhichOneof("layer")
+                    replaced = self._layer(s_item, d_item)
+                    if replaced and kind and hasattr(getattr(d_item, kind), "int8DynamicQuantize"):
+                        getattr(d_item, kind).int8DynamicQuantize = False
+                elif mt.full_name == _WEIGHT_PARAMS:
+                    _copy_whole(s_item, d_item)
+                else:
+                    int8 |= self.copy(s_item, d_item, layer, slots, path + name + ".")
+        return int8
+
+    def _layer(self, src: Any, dst: Any) -> bool:
+        slots = {slot.field: slot for slot in _slots(src)}
+        kind = src.WhichOneof("layer")
+        int8 = False
+        for fd, val in src.ListFields():
+            if fd.name == kind:  # the layer's params: field paths are relative to it
+                getattr(dst, kind).SetInParent()
+                int8 = self.copy(val, getattr(dst, kind), src, slots, "")
+            elif fd.message_type is None:
+                if _is_repeated(fd):
+                    getattr(dst, fd.name).extend(val)
+                else:
+                    setattr(dst, fd.name, val)
+            elif _is_repeated(fd):
+                getattr(dst, fd.name).extend(val)
+            else:
+                _copy_whole(val, getattr(dst, fd.name))
+        return int8
+
+    def _weights(self, src: Any, dst: Any, layer: Any, slots: dict, field: str) -> bool:
+        key = (layer.name, field)
+        if key in self.plan:
+            self.found.add(key)
+        codec = self.wanted.get(key)
+        slot = slots.get(field)
+        encoded = None
+        int8 = False
+        if codec is not None and slot is not None:
+            encoded, int8 = _encode_tensor(src, layer, slot, codec, self.cache)
+        if encoded is None:
+            _copy_whole(src, dst)
+            return False
+        for fd, val in src.ListFields():
+            if fd.name not in _PAYLOAD:
+                setattr(dst, fd.name, val)
+        encoded.write(dst)
+        return int8
+
+
+def apply_copying(src: Any, plan: QuantPlan, *, cache: CodecCache | None = None) -> Any:
+    """A new spec: ``src`` (not modified, no fusion) with ``plan`` applied."""
+    from ._coremltools import coremltools
+
+    applier = _CopyApplier(plan, codec_cache if cache is None else cache)
+    out = coremltools().proto.Model_pb2.Model()
+    applier.copy(src, out)
+    _check_missing(plan, applier.found, None)
+    return out
+
+
+_FOLD_INTO = {"convolution", "innerProduct", "batchnorm"}
+_FOLDED = {"batchnorm", "scale", "bias"}
+
+
+def fusion_possible(spec: Any) -> bool:
+    """Conservatively, whether :func:`quantizer.fuse` could fold anything: some
+    batchnorm/scale/bias layer reads a blob a convolution/innerProduct/batchnorm writes."""
+    producers: dict[str, str] = {}
+    readers: list[tuple[str, list[str]]] = []
+
+    def walk(nn: Any) -> None:
+        for layer in nn.layers:
+            kind = layer.WhichOneof("layer")
+            for blob in layer.output:
+                producers[blob] = kind
+            if kind in _FOLDED:
+                readers.append((kind, list(layer.input)))
+            for sub in _sub_networks(layer):
+                walk(sub)
+
+    for nn in _networks(spec):
+        walk(nn)
+    return any(producers.get(blob) in _FOLD_INTO for _, inputs in readers for blob in inputs[:1])
+
+
+def source_spec(model: Any) -> tuple[Any, bool]:
+    """(spec, owned): the model's spec without copying it where possible. ``owned`` is True
+    when the spec is a private object (loaded from a path) that may be modified."""
+    from ._coremltools import coremltools
+    from .io import neural_networks
+
+    Model = coremltools().proto.Model_pb2.Model
+    if isinstance(model, Model):
+        neural_networks(model, source="the model")
+        return model, False
+    if callable(getattr(model, "get_spec", None)) and isinstance(getattr(model, "_spec", None), Model):
+        neural_networks(model._spec, source="the MLModel")
+        return model._spec, False  # read only; get_spec() would deep-copy it first
+    return load(model), True
 
 
 def bump_spec_version(spec: Any, minimum: int) -> None:
@@ -500,14 +686,20 @@ def apply_plan(model: Any, plan: QuantPlan | Mapping[Key, Any], fuse: bool = Tru
         if not isinstance(plan, Mapping):
             raise InvalidArgumentError(f"plan must be a QuantPlan or a mapping, got {type(plan).__name__}")
         plan = QuantPlan(plan)
-    spec = fresh_spec(model)
-    known = None
-    if fuse and plan.quantizes:
-        from .fuse import fuse_in_place
+    cache = codec_cache if cache is None else cache
+    src, owned = source_spec(model)
+    fusing = fuse and plan.quantizes and fusion_possible(src)
+    if owned or fusing:
+        spec = src if owned else fresh_spec(src)
+        known = None
+        if fusing:
+            from .fuse import fuse_in_place
 
-        known = _keys(spec)
-        fuse_in_place(spec)
-    apply_in_place(spec, plan, cache=cache, known=known)
+            known = _keys(spec)
+            fuse_in_place(spec)
+        apply_in_place(spec, plan, cache=cache, known=known)
+    else:
+        spec = apply_copying(src, plan, cache=cache)
     if plan.codecs:
         bump_spec_version(spec, max(c.min_spec_version for c in plan.codecs))
     return as_kind_of(model, spec)
@@ -523,12 +715,15 @@ def fresh_spec(model: Any) -> Any:
     from .io import neural_networks
 
     Model = coremltools().proto.Model_pb2.Model
-    src = model if isinstance(model, Model) else getattr(model, "_spec", None)
-    if not isinstance(src, Model) or not callable(getattr(model, "get_spec", None)) and src is not model:
+    if isinstance(model, Model):
+        src, source = model, "the model"
+    elif callable(getattr(model, "get_spec", None)) and isinstance(getattr(model, "_spec", None), Model):
+        src, source = model._spec, "the MLModel"  # read only; get_spec() would deep-copy it first
+    else:
         return load(model)
     spec = Model()
     spec.ParseFromString(src.SerializeToString())
-    neural_networks(spec, source=type(model).__name__ if src is not model else "the model")
+    neural_networks(spec, source=source)
     return spec
 
 

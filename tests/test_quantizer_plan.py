@@ -203,6 +203,32 @@ def test_pipeline_versions_are_raised_on_every_network_and_wrapper():
     assert out.pipeline.models[0].neuralNetwork.layers[0].innerProduct.weights.quantization.numberOfBits == 8
 
 
+@pytest.mark.parametrize("name", ["loop", "branch", "biDirectionalLSTM", "classifier", "gru", "embeddingND",
+                                  "innerProduct_updatable", "deconvolution_grouped"])
+@pytest.mark.parametrize("codec", [Codec("linear", 3), Codec("kmeans", 2), Codec("fp16")])
+def test_copying_and_in_place_application_agree(name, codec):
+    from quantizer.plan import apply_copying, apply_in_place, fresh_spec
+
+    spec = _spec(name)
+    before = spec.SerializeToString()
+    plan = QuantPlan({(t.layer, t.field): codec for t in quantizer.weight_tensors(spec) if t.quantizable})
+    copied = apply_copying(spec, plan, cache=CodecCache())
+    in_place = fresh_spec(spec)
+    apply_in_place(in_place, plan, cache=CodecCache())
+    assert spec.SerializeToString() == before
+    assert copied.SerializeToString() == in_place.SerializeToString()
+
+
+def test_fusion_possible_is_conservative():
+    from quantizer.plan import fusion_possible
+
+    assert fusion_possible(_spec("conv+bn")) and fusion_possible(_spec("conv+scale"))
+    assert not fusion_possible(_spec("convolution")) and not fusion_possible(_spec("loop"))
+    from quantizer.fuse import fuse_in_place
+
+    assert not fuse_in_place(quantizer.load(_spec("convolution")))
+
+
 # -- the cache ----------------------------------------------------------------------------------
 def test_cache_never_encodes_the_same_tensor_the_same_way_twice():
     cache = CodecCache()
@@ -215,9 +241,20 @@ def test_cache_never_encodes_the_same_tensor_the_same_way_twice():
     assert s2["misses"] == 2 and s2["hits"] == 2
     assert first.SerializeToString() == second.SerializeToString()
     # a different plan sharing one (tensor, codec) pair reuses it
-    apply_plan(spec, {("convolution", "weights"): Codec("kmeans", 4), ("convolution", "bias"): Codec("fp16")}, cache=cache)
+    apply_plan(spec, {("convolution", "weights"): Codec("kmeans", 4), ("convolution", "bias"): Codec("linear", 8)},
+               cache=cache)
     s3 = cache.stats()
     assert s3["hits"] == 3 and s3["misses"] == 3
+
+
+def test_single_cast_codecs_bypass_the_cache():
+    # fp16 and dequantization are one cast each: cheaper than the digest a lookup needs
+    cache = CodecCache()
+    spec = _spec("convolution")
+    half = apply_plan(spec, build_plan(spec, 16), cache=cache)
+    apply_plan(half, build_plan(half, None, "dequantization"), cache=cache)
+    assert cache.stats()["misses"] == cache.stats()["hits"] == cache.stats()["entries"] == 0
+    assert not Codec("fp16").cacheable and not Codec("dequantization").cacheable and Codec("linear", 8).cacheable
 
 
 def test_cache_key_includes_values_shape_axis_and_codec():
