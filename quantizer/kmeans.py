@@ -45,55 +45,61 @@ BAND_BUDGET = 4_000_000
 COARSE_DP_MAX_K = 64
 
 
-_BLOCK = 1 << 20  # elements per block when building float64 prefix sums (bounds temporaries)
+_CHUNK = 1 << 20  # elements per block in full passes over the values (bounds temporaries)
 
 
 class _Sorted:
-    """Sorted values (float32) with float64 prefix sums, for O(1) cluster means of any
-    index range. Memory: 12 bytes per value (the sum of squares is kept as a total; the
-    per-range version is built only when an empty cluster must be refilled)."""
+    """Sorted values (float32) with blocked float64 prefix sums, for O(1) cluster sums of
+    any index range: the sum up to index i is a block prefix plus at most ``B - 1``
+    values read on demand. Memory: about 4 bytes per value (plus 2 * 8 / B)."""
+
+    B = 64  # values per prefix-sum block
 
     def __init__(self, values: np.ndarray) -> None:
         self.x = x = np.sort(np.asarray(values, dtype=np.float32).ravel())
         self.n = n = x.size
         self.shift = float(x[n // 2]) if n else 0.0  # centring keeps the sums well conditioned
-        self.p1 = np.empty(n + 1)
-        self.p1[0] = 0.0
-        self.total_sq = 0.0
-        for a in range(0, n, _BLOCK):
-            c = x[a : a + _BLOCK].astype(np.float64)
+        nb = -(-n // self.B)
+        s1 = np.zeros(nb)
+        s2 = np.zeros(nb)
+        step = (_CHUNK // self.B) * self.B
+        for a in range(0, n, step):
+            c = x[a : a + step].astype(np.float64)
             c -= self.shift
-            self.total_sq += float(np.dot(c, c))
-            np.cumsum(c, out=self.p1[a + 1 : a + 1 + c.size])
-            self.p1[a + 1 : a + 1 + c.size] += self.p1[a]
-        self._p2: np.ndarray | None = None
+            pad = -c.size % self.B
+            if pad:
+                c = np.concatenate((c, np.zeros(pad)))
+            blocks = c.reshape(-1, self.B)
+            s1[a // self.B : a // self.B + blocks.shape[0]] = blocks.sum(axis=1)
+            s2[a // self.B : a // self.B + blocks.shape[0]] = np.einsum("ij,ij->i", blocks, blocks)
+        self._p1 = np.concatenate(([0.0], np.cumsum(s1)))
+        self._p2 = np.concatenate(([0.0], np.cumsum(s2)))
+        self.total_sq = float(self._p2[-1])
+        self._offs = np.arange(self.B)
 
-    @property
-    def p2(self) -> np.ndarray:
-        """Prefix sums of squares (built on first use)."""
-        if self._p2 is None:
-            p2 = np.empty(self.n + 1)
-            p2[0] = 0.0
-            for a in range(0, self.n, _BLOCK):
-                c = self.x[a : a + _BLOCK].astype(np.float64)
-                c -= self.shift
-                c *= c
-                np.cumsum(c, out=p2[a + 1 : a + 1 + c.size])
-                p2[a + 1 : a + 1 + c.size] += p2[a]
-            self._p2 = p2
-        return self._p2
+    def prefix(self, idx: np.ndarray, squares: bool = False) -> np.ndarray:
+        """Sum of the first ``idx`` centred values (or of their squares), for an index array."""
+        idx = np.asarray(idx, dtype=np.int64)
+        q = idx // self.B
+        r = idx - q * self.B
+        pos = np.minimum(q[:, None] * self.B + self._offs[None, :], max(self.n - 1, 0))
+        part = self.x[pos].astype(np.float64) - self.shift
+        if squares:
+            part *= part
+        part[self._offs[None, :] >= r[:, None]] = 0.0
+        return (self._p2 if squares else self._p1)[q] + part.sum(axis=1)
 
     def stats(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(count, mean) of the index ranges [starts, ends) (mean of an empty range: shift)."""
         cnt = (ends - starts).astype(np.float64)
-        s1 = self.p1[ends] - self.p1[starts]
+        s1 = self.prefix(ends) - self.prefix(starts)
         return cnt, s1 / np.maximum(cnt, 1.0) + self.shift
 
     def range_sse(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Squared error of each range around its own mean."""
         cnt = np.maximum((ends - starts).astype(np.float64), 1.0)
-        s1 = self.p1[ends] - self.p1[starts]
-        s2 = self.p2[ends] - self.p2[starts]
+        s1 = self.prefix(ends) - self.prefix(starts)
+        s2 = self.prefix(ends, squares=True) - self.prefix(starts, squares=True)
         return np.maximum(s2 - s1 * s1 / cnt, 0.0)
 
     def ends(self, starts: np.ndarray) -> np.ndarray:
@@ -110,11 +116,19 @@ class _Sorted:
 
     def sse(self, starts: np.ndarray) -> float:
         """Total squared error of the partition with these cluster starts."""
-        ends = self.ends(starts)
-        cnt = (ends - starts).astype(np.float64)
-        s1 = self.p1[ends] - self.p1[starts]
+        edges = np.concatenate((starts, [self.n]))
+        cnt = np.diff(edges).astype(np.float64)
+        s1 = np.diff(self.prefix(edges))
         used = cnt > 0
         return max(self.total_sq - float(np.sum(s1[used] * s1[used] / cnt[used])), 0.0)
+
+    def count_runs(self) -> int:
+        """Number of distinct values (computed in blocks)."""
+        count = 1 if self.n else 0
+        for a in range(0, max(self.n - 1, 0), _CHUNK):
+            seg = self.x[a : a + _CHUNK + 1]
+            count += int(np.count_nonzero(seg[1:] != seg[:-1]))
+        return count
 
     def run_starts(self) -> np.ndarray:
         """Start index of every run of equal values."""
@@ -275,7 +289,6 @@ def _dp_on_runs(data: _Sorted, run_starts: np.ndarray, k: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- Lloyd
 def _lloyd_converge(data: _Sorted, c: np.ndarray, max_iter: int) -> np.ndarray:
     """Plain Lloyd iterations on the sorted data until the partition is stable (tight loop)."""
-    p1 = data.p1
     k = c.size
     edges = np.empty(k + 1, dtype=np.int64)  # cluster i is [edges[i], edges[i+1])
     edges[0], edges[-1] = 0, data.n
@@ -283,7 +296,7 @@ def _lloyd_converge(data: _Sorted, c: np.ndarray, max_iter: int) -> np.ndarray:
     mean = c.copy()
     for _ in range(max_iter):
         cnt = np.diff(edges)
-        sums = p1[edges[1:]] - p1[edges[:-1]]
+        sums = np.diff(data.prefix(edges))
         np.divide(sums, cnt, out=mean, where=cnt > 0)  # empty clusters keep their centroid
         mean[cnt > 0] += data.shift
         if (cnt == 0).any():
@@ -384,13 +397,12 @@ def kmeans_1d(values: np.ndarray, k: int, *, max_iter: int = MAX_ITER) -> tuple[
     if flat.size == 0:
         return np.zeros(0), np.zeros(0, dtype=np.uint8)
     data = _Sorted(flat)
-    runs = data.run_starts()
-    if runs.size <= k:
-        uniq = data.x[runs]
+    m = data.count_runs()
+    if m <= k:
+        uniq = data.x[data.run_starts()]
         return uniq.astype(np.float64), np.searchsorted(uniq, flat).astype(_label_dtype(uniq.size))
-    m = runs.size
     if k * (m - k + 1) ** 2 <= BAND_BUDGET or _exact_is_cheap(m, k):
-        starts = _dp_on_runs(data, runs, k)
+        starts = _dp_on_runs(data, data.run_starts(), k)
     else:
         best: tuple[float, np.ndarray] | None = None
         inits = (_init_kmeanspp, _init_companded) + ((_init_coarse_optimum,) if k <= COARSE_DP_MAX_K else ())
@@ -410,11 +422,13 @@ def kmeans_1d(values: np.ndarray, k: int, *, max_iter: int = MAX_ITER) -> tuple[
 
 
 def _labels(flat: np.ndarray, split_vals: np.ndarray, lo: float, hi: float, cells: int = 1 << 16) -> np.ndarray:
-    """``searchsorted(split_vals, flat, side="right")`` for many values, fast.
+    """``searchsorted(split_vals, flat, side="right")`` for many values, fast, in the
+    smallest unsigned dtype.
 
     A uniform grid over [lo, hi] gives each value a cell; cells whose
     neighbourhood holds no split value have one label for all their values
     (looked up); only values in the few cells near a split are binary-searched.
+    Done in blocks, so temporaries stay small.
     """
     dtype = _label_dtype(split_vals.size + 1)
     split_vals = split_vals.astype(np.float32)  # values of the data itself: exact in float32
@@ -422,17 +436,22 @@ def _labels(flat: np.ndarray, split_vals: np.ndarray, lo: float, hi: float, cell
         return np.searchsorted(split_vals, flat, side="right").astype(dtype)
     step = (hi - lo) / cells
     grid = lo + step * np.arange(cells + 1)
-    lab_at = np.searchsorted(split_vals.astype(np.float64), grid, side="right")  # label at each cell's left edge
+    lab_at = np.searchsorted(split_vals.astype(np.float64), grid, side="right").astype(dtype)
     lab_lo = np.concatenate(([lab_at[0]], lab_at[:-2]))  # left edge of the previous cell
     lab_hi = np.concatenate((lab_at[2:], [lab_at[-1]]))  # right edge of the next cell
     clear = lab_lo == lab_hi
-    # float32 cell arithmetic is off by far less than a cell; the neighbour check absorbs it
-    cell = ((flat - np.float32(lo)) * np.float32(1.0 / step)).astype(np.int32)
-    np.clip(cell, 0, cells - 1, out=cell)
-    labels = lab_at.astype(dtype)[cell]
-    unsure = np.flatnonzero(~clear[cell])
-    labels[unsure] = np.searchsorted(split_vals, flat[unsure], side="right")
-    return labels
+    out = np.empty(flat.size, dtype=dtype)
+    inv = np.float32(1.0 / step)
+    for a in range(0, flat.size, _CHUNK):
+        part = flat[a : a + _CHUNK]
+        # float32 cell arithmetic is off by far less than a cell; the neighbour check absorbs it
+        cell = ((part - np.float32(lo)) * inv).astype(np.int32)
+        np.clip(cell, 0, cells - 1, out=cell)
+        lab = lab_at[cell]
+        unsure = np.flatnonzero(~clear[cell])
+        lab[unsure] = np.searchsorted(split_vals, part[unsure], side="right")
+        out[a : a + part.size] = lab
+    return out
 
 
 def _label_dtype(count: int) -> type:
