@@ -24,8 +24,10 @@ def _ct_bytes(qw: np.ndarray, nbits: int) -> bytes:
 
 
 def _as_ct(w: np.ndarray) -> np.ndarray:
-    """What coremltools quantizes: np.array(wp.floatValue), i.e. float64 of the float32 values."""
-    return w.astype(np.float64)
+    """What coremltools quantizes: ``np.array(wp.floatValue).reshape(shape)`` (float32 with protobuf 4+)."""
+    wp = ct.proto.NeuralNetwork_pb2.WeightParams()
+    wp.floatValue.extend(w.ravel().tolist())
+    return np.array(wp.floatValue).reshape(w.shape)
 
 
 def _decode(enc: Encoded, shape, axis=0) -> np.ndarray:
@@ -84,7 +86,7 @@ def test_linear_symmetric_low_bits_round_trip_within_half_a_step(nbits):
 def test_fp16_is_byte_identical_to_coremltools():
     w = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 100
     w[:3] = [0.0, -0.0, 65000.0]
-    assert Codec("fp16").encode(w, w.shape).data == ct_utils._fp32_to_fp16_byte_array(w.tolist())
+    assert Codec("fp16").encode(w, w.shape).data == ct_utils._fp32_to_fp16_byte_array(_as_ct(w))
     enc = Codec("linear", 16).encode(w, w.shape)
     assert enc.encoding == "float16" and len(enc.data) == 2 * w.size
 
