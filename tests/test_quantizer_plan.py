@@ -285,3 +285,47 @@ def test_cache_is_a_bounded_lru():
 def test_default_cache_is_exposed():
     assert isinstance(quantizer.codec_cache, CodecCache)
     assert set(quantizer.codec_cache.stats()) >= {"hits", "misses", "evictions", "entries", "bytes"}
+
+
+def _lut_scaled(nbits, weights, factor=1.0):
+    """A custom LUT function with a parameter: a linear LUT over the range, times ``factor``."""
+    import numpy as _np
+
+    lo, hi = float(weights.min()), float(weights.max())
+    lut = _np.linspace(lo, hi, 1 << nbits) * factor
+    idx = _np.abs(weights.reshape(-1, 1) - lut.reshape(1, -1)).argmin(1).astype(_np.uint8)
+    return lut, idx
+
+
+def test_lut_function_identity_tells_partials_closures_and_objects_apart():
+    import functools
+
+    from quantizer.codecs import Codec as _Codec
+
+    def token(fn):
+        return _Codec("custom_lut", 4, fn).token()
+
+    # partials: same function, different captured arguments -> different plans
+    assert token(functools.partial(_lut_scaled, factor=1.0)) != token(functools.partial(_lut_scaled, factor=0.5))
+    assert token(functools.partial(_lut_scaled, factor=0.5)) == token(functools.partial(_lut_scaled, factor=0.5))
+
+    # closures: same code, different cell contents
+    def make(factor):
+        def lut(nbits, weights):
+            return _lut_scaled(nbits, weights, factor)
+
+        return lut
+
+    assert token(make(1.0)) != token(make(2.0))
+    assert token(make(2.0)) == token(make(2.0))
+
+    # callable objects: same class, different state
+    class Lut:
+        def __init__(self, factor):
+            self.factor = factor
+
+        def __call__(self, nbits, weights):
+            return _lut_scaled(nbits, weights, self.factor)
+
+    assert token(Lut(1.0)) != token(Lut(3.0))
+    assert token(Lut(3.0)) == token(Lut(3.0))
