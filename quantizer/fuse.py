@@ -65,7 +65,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from .io import NN_TYPES, PIPELINE_TYPES, load
+from .io import load, model_networks, sub_networks
 from .weightparams import write_float32
 
 __all__ = ["fuse", "fuse_in_place", "Fusion"]
@@ -105,7 +105,7 @@ def fuse_in_place(spec: Any) -> list[Fusion]:
     (pipelines and loop/branch bodies included); return the folds made, in
     order."""
     done: list[Fusion] = []
-    for model, nn in _networks_with_models(spec):
+    for model, nn in model_networks(spec):
         ctx = _Context.of(model, nn)
         for layers in _layer_lists(nn):
             done.extend(_optimize(layers, ctx))
@@ -115,31 +115,11 @@ def fuse_in_place(spec: Any) -> list[Fusion]:
 # ----------------------------------------------------------------------------- graph facts
 
 
-def _networks_with_models(spec: Any) -> Iterator[tuple[Any, Any]]:
-    """(model spec, NeuralNetwork message) for every top-level network."""
-    kind = spec.WhichOneof("Type")
-    if kind in NN_TYPES:
-        yield spec, getattr(spec, kind)
-    elif kind in PIPELINE_TYPES:
-        container = getattr(spec, kind)  # Pipeline, or PipelineClassifier/Regressor holding one
-        for sub in (container if kind == "pipeline" else container.pipeline).models:
-            yield from _networks_with_models(sub)
-
-
-def _sub_networks(layer: Any) -> list[Any]:
-    kind = layer.WhichOneof("layer")
-    if kind == "loop":
-        return [layer.loop.conditionNetwork, layer.loop.bodyNetwork]
-    if kind == "branch":
-        return [layer.branch.ifBranch, layer.branch.elseBranch]
-    return []
-
-
 def _layer_lists(nn: Any) -> Iterator[Any]:
     """The repeated ``layers`` field of ``nn`` and of every nested body."""
     yield nn.layers
     for layer in list(nn.layers):
-        for sub in _sub_networks(layer):
+        for sub in sub_networks(layer):
             yield from _layer_lists(sub)
 
 
@@ -149,7 +129,7 @@ def _reads(layer: Any) -> list[str]:
     kind = layer.WhichOneof("layer")
     if kind == "loop" and layer.loop.conditionVar:
         names.append(layer.loop.conditionVar)
-    for sub in _sub_networks(layer):
+    for sub in sub_networks(layer):
         for inner in sub.layers:
             names.extend(_reads(inner))
     return names
@@ -158,7 +138,7 @@ def _reads(layer: Any) -> list[str]:
 def _writes(layer: Any) -> list[str]:
     """Blob names a layer writes, including those of its nested bodies."""
     names = list(layer.output)
-    for sub in _sub_networks(layer):
+    for sub in sub_networks(layer):
         for inner in sub.layers:
             names.extend(_writes(inner))
     return names

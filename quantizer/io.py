@@ -25,6 +25,8 @@ __all__ = [
     "neural_networks",
     "neural_network",
     "iter_layers",
+    "model_networks",
+    "sub_networks",
     "NN_TYPES",
     "ModelSource",
 ]
@@ -151,6 +153,21 @@ def neural_networks(spec: Any, *, source: str = "the model") -> list[Any]:
     )
 
 
+def model_networks(spec: Any, *, wrappers: bool = False) -> Iterator[tuple[Any, Any]]:
+    """``(model spec, NeuralNetwork)`` for the model and every pipeline member that is a
+    neural network, in order; with ``wrappers=True`` also ``(pipeline spec, None)``
+    for each enclosing pipeline (before its members). Other models are skipped."""
+    kind = spec.WhichOneof("Type")
+    if kind in NN_TYPES:
+        yield spec, getattr(spec, kind)
+    elif kind in PIPELINE_TYPES:
+        container = getattr(spec, kind)  # Pipeline, or PipelineClassifier/Regressor holding one
+        if wrappers:
+            yield spec, None
+        for sub in (container if kind == "pipeline" else container.pipeline).models:
+            yield from model_networks(sub, wrappers=wrappers)
+
+
 def neural_network(spec: Any) -> Any:
     """The single NeuralNetwork message of a non-pipeline model (first one of a pipeline)."""
     return neural_networks(spec)[0]
@@ -172,17 +189,11 @@ def iter_layers(spec_or_nn: Any, *, recurse: bool = True) -> Iterator[Any]:
 
 
 def sub_networks(layer: Any) -> list[Any]:
-    """The NeuralNetwork bodies nested in a loop or branch layer (empty otherwise)."""
+    """The NeuralNetwork bodies nested in a loop (condition, body) or branch (if,
+    else) layer; an unset body reads as an empty network. Empty for other layers."""
     kind = layer.WhichOneof("layer")
     if kind == "loop":
-        nets = []
-        if layer.loop.HasField("conditionNetwork"):
-            nets.append(layer.loop.conditionNetwork)
-        nets.append(layer.loop.bodyNetwork)
-        return nets
+        return [layer.loop.conditionNetwork, layer.loop.bodyNetwork]
     if kind == "branch":
-        nets = [layer.branch.ifBranch]
-        if layer.branch.HasField("elseBranch"):
-            nets.append(layer.branch.elseBranch)
-        return nets
+        return [layer.branch.ifBranch, layer.branch.elseBranch]
     return []

@@ -32,7 +32,7 @@ import numpy as np
 
 from .codecs import Codec, Encoded
 from .errors import InvalidArgumentError, InvalidWeightsError, UnsupportedModelError
-from .io import NN_TYPES, PIPELINE_TYPES, load
+from .io import load, model_networks, sub_networks
 from .packing import unpack_bits
 from .tensors import WeightSlot, _slots, encoding_of, get_weight_params
 from .weightparams import decode_weights
@@ -236,27 +236,11 @@ codec_cache = CodecCache()
 # ------------------------------------------------------------------------------- selection
 def _model_specs(spec: Any) -> Iterator[tuple[Any, Any]]:
     """(model spec, NeuralNetwork) for every network, plus (pipeline spec, None) for wrappers."""
-    kind = spec.WhichOneof("Type")
-    if kind in NN_TYPES:
-        yield spec, getattr(spec, kind)
-    elif kind in PIPELINE_TYPES:
-        container = getattr(spec, kind)
-        yield spec, None
-        for sub in (container if kind == "pipeline" else container.pipeline).models:
-            yield from _model_specs(sub)
+    return model_networks(spec, wrappers=True)
 
 
 def _networks(spec: Any) -> list[Any]:
-    return [nn for _, nn in _model_specs(spec) if nn is not None]
-
-
-def _sub_networks(layer: Any) -> list[Any]:
-    kind = layer.WhichOneof("layer")
-    if kind == "loop":
-        return [layer.loop.conditionNetwork, layer.loop.bodyNetwork]
-    if kind == "branch":
-        return [layer.branch.ifBranch, layer.branch.elseBranch]
-    return []
+    return [nn for _, nn in model_networks(spec)]
 
 
 def _all_slots(nn: Any) -> Iterator[tuple[Any, WeightSlot]]:
@@ -264,7 +248,7 @@ def _all_slots(nn: Any) -> Iterator[tuple[Any, WeightSlot]]:
     for layer in nn.layers:
         for slot in _slots(layer):
             yield layer, slot
-        for sub in _sub_networks(layer):
+        for sub in sub_networks(layer):
             yield from _all_slots(sub)
 
 
@@ -314,7 +298,7 @@ def select_tensors(spec: Any, codec: Codec, selector: Any = None) -> QuantPlan:
                 for slot in _slots(layer):
                     _note(decided, (layer.name, slot.field), False)
                 continue
-            for sub in _sub_networks(layer):
+            for sub in sub_networks(layer):
                 visit(sub)
             for slot in _slots(layer):
                 key = (layer.name, slot.field)
@@ -636,7 +620,7 @@ def fusion_possible(spec: Any) -> bool:
                 producers[blob] = kind
             if kind in _FOLDED:
                 readers.append((kind, list(layer.input)))
-            for sub in _sub_networks(layer):
+            for sub in sub_networks(layer):
                 walk(sub)
 
     for nn in _networks(spec):

@@ -32,32 +32,14 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .errors import InvalidArgumentError
+from .tensors import QUANTIZABLE_LAYER_TYPES
 
 __all__ = ["QuantizedLayerSelector", "AdvancedQuantizedLayerSelector", "MatrixMultiplyLayerSelector"]
 
-#: Layer types coremltools' ``QuantizedLayerSelector`` admits (``depthwiseConv`` names
-#: a convolution with ``kernelChannels == 1`` and ``nGroups > 1``).
-QUANTIZABLE_TYPES = frozenset(
-    {
-        "convolution",
-        "innerProduct",
-        "embedding",
-        "embeddingND",
-        "batchnorm",
-        "scale",
-        "bias",
-        "loadConstant",
-        "loadConstantND",
-        "simpleRecurrent",
-        "gru",
-        "uniDirectionalLSTM",
-        "biDirectionalLSTM",
-        "batchedMatmul",
-        "depthwiseConv",
-        "loop",
-        "branch",
-    }
-)
+#: Layer types coremltools' ``QuantizedLayerSelector`` admits: the layers holding weights
+#: it quantizes, the containers, and ``depthwiseConv`` (a name it accepts, for a
+#: convolution with ``kernelChannels == 1`` and ``nGroups > 1``).
+QUANTIZABLE_TYPES = frozenset(QUANTIZABLE_LAYER_TYPES) | {"depthwiseConv", "loop", "branch"}
 
 
 def _layer_type(layer: Any) -> str | None:
