@@ -54,13 +54,14 @@ def load(src: ModelSource, *, validate: bool = True) -> Any:
     """
     Model = _model_pb2().Model
     if isinstance(src, Model):
-        spec = Model()
-        spec.CopyFrom(src)
+        # serialize + parse copies a large spec several times faster than CopyFrom
+        spec = Model.FromString(src.SerializeToString())
     elif isinstance(src, (str, os.PathLike)):
         spec = _read_file(Path(src))
     elif hasattr(src, "get_spec") and callable(src.get_spec):
-        spec = Model()
-        spec.CopyFrom(src.get_spec())
+        spec = src.get_spec()  # already a private deep copy
+        if not isinstance(spec, Model):
+            raise ModelLoadError(f"{type(src).__name__}.get_spec() did not return a Core ML Model spec")
     else:
         raise ModelLoadError(
             f"cannot load a model from a {type(src).__name__}: pass a path to an .mlmodel file, "
