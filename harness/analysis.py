@@ -416,17 +416,9 @@ def search_kind(run: RunData) -> str:
 
 def encoding_label(encoding: str, nbits: int) -> str:
     """Short cell label for an encoding: ``fp32``, ``fp16``, ``lin8``, ``lut4``, ``int8``."""
-    if encoding == "float32":
-        return "fp32"
-    if encoding == "float16":
-        return "fp16"
-    if encoding == "linear":
-        return f"lin{nbits}"
-    if encoding == "lut":
-        return f"lut{nbits}"
-    if encoding == "int8":
-        return "int8"
-    return f"{encoding}{nbits}"
+    import quantizer
+
+    return quantizer.encoding_label(encoding, nbits)
 
 
 def layer_encodings(model: Any) -> pd.DataFrame:

@@ -145,7 +145,8 @@ def unit_profiles(units: UnitPlans) -> tuple[dict[str, dict[str, float]], dict[s
     cache), no evaluation. Returns ``(delta_bytes, weight_sq_error)``.
     """
     import quantizer
-    from quantizer.tensors import get_weight_params, stored_bytes
+    from quantizer.tensors import get_weight_params, layer_weights, stored_bytes
+    from quantizer.walk import iter_layers
 
     delta: dict[str, dict[str, float]] = {u: {FLOAT.label: 0.0} for u in units.units}
     err: dict[str, dict[str, float]] = {u: {FLOAT.label: 0.0} for u in units.units}
@@ -156,8 +157,8 @@ def unit_profiles(units: UnitPlans) -> tuple[dict[str, dict[str, float]], dict[s
             float_cache[fused] = quantizer.fuse(units.model) if fused else units.model
         ref = float_cache[fused]
         q = quantizer.apply_plan(units.model, plan)
-        ref_layers = {layer.name: layer for layer in quantizer.iter_layers(ref)}
-        q_layers = {layer.name: layer for layer in quantizer.iter_layers(q)}
+        ref_layers = {layer.name: layer for layer in iter_layers(ref)}
+        q_layers = {layer.name: layer for layer in iter_layers(q)}
         for u in units.units:
             delta[u][label] = 0.0
             err[u][label] = 0.0
@@ -168,7 +169,7 @@ def unit_profiles(units: UnitPlans) -> tuple[dict[str, dict[str, float]], dict[s
             if u not in delta:  # a layer fusion folds away (see UnitPlans.hidden)
                 continue
             rl, ql = ref_layers[lname], q_layers[lname]
-            rw = quantizer.layer_weights(rl)[field]
+            rw = layer_weights(rl)[field]
             qwp = get_weight_params(ql, field)
             _, shape, axis = rw
             a = quantizer.decode_weights(rw[0], shape, axis).astype(np.float64)

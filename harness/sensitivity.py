@@ -142,6 +142,7 @@ class UnitPlans:
     def __init__(self, model: Any, choices: Sequence[Choice], build_plan: Callable[[Setting], Any],
                  unit: str = "layer"):
         import quantizer
+        from quantizer.walk import iter_layers
 
         if unit not in UNIT_KINDS:
             raise ConfigError(f"search.options.unit={unit!r}; choose one of {', '.join(UNIT_KINDS)}.")
@@ -151,9 +152,9 @@ class UnitPlans:
         self.by_label = {c.label: c for c in self.choices}
         self.uniform: dict[str, Any] = {}
         self.pieces: dict[str, dict[str, dict[tuple[str, str], Any]]] = {}
-        order = {layer.name: i for i, layer in enumerate(quantizer.iter_layers(model))}
+        order = {layer.name: i for i, layer in enumerate(iter_layers(model))}
         slot_order = {(t.layer, t.field): i for i, t in enumerate(quantizer.weight_tensors(model))}
-        self.layer_type = {layer.name: layer.WhichOneof("layer") for layer in quantizer.iter_layers(model)}
+        self.layer_type = {layer.name: layer.WhichOneof("layer") for layer in iter_layers(model)}
         units: dict[str, tuple[int, int, str]] = {}
         self._layer: dict[str, str] = {}
         for ch in self.choices:

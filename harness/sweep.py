@@ -132,9 +132,9 @@ def load_dataset(cfg: Any, model: ModelInput) -> Any:
 
 # -- one trial ------------------------------------------------------------------------------
 def _label(enc: str, nbits: int) -> str:
-    from harness.analysis import encoding_label
+    import quantizer
 
-    return encoding_label(enc, nbits)
+    return quantizer.encoding_label(enc, nbits)
 
 
 def encoding_summary(spec: Any) -> tuple[str, dict[str, str]]:

@@ -10,7 +10,20 @@ Optuna.
 >>> quantizer.weight_table(spec)                                # doctest: +SKIP
 >>> small = quantizer.quantize_weights(spec, 4, "kmeans_lut")   # doctest: +SKIP
 >>> quantizer.save(small, "model_4bit.mlmodel")                 # doctest: +SKIP
+
+The names below (``quantizer.__all__``) are the public API. Lower-level parts
+live in public submodules: :mod:`quantizer.walk` (networks and layers, loop and
+branch bodies included), :mod:`quantizer.tensors` (weight slots of a layer:
+``layer_weights``, ``get_weight_params``, ``iter_weight_slots``),
+:mod:`quantizer.weightparams` (the protobuf writers), :mod:`quantizer.packing`
+(n-bit packing), :mod:`quantizer.io` (``parse`` and model copying),
+:mod:`quantizer.fusion`, :mod:`quantizer.codecs` and
+:mod:`quantizer.coremltools_quiet` (coremltools, imported without its noise).
 """
+from .api import quantize_weights
+from .apply import apply_plan
+from .cache import CodecCache, codec_cache
+from .codecs import QUANTIZATION_MODES, VALID_NBITS, Codec, codec_label
 from .errors import (
     InvalidArgumentError,
     InvalidWeightsError,
@@ -18,39 +31,55 @@ from .errors import (
     QuantizerError,
     UnsupportedModelError,
 )
-from .io import iter_layers, load, model_size, neural_network, neural_networks, parse, save, sub_networks
-from .packing import pack_bits, packed_length, unpack_bits
-from .tensors import (
-    QUANTIZABLE_LAYER_TYPES,
-    WeightTensor,
-    get_weight_params,
-    iter_weight_slots,
-    layer_weights,
-    weight_table,
-    weight_tensors,
+from .fusion import fuse
+from .io import load, model_size, save
+from .plan import QuantPlan
+from .selection import build_plan
+from .selectors import (
+    SKIPPABLE_LAYER_TYPES,
+    AdvancedQuantizedLayerSelector,
+    MatrixMultiplyLayerSelector,
+    QuantizedLayerSelector,
 )
-from .weightparams import decode_weights, write_float16, write_float32, write_quantized
+from .tensors import QUANTIZABLE_LAYER_TYPES, WeightTensor, encoding_label, weight_table, weight_tensors
+from .weightparams import decode_weights
 
-# Codecs, plans, selectors and fusion (modules added by the codec/plan work).
-try:  # pragma: no cover - exercised once those modules exist
-    from .plan import Codec, CodecCache, QuantPlan, apply_plan, build_plan, codec_cache  # noqa: F401
-except ImportError:  # plan module not written yet
-    pass
-try:  # pragma: no cover
-    from .api import quantize_weights  # noqa: F401
-except ImportError:
-    pass
-try:  # pragma: no cover
-    from .selectors import (  # noqa: F401
-        AdvancedQuantizedLayerSelector,
-        MatrixMultiplyLayerSelector,
-        QuantizedLayerSelector,
-    )
-except ImportError:
-    pass
-try:  # pragma: no cover
-    from .fuse import fuse  # noqa: F401
-except ImportError:
-    pass
+__all__ = [
+    # models
+    "load",
+    "save",
+    "model_size",
+    # the coremltools drop-in
+    "quantize_weights",
+    "QuantizedLayerSelector",
+    "AdvancedQuantizedLayerSelector",
+    "MatrixMultiplyLayerSelector",
+    # plans
+    "QuantPlan",
+    "Codec",
+    "build_plan",
+    "apply_plan",
+    "CodecCache",
+    "codec_cache",
+    "fuse",
+    # weight tensors
+    "weight_table",
+    "weight_tensors",
+    "WeightTensor",
+    "decode_weights",
+    # labels and constants
+    "codec_label",
+    "encoding_label",
+    "QUANTIZATION_MODES",
+    "VALID_NBITS",
+    "SKIPPABLE_LAYER_TYPES",
+    "QUANTIZABLE_LAYER_TYPES",
+    # errors
+    "QuantizerError",
+    "ModelLoadError",
+    "UnsupportedModelError",
+    "InvalidArgumentError",
+    "InvalidWeightsError",
+]
 
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ coremltools 9's ``quantization_utils`` exactly, so the bytes are identical:
 - ``linear_lut``: one LUT ``arange(2**n) * scale + bias`` over the whole tensor.
 - ``kmeans_lut`` (alias ``kmeans``): a k-means LUT (:mod:`quantizer.kmeans`).
 - ``custom_lut``: ``lut_function(nbits, weights) -> (lut, indices)``.
-- ``dequantization``: back to float32 (applied by :mod:`quantizer.plan`, which
+- ``dequantization``: back to float32 (applied by :mod:`quantizer.apply`, which
   decodes whatever encoding the tensor has).
 
 Deliberate differences from coremltools (it is wrong in these cases): a channel
@@ -32,14 +32,13 @@ coremltools rejects |w| >= 65504.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from .errors import InvalidArgumentError, InvalidWeightsError
+from .fingerprint import function_token
 from .kmeans import kmeans_lut
 from .packing import pack_bits
 from .weightparams import clear_payload, write_float32, write_quantized
@@ -47,8 +46,10 @@ from .weightparams import clear_payload, write_float32, write_quantized
 __all__ = [
     "MODES",
     "MODE_ALIASES",
+    "QUANTIZATION_MODES",
     "VALID_NBITS",
     "Codec",
+    "codec_label",
     "Encoded",
     "normalize_mode",
     "check_nbits",
@@ -59,10 +60,14 @@ __all__ = [
     "validate_custom_lut",
 ]
 
-#: Quantization modes, as coremltools names them (``kmeans`` is an alias of ``kmeans_lut``).
-MODES = ("fp16", "linear", "linear_symmetric", "kmeans_lut", "linear_lut", "custom_lut", "dequantization")
+#: The modes that compress a tensor to n bits, as coremltools names them (at 16 bits any of
+#: them means float16, as in coremltools).
+QUANTIZATION_MODES = ("linear", "linear_symmetric", "kmeans_lut", "linear_lut", "custom_lut")
+#: Every codec mode: fp16, the n-bit modes, and dequantization (``kmeans`` is an alias of ``kmeans_lut``).
+MODES = ("fp16",) + QUANTIZATION_MODES + ("dequantization",)
 MODE_ALIASES = {"kmeans": "kmeans_lut"}
-VALID_NBITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
+#: Valid bit widths: 16 (float16) and 1..8.
+VALID_NBITS = (16, 8, 7, 6, 5, 4, 3, 2, 1)
 LUT_MODES = ("kmeans_lut", "linear_lut", "custom_lut")
 
 _FP16_OVERFLOW = 65520.0  # the smallest magnitude float16 rounds to infinity
@@ -88,57 +93,22 @@ def check_nbits(nbits: Any) -> int:
     return int(nbits)
 
 
-def _value_token(value: Any) -> str:
-    """Text identity of a value captured by a LUT function (arrays by content hash)."""
-    if isinstance(value, np.ndarray):
-        return f"ndarray{value.shape}{value.dtype}:{hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16]}"
-    if callable(value) and not isinstance(value, type):
-        return _function_token(value)
-    return repr(value)
+def codec_label(mode: str, nbits: int | None = None) -> str:
+    """The one text label of a codec: ``fp16`` for 16 bits (whatever the mode, as in
+    coremltools), ``<mode>-<n>bit`` otherwise, ``dequantization`` for that mode.
 
-
-def _function_token(fn: Callable) -> str:
-    """A stable text identity for a LUT function.
-
-    Two functions get the same token only if they compute the same thing as far
-    as we can tell: same qualified name, same code, and the same captured values
-    (defaults, closure cells, ``functools.partial`` arguments, a callable
-    object's attributes). An object whose state cannot be read gets a token
-    unique to that object, so it can lose deduplication but never be confused
-    with another function.
+    >>> codec_label("kmeans", 4), codec_label("linear", 16), codec_label("linear_symmetric", 8)
+    ('kmeans_lut-4bit', 'fp16', 'linear_symmetric-8bit')
     """
-    if isinstance(fn, functools.partial):
-        args = ",".join(_value_token(a) for a in fn.args)
-        kwargs = ",".join(f"{k}={_value_token(v)}" for k, v in sorted(fn.keywords.items()))
-        return f"partial({_function_token(fn.func)};{args};{kwargs})"
-    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
-    h = hashlib.sha256()
-    code = getattr(fn, "__code__", None)
-    state: list[str] = []
-    if code is None:  # a callable object: its class's __call__ and its attributes
-        call = getattr(type(fn), "__call__", None)
-        code = getattr(call, "__code__", None)
-        try:
-            state.append(",".join(f"{k}={_value_token(v)}" for k, v in sorted(vars(fn).items())))
-        except TypeError:  # no __dict__ (builtins, slots): identity only
-            state.append(f"id={id(fn)}")
-    else:
-        state.append(repr(getattr(fn, "__defaults__", None)))
-        state.append(repr(getattr(fn, "__kwdefaults__", None)))
-        for cell in getattr(fn, "__closure__", None) or ():
-            try:
-                state.append(_value_token(cell.cell_contents))
-            except ValueError:  # empty cell
-                state.append("<empty>")
-    if code is not None:
-        h.update(code.co_code)
-        h.update(repr(code.co_consts).encode())
-        h.update(repr(code.co_names).encode())
-    else:
-        state.append(f"id={id(fn)}")
-    for part in state:
-        h.update(part.encode())
-    return f"{name}#{h.hexdigest()[:16]}"
+    mode = normalize_mode(mode)
+    if mode == "dequantization":
+        return mode
+    if mode == "fp16" and nbits is None:
+        return "fp16"
+    nbits = check_nbits(nbits)
+    if mode == "fp16" and nbits != 16:
+        raise InvalidArgumentError(f"mode 'fp16' stores 16 bits, got nbits={nbits!r}")
+    return "fp16" if nbits == 16 else f"{mode}-{nbits}bit"
 
 
 @dataclass(frozen=True)
@@ -203,11 +173,17 @@ class Codec:
         """Stable text form, e.g. ``linear:8``, ``fp16:16``, ``custom_lut:4:mod.fn#3f2a...``."""
         base = f"{self.mode}:{self.nbits}" if self.nbits is not None else self.mode
         if self.lut_function is not None:
-            base += ":" + _function_token(self.lut_function)
+            base += ":" + function_token(self.lut_function)
         return base
 
+    @property
+    def label(self) -> str:
+        """:func:`codec_label` of this codec, e.g. ``kmeans_lut-4bit`` or ``fp16`` (the
+        LUT function is not part of it; :meth:`token` is the full identity)."""
+        return codec_label(self.mode, self.nbits)
+
     def __repr__(self) -> str:
-        extra = f", lut_function={_function_token(self.lut_function)}" if self.lut_function else ""
+        extra = f", lut_function={function_token(self.lut_function)}" if self.lut_function else ""
         nb = f", nbits={self.nbits}" if self.nbits is not None else ""
         return f"Codec(mode={self.mode!r}{nb}{extra})"
 

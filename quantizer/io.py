@@ -1,8 +1,10 @@
-"""Reading and writing Core ML neuralnetwork models.
+"""Reading, writing and copying Core ML neuralnetwork models.
 
 Every function accepts a file path, a ``coremltools.models.MLModel`` or a
-``Model_pb2.Model`` spec and works on a private copy, so callers' objects are
-never mutated.
+``Model_pb2.Model`` spec and never mutates the caller's object: :func:`load`
+and :func:`fresh_spec` return private copies, :func:`source_spec` a read-only
+view where no copy is needed, and :func:`as_kind_of` gives a result back in the
+kind the caller passed (``MLModel`` in, ``MLModel`` out).
 
 >>> import quantizer
 >>> spec = quantizer.load("model.mlmodel")          # doctest: +SKIP
@@ -13,26 +15,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ._coremltools import coremltools
+from .coremltools_quiet import coremltools
 from .errors import ModelLoadError, UnsupportedModelError
+from .walk import neural_networks
 
 __all__ = [
     "load",
     "save",
+    "parse",
     "model_size",
-    "neural_networks",
-    "neural_network",
-    "iter_layers",
-    "model_networks",
-    "sub_networks",
-    "NN_TYPES",
+    "source_spec",
+    "fresh_spec",
+    "as_kind_of",
     "ModelSource",
 ]
-
-NN_TYPES = ("neuralNetwork", "neuralNetworkClassifier", "neuralNetworkRegressor")
-PIPELINE_TYPES = ("pipeline", "pipelineClassifier", "pipelineRegressor")
 
 ModelSource = Any  # str | os.PathLike | MLModel | Model_pb2.Model
 
@@ -124,77 +122,48 @@ def model_size(model: ModelSource) -> int:
     return spec.ByteSize()
 
 
-def neural_networks(spec: Any, *, source: str = "the model") -> list[Any]:
-    """The top-level NeuralNetwork messages of a model (several for a pipeline).
+def _held_spec(model: Any) -> tuple[Any, str] | None:
+    """(spec, description) of a spec or an ``MLModel`` without copying it; None for a path."""
+    Model = _model_pb2().Model
+    if isinstance(model, Model):
+        return model, "the model"
+    if callable(getattr(model, "get_spec", None)) and isinstance(getattr(model, "_spec", None), Model):
+        return model._spec, "the MLModel"  # read only; get_spec() would deep-copy it first
+    return None
 
-    Raises :class:`UnsupportedModelError` when there are none (e.g. mlProgram).
+
+def source_spec(model: ModelSource) -> tuple[Any, bool]:
+    """(spec, owned): the model's spec without copying it where possible. ``owned`` is True
+    when the spec is a private object (loaded from a path) that may be modified."""
+    held = _held_spec(model)
+    if held is None:
+        return load(model), True
+    spec, source = held
+    neural_networks(spec, source=source)
+    return spec, False
+
+
+def fresh_spec(model: ModelSource) -> Any:
+    """A private, validated copy of ``model``'s spec (path, spec or ``MLModel``).
+
+    Specs and ``MLModel``s are copied by serializing and parsing, several times
+    faster than ``CopyFrom``/``MLModel.get_spec()`` (a deep copy) on large models.
     """
-    kind = spec.WhichOneof("Type")
-    if kind in NN_TYPES:
-        return [getattr(spec, kind)]
-    if kind in PIPELINE_TYPES:
-        nets: list[Any] = []
-        container = getattr(spec, kind)  # Pipeline, or PipelineClassifier/Regressor holding one
-        for sub in (container if kind == "pipeline" else container.pipeline).models:
-            sub_kind = sub.WhichOneof("Type")
-            if sub_kind in NN_TYPES or sub_kind in PIPELINE_TYPES:
-                nets.extend(neural_networks(sub, source=source))
-        if not nets:
-            raise UnsupportedModelError(f"{source} is a {kind} that contains no neural network")
-        return nets
-    if kind == "mlProgram":
-        raise UnsupportedModelError(
-            f"{source} is an ML Program (mlProgram); qsweep and quantizer handle neuralnetwork models "
-            "only. Compress ML Programs with coremltools.optimize.coreml, or convert the source model "
-            "with convert_to='neuralnetwork'."
-        )
-    raise UnsupportedModelError(
-        f"{source} is a '{kind}' model, not a neural network: quantizer handles neuralNetwork, "
-        "neuralNetworkClassifier, neuralNetworkRegressor and pipelines containing them"
-    )
+    held = _held_spec(model)
+    if held is None:
+        return load(model)
+    src, source = held
+    spec = _model_pb2().Model()
+    spec.ParseFromString(src.SerializeToString())
+    neural_networks(spec, source=source)
+    return spec
 
 
-def model_networks(spec: Any, *, wrappers: bool = False) -> Iterator[tuple[Any, Any]]:
-    """``(model spec, NeuralNetwork)`` for the model and every pipeline member that is a
-    neural network, in order; with ``wrappers=True`` also ``(pipeline spec, None)``
-    for each enclosing pipeline (before its members). Other models are skipped."""
-    kind = spec.WhichOneof("Type")
-    if kind in NN_TYPES:
-        yield spec, getattr(spec, kind)
-    elif kind in PIPELINE_TYPES:
-        container = getattr(spec, kind)  # Pipeline, or PipelineClassifier/Regressor holding one
-        if wrappers:
-            yield spec, None
-        for sub in (container if kind == "pipeline" else container.pipeline).models:
-            yield from model_networks(sub, wrappers=wrappers)
-
-
-def neural_network(spec: Any) -> Any:
-    """The single NeuralNetwork message of a non-pipeline model (first one of a pipeline)."""
-    return neural_networks(spec)[0]
-
-
-def iter_layers(spec_or_nn: Any, *, recurse: bool = True) -> Iterator[Any]:
-    """Every layer of a model or NeuralNetwork message, in order, including the
-    layers of ``loop`` and ``branch`` bodies (after their parent layer)."""
-    if hasattr(spec_or_nn, "WhichOneof") and spec_or_nn.DESCRIPTOR.name == "Model":
-        nets = neural_networks(spec_or_nn)
-    else:
-        nets = [spec_or_nn]
-    for net in nets:
-        for layer in net.layers:
-            yield layer
-            if recurse:
-                for sub in sub_networks(layer):
-                    yield from iter_layers(sub)
-
-
-def sub_networks(layer: Any) -> list[Any]:
-    """The NeuralNetwork bodies nested in a loop (condition, body) or branch (if,
-    else) layer; an unset body reads as an empty network. Empty for other layers."""
-    kind = layer.WhichOneof("layer")
-    if kind == "loop":
-        return [layer.loop.conditionNetwork, layer.loop.bodyNetwork]
-    if kind == "branch":
-        return [layer.branch.ifBranch, layer.branch.elseBranch]
-    return []
+def as_kind_of(model: ModelSource, spec: Any) -> Any:
+    """``spec`` as an ``MLModel`` if ``model`` was one (same compute units), else the spec."""
+    if callable(getattr(model, "get_spec", None)):
+        kwargs = {}
+        if hasattr(model, "compute_unit"):
+            kwargs["compute_units"] = model.compute_unit
+        return coremltools().models.MLModel(spec, **kwargs)
+    return spec

@@ -34,12 +34,20 @@ from typing import Any, Iterable
 from .errors import InvalidArgumentError
 from .tensors import QUANTIZABLE_LAYER_TYPES
 
-__all__ = ["QuantizedLayerSelector", "AdvancedQuantizedLayerSelector", "MatrixMultiplyLayerSelector"]
+__all__ = [
+    "SKIPPABLE_LAYER_TYPES",
+    "QuantizedLayerSelector",
+    "AdvancedQuantizedLayerSelector",
+    "MatrixMultiplyLayerSelector",
+]
 
-#: Layer types coremltools' ``QuantizedLayerSelector`` admits: the layers holding weights
-#: it quantizes, the containers, and ``depthwiseConv`` (a name it accepts, for a
-#: convolution with ``kernelChannels == 1`` and ``nGroups > 1``).
-QUANTIZABLE_TYPES = frozenset(QUANTIZABLE_LAYER_TYPES) | {"depthwiseConv", "loop", "branch"}
+#: Layer types coremltools' ``QuantizedLayerSelector`` admits, in its order: the layers
+#: holding weights it quantizes, ``depthwiseConv`` (a name it accepts, for a convolution
+#: with ``kernelChannels == 1`` and ``nGroups > 1``) and the containers. These are the
+#: values ``AdvancedQuantizedLayerSelector(skip_layer_types=...)`` accepts (``"bias"``
+#: also keeps the bias tensors of convolution/innerProduct/batchedMatmul in float).
+SKIPPABLE_LAYER_TYPES = QUANTIZABLE_LAYER_TYPES + ("depthwiseConv", "loop", "branch")
+QUANTIZABLE_TYPES = frozenset(SKIPPABLE_LAYER_TYPES)
 
 
 def _layer_type(layer: Any) -> str | None:

@@ -24,11 +24,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .io import iter_layers, load
+from .io import load
+from .walk import iter_layers
 
 __all__ = [
     "QUANTIZABLE_LAYER_TYPES",
     "WeightSlot",
+    "layer_slots",
     "WeightTensor",
     "layer_weights",
     "iter_weight_slots",
@@ -36,15 +38,16 @@ __all__ = [
     "weight_table",
     "get_weight_params",
     "encoding_of",
+    "encoding_label",
     "stored_bytes",
     "element_count",
 ]
 
-#: Layer types whose weights coremltools' quantize_weights quantizes (plus loop/branch bodies).
+#: Layer types whose weights coremltools' quantize_weights quantizes (plus loop/branch bodies),
+#: in the order of coremltools' ``QuantizedLayerSelector.quantizable_layer_types``.
 QUANTIZABLE_LAYER_TYPES = (
     "convolution",
     "innerProduct",
-    "batchedMatmul",
     "embedding",
     "embeddingND",
     "batchnorm",
@@ -56,6 +59,7 @@ QUANTIZABLE_LAYER_TYPES = (
     "gru",
     "uniDirectionalLSTM",
     "biDirectionalLSTM",
+    "batchedMatmul",
 )
 
 _LSTM_MATRICES = ("inputGate", "forgetGate", "blockInput", "outputGate")
@@ -90,7 +94,7 @@ class WeightTensor:
     quantizable: bool
 
 
-def _slots(layer: Any) -> list[WeightSlot]:
+def layer_slots(layer: Any) -> list[WeightSlot]:
     """The WeightParams slots of one layer (present or not), in coremltools' order."""
     kind = layer.WhichOneof("layer")
     p = getattr(layer, kind) if kind else None
@@ -239,6 +243,27 @@ def encoding_of(wp: Any) -> tuple[str, int]:
     return "empty", 0
 
 
+def encoding_label(encoding: str, nbits: int) -> str:
+    """The one short label of a stored encoding (what a tensor holds, not the codec that made it):
+    ``fp32``, ``fp16``, ``lin8`` (linear, 8 bits), ``lut4`` (lookup table, 4 bits), ``int8``;
+    any other encoding ``<encoding><nbits>``.
+
+    >>> encoding_label("lut", 4), encoding_label("float32", 32), encoding_label("linear", 8)
+    ('lut4', 'fp32', 'lin8')
+    """
+    if encoding == "float32":
+        return "fp32"
+    if encoding == "float16":
+        return "fp16"
+    if encoding == "linear":
+        return f"lin{nbits}"
+    if encoding == "lut":
+        return f"lut{nbits}"
+    if encoding == "int8":
+        return "int8"
+    return f"{encoding}{nbits}"
+
+
 def stored_bytes(wp: Any) -> int:
     """Payload bytes a WeightParams stores (values plus scale/bias/LUT floats)."""
     q = wp.quantization
@@ -253,7 +278,7 @@ def layer_weights(layer: Any, *, include_empty: bool = False) -> dict[str, tuple
     parametricSoftplus) is resolved from the stored element count.
     """
     out = {}
-    for slot in _slots(layer):
+    for slot in layer_slots(layer):
         wp = get_weight_params(layer, slot.field)
         enc, _ = encoding_of(wp)
         if enc == "empty" and not include_empty:
@@ -267,7 +292,7 @@ def iter_weight_slots(model: Any) -> Iterator[tuple[Any, WeightSlot, Any]]:
     """``(layer, slot, WeightParams)`` for every non-empty weight of the model, in
     layer order (loop/branch bodies after their parent layer)."""
     for layer in iter_layers(model):
-        for slot in _slots(layer):
+        for slot in layer_slots(layer):
             wp = get_weight_params(layer, slot.field)
             if encoding_of(wp)[0] == "empty":
                 continue

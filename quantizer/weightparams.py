@@ -1,16 +1,17 @@
-"""Decode and write ``WeightParams`` values, fast.
+"""Decode and write ``WeightParams`` values, fast: the one weight decoder and the protobuf writers.
 
 :func:`decode_weights` turns any stored encoding — ``floatValue``,
 ``float16Value``, n-bit ``rawValue`` with linear (per-channel or length-1
 scale/bias, any channel axis) or lookup-table quantization, and
-``int8RawValue`` — into a float32 array of the logical shape.
+``int8RawValue`` — into a float32 array of the logical shape (``exact=True``:
+linear dequantization in float64, rounded once, as coremltools does).
 
 Writers replace a WeightParams' payload without the slow element-by-element
 protobuf path (``extend`` on a repeated field costs ~0.5 µs per value; merging
 a packed field costs ~7 ns).
 
 >>> import numpy as np
->>> from quantizer._coremltools import coremltools
+>>> from quantizer.coremltools_quiet import coremltools
 >>> wp = coremltools().proto.NeuralNetwork_pb2.WeightParams()
 >>> write_float32(wp, np.array([1.5, -2.0], np.float32))
 >>> decode_weights(wp, (2,)).tolist()
@@ -86,15 +87,24 @@ def write_quantized(
         q.linearQuantization.bias.extend(np.asarray(bias, dtype=np.float64).ravel().tolist())
 
 
-def decode_weights(wp: Any, shape: Sequence[int], channel_axis: int = 0, *, name: str = "weights") -> np.ndarray:
+def decode_weights(
+    wp: Any, shape: Sequence[int], channel_axis: int = 0, *, name: str = "weights", exact: bool = False
+) -> np.ndarray:
     """Float32 values of ``wp`` reshaped to ``shape``, whatever their encoding.
 
     ``channel_axis`` is the axis a per-channel linear scale/bias runs along
     (1 for deconvolution weights). A length-1 scale/bias applies to every
     channel. ``name`` is used in error messages (e.g. ``"conv1.weights"``).
+
+    ``exact=False`` (the default, for inference) dequantizes linear and int8
+    values in float32. ``exact=True`` computes ``q * scale + bias`` in float64
+    and rounds once to float32, as coremltools' ``_dequantize_wp`` does (what
+    :func:`quantizer.apply_plan` uses to requantize or dequantize a tensor); the
+    two can differ in the last bit. Other encodings decode the same either way.
     """
     shape = tuple(int(s) for s in shape)
     count = int(np.prod(shape)) if shape else 1
+    ftype = np.float64 if exact else np.float32
     if len(wp.floatValue):
         arr = np.array(wp.floatValue, dtype=np.float32)
     elif wp.float16Value:
@@ -102,14 +112,14 @@ def decode_weights(wp: Any, shape: Sequence[int], channel_axis: int = 0, *, name
             raise InvalidWeightsError(f"{name}: float16Value has an odd number of bytes ({len(wp.float16Value)})")
         arr = np.frombuffer(wp.float16Value, dtype="<f2").astype(np.float32)
     elif wp.int8RawValue:
-        q = np.frombuffer(wp.int8RawValue, dtype=np.int8).astype(np.float32)
+        q = np.frombuffer(wp.int8RawValue, dtype=np.int8).astype(ftype)
+        if q.size != count:
+            raise InvalidWeightsError(f"{name}: int8RawValue holds {q.size} values, expected {count} (shape {shape})")
         lq = wp.quantization.linearQuantization
-        scale = np.asarray(lq.scale, dtype=np.float32) if len(lq.scale) else np.ones(1, np.float32)
-        arr = _per_channel(q, shape, channel_axis, scale, np.zeros_like(scale), name)
-        return arr
+        scale = np.asarray(lq.scale, dtype=ftype) if len(lq.scale) else np.ones(1, ftype)
+        return _per_channel(q, shape, channel_axis, scale, np.zeros(1, ftype), name)
     elif wp.rawValue:
-        arr = _decode_raw(wp, shape, count, channel_axis, name)
-        return arr
+        return _decode_raw(wp, shape, count, channel_axis, name, ftype)
     else:
         arr = np.zeros(0, dtype=np.float32)
     if arr.size != count:
@@ -117,7 +127,7 @@ def decode_weights(wp: Any, shape: Sequence[int], channel_axis: int = 0, *, name
     return arr.reshape(shape)
 
 
-def _decode_raw(wp: Any, shape: tuple[int, ...], count: int, axis: int, name: str) -> np.ndarray:
+def _decode_raw(wp: Any, shape: tuple[int, ...], count: int, axis: int, name: str, ftype: type) -> np.ndarray:
     q = wp.quantization
     kind = q.WhichOneof("QuantizationType")
     nbits = q.numberOfBits
@@ -128,6 +138,10 @@ def _decode_raw(wp: Any, shape: tuple[int, ...], count: int, axis: int, name: st
         raise InvalidWeightsError(f"{name}: rawValue without quantization parameters and of unexpected length {len(wp.rawValue)}")
     if not 1 <= nbits <= 8:
         raise InvalidWeightsError(f"{name}: quantization.numberOfBits is {nbits}; Core ML allows 1 to 8")
+    if len(wp.rawValue) < -(-count * nbits // 8):
+        raise InvalidWeightsError(
+            f"{name}: rawValue holds {len(wp.rawValue)} bytes, too few for {count} values of {nbits} bits"
+        )
     idx = unpack_bits(wp.rawValue, nbits, count)
     if kind == "lookupTableQuantization":
         lut = np.asarray(q.lookupTableQuantization.floatValue, dtype=np.float32)
@@ -135,14 +149,14 @@ def _decode_raw(wp: Any, shape: tuple[int, ...], count: int, axis: int, name: st
             raise InvalidWeightsError(f"{name}: lookup table has {lut.size} entries; {nbits}-bit needs {1 << nbits}")
         return lut[idx].reshape(shape)
     lq = q.linearQuantization
-    scale = np.asarray(lq.scale, dtype=np.float32)
-    bias = np.asarray(lq.bias, dtype=np.float32)
-    if bias.size == 0:
-        bias = np.zeros_like(scale)
-    return _per_channel(idx.astype(np.float32), shape, axis, scale, bias, name)
+    scale = np.asarray(lq.scale, dtype=ftype)
+    bias = np.asarray(lq.bias, dtype=ftype) if len(lq.bias) else np.zeros(1, ftype)
+    return _per_channel(idx.astype(ftype), shape, axis, scale, bias, name)
 
 
 def _per_channel(q: np.ndarray, shape: tuple[int, ...], axis: int, scale: np.ndarray, bias: np.ndarray, name: str) -> np.ndarray:
+    """``q * scale + bias`` with a length-1 or per-channel (on ``axis``) scale and bias, computed in
+    the inputs' dtype and rounded once to float32."""
     q = q.reshape(shape)
     if scale.size == 1 and bias.size == 1:
         return (q * scale[0] + bias[0]).astype(np.float32)
@@ -153,4 +167,5 @@ def _per_channel(q: np.ndarray, shape: tuple[int, ...], axis: int, scale: np.nda
         )
     bshape = [1] * len(shape)
     bshape[axis] = scale.size
-    return (q * scale.reshape(bshape) + bias.reshape(bshape) if bias.size > 1 else q * scale.reshape(bshape) + bias[0]).astype(np.float32)
+    offset = bias.reshape(bshape) if bias.size > 1 else bias[0]
+    return (q * scale.reshape(bshape) + offset).astype(np.float32)

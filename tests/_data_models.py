@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
 
 
 def builder_model(inputs: dict[str, tuple[int, ...]], *, mode: str | None = None, class_labels=None,

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from quantizer._coremltools import proto
+from quantizer.coremltools_quiet import proto
 
 P = proto()
 Model = P.Model_pb2.Model

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
 
 ct = coremltools()
 from coremltools.models import datatypes  # noqa: E402
@@ -479,6 +479,7 @@ def reference_predict(spec: Spec, feeds: dict[str, np.ndarray]) -> dict[str, np.
 
 def _run(layers: Any, blobs: dict[str, np.ndarray]) -> None:
     import quantizer
+    from quantizer.tensors import layer_weights
 
     for layer in layers:
         kind = layer.WhichOneof("layer")
@@ -491,7 +492,7 @@ def _run(layers: Any, blobs: dict[str, np.ndarray]) -> None:
             continue
         x = blobs[layer.input[0]]
         weights = {f: quantizer.decode_weights(wp, shape, axis).astype(np.float64)
-                   for f, (wp, shape, axis) in quantizer.layer_weights(layer).items()}
+                   for f, (wp, shape, axis) in layer_weights(layer).items()}
         if kind == "convolution":
             y = _conv2d(x, layer.convolution, weights["weights"])
             if layer.convolution.hasBias:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import quantizer
+import quantizer.walk
 from harness.executors import NumpyExecutor
 from harness.executors.registry import load_ops
 from harness.executors.runner import iter_layers
@@ -27,7 +28,7 @@ ENTRIES = {e["name"]: e for e in MANIFEST}
 
 
 def _executor(spec) -> NumpyExecutor:
-    missing = sorted({l.WhichOneof("layer") for l in iter_layers(quantizer.neural_network(spec).layers)} - set(load_ops()))
+    missing = sorted({l.WhichOneof("layer") for l in iter_layers(quantizer.walk.neural_network(spec).layers)} - set(load_ops()))
     if missing:
         pytest.skip(f"layer types not implemented yet in the numpy executor: {missing}")
     return NumpyExecutor(spec)

@@ -741,7 +741,7 @@ def test_batched_matmul_two_inputs_broadcasting_and_transposes():
 
 def test_batched_matmul_weights_follow_coremltools_storage():
     """One input: W is [X1, X2] stored column-major; use coremltools' own builder to store it."""
-    from quantizer._coremltools import coremltools
+    from quantizer.coremltools_quiet import coremltools
 
     coremltools()  # imports coremltools quietly
     from coremltools.models import datatypes

@@ -75,7 +75,7 @@ def test_snr_psnr_hand_computed():
 
 
 def test_snr_equals_coremltools_compute_snr():
-    from quantizer._coremltools import coremltools
+    from quantizer.coremltools_quiet import coremltools
 
     ct = coremltools()
     from coremltools.models.neural_network.quantization_utils import NoiseMetrics

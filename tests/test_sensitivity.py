@@ -126,7 +126,7 @@ def test_bad_options_fail_before_any_work(tmp_path):
 
 def _conv_bn_fc():
     """conv (no bias) -> batchnorm -> flatten -> innerProduct, built with coremltools' builder."""
-    from quantizer._coremltools import coremltools
+    from quantizer.coremltools_quiet import coremltools
 
     coremltools()
     from coremltools.models import datatypes

@@ -63,7 +63,7 @@ def test_missing_model_file(tmp_path, capsys, monkeypatch):
 
 
 def test_model_file_that_is_not_a_neural_network(tmp_path, capsys, monkeypatch):
-    from quantizer._coremltools import coremltools
+    from quantizer.coremltools_quiet import coremltools
 
     spec = coremltools().proto.Model_pb2.Model()
     spec.specificationVersion = 1

@@ -53,7 +53,7 @@ def test_same_plan_is_evaluated_once_and_reused(first):
 
 
 def test_run_directory_files(first):
-    from quantizer._coremltools import coremltools
+    from quantizer.coremltools_quiet import coremltools
     import quantizer
     from harness import zoo
     from harness.analysis import encoding_label

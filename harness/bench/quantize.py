@@ -78,7 +78,7 @@ def parse_size(text: str) -> int:
 
 
 def _ct():
-    from quantizer._coremltools import coremltools
+    from quantizer.coremltools_quiet import coremltools
 
     return coremltools()
 
@@ -120,11 +120,12 @@ def build_model(weights: int, seed: int = 0) -> Any:
 
 def float_weights(spec: Any) -> list[tuple[str, str, np.ndarray]]:
     """(layer, field, float32 values) of every float weight tensor, in model order."""
-    import quantizer
+    from quantizer.tensors import layer_weights
+    from quantizer.walk import iter_layers
 
     out = []
-    for layer in quantizer.iter_layers(spec):
-        for fld, (wp, shape, _axis) in quantizer.layer_weights(layer).items():
+    for layer in iter_layers(spec):
+        for fld, (wp, shape, _axis) in layer_weights(layer).items():
             if len(wp.floatValue):
                 out.append((layer.name, fld, np.array(wp.floatValue, np.float32).reshape(shape)))
     return out
@@ -155,10 +156,12 @@ def _quiet(fn: Callable[[], Any]) -> Callable[[], Any]:
 def _lut_mse(spec: Any, tensors: list[tuple[str, str, np.ndarray]]) -> float:
     """MSE over every weight of a quantized spec against the float tensors."""
     import quantizer
+    from quantizer.tensors import layer_weights
+    from quantizer.walk import iter_layers
 
     got = {}
-    for layer in quantizer.iter_layers(spec):
-        for fld, (wp, shape, axis) in quantizer.layer_weights(layer).items():
+    for layer in iter_layers(spec):
+        for fld, (wp, shape, axis) in layer_weights(layer).items():
             got[(layer.name, fld)] = quantizer.decode_weights(wp, shape, axis)
     err = sum(float(np.sum((got[(l, f)].astype(np.float64) - w) ** 2)) for l, f, w in tensors)
     return err / sum(w.size for _, _, w in tensors)
@@ -209,7 +212,7 @@ def bench_size(label: str, weights: int, settings: list[str], *, peers: bool, sl
                repeats: int, memory: bool, log: Callable[[str], None]) -> list[Row]:
     """Measure every setting on one freshly built model."""
     import quantizer
-    from quantizer.plan import CodecCache
+    from quantizer import CodecCache
 
     ct = _ct()
     from coremltools.models.neural_network import quantization_utils as ct_qu
@@ -264,7 +267,6 @@ _MEM_CHILD = r"""
 import json, sys
 path, nbits, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import quantizer
-from quantizer.plan import CodecCache
 
 def status():
     d = {}
@@ -275,7 +277,7 @@ def status():
                 d[k] = int(v.split()[0]) * 1024
     return d
 
-import quantizer.api, quantizer.codecs, quantizer.fuse, quantizer.kmeans, quantizer.plan  # noqa: F401
+import quantizer.api, quantizer.apply, quantizer.codecs, quantizer.fusion, quantizer.kmeans  # noqa: F401
 spec = quantizer.load(path)
 base = status()["VmRSS"]
 with open("/proc/self/clear_refs", "w") as f:

@@ -40,7 +40,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from harness.errors import DataError
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
 
 # ArrayFeatureType.ArrayDataType values (FeatureTypes.proto)
 _ARRAY_DTYPES = {

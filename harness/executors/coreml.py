@@ -34,7 +34,7 @@ class CoreMLExecutor(Executor):
                 f"{label}: Core ML prediction is not available on this machine ({platform.system()} "
                 f"{platform.machine()}); it needs macOS with coremltools' libcoremlpython. "
                 f"Use executor=numpy (or auto) instead.")
-        from quantizer._coremltools import coremltools
+        from quantizer.coremltools_quiet import coremltools
 
         ct = coremltools()
         try:

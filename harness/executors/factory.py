@@ -11,7 +11,7 @@ KINDS = ("auto", "numpy", "coreml")
 
 def coreml_available() -> bool:
     """True where coremltools can run Core ML predictions (macOS with libcoremlpython)."""
-    from quantizer._coremltools import can_predict
+    from quantizer.coremltools_quiet import can_predict
 
     return can_predict()
 

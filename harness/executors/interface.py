@@ -57,7 +57,7 @@ def load_spec(model: Any) -> tuple[Any, str]:
 
 
 def _load_fallback(model: Any) -> Any:
-    from quantizer._coremltools import proto
+    from quantizer.coremltools_quiet import proto
     from quantizer.errors import ModelLoadError
 
     Model = proto().Model_pb2.Model

@@ -72,7 +72,7 @@ def load_spec(name: str):
             f"Zoo model file {p} does not match its recorded sha256 ({digest[:12]}… != "
             f"{_info(name)['sha256'][:12]}…); reinstall qsweep or re-run its training script."
         )
-    from quantizer._coremltools import coremltools
+    from quantizer.coremltools_quiet import coremltools
 
     spec = coremltools().proto.Model_pb2.Model()
     spec.ParseFromString(data)

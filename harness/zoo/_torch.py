@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
 
 
 def seed_everything(seed: int, threads: int = 2) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.data import split
 from harness.zoo._record import save_and_record, versions
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
 
 NAME = "diabetes_mlp"
 SEED = 0

@@ -17,7 +17,7 @@ import numpy as np
 
 from harness.data import prepared
 from harness.zoo._record import accuracy, save_and_record, versions
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
 
 NAME = "digits_mlp"
 SEED = 0

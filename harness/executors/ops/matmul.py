@@ -10,7 +10,7 @@ One input: ``y = a @ W + bias`` over the last axis, output rank = input rank.
 ``W`` is ``[X1, X2]`` (X1 = ``weightMatrixFirstDimension``, the input's last
 dim; X2 = ``weightMatrixSecondDimension``) but is *stored column-major*, i.e.
 as the row-major array ``(X2, X1)`` — coremltools' builder writes
-``W.T.flatten()``, and ``quantizer.layer_weights`` reports the shape
+``W.T.flatten()``, and ``quantizer.tensors.layer_weights`` reports the shape
 ``(X2, X1)`` with channels on axis 0. int8 dynamic-quantized weights decode
 to ``int8 * scale`` and run in float32 (the layer's own bias is added).
 """

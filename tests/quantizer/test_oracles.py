@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import quantizer
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
+from quantizer.packing import pack_bits, unpack_bits
+from quantizer.tensors import layer_weights
 
 ct = coremltools()
 from coremltools.models import datatypes  # noqa: E402
@@ -23,7 +25,7 @@ from coremltools.models.neural_network import NeuralNetworkBuilder  # noqa: E402
 
 def _pack(values, nbits: int) -> bytes:
     """Pack like coremltools' ``_convert_array_to_nbit_quantized_bytes`` (checked equal below)."""
-    return quantizer.pack_bits(np.asarray(values, np.uint8).ravel(), nbits)
+    return pack_bits(np.asarray(values, np.uint8).ravel(), nbits)
 
 
 def _quantize(spec, nbits, mode="linear"):
@@ -32,7 +34,7 @@ def _quantize(spec, nbits, mode="linear"):
 
 
 def _weights(layer) -> dict[str, np.ndarray]:
-    return {f: quantizer.decode_weights(wp, shape, axis) for f, (wp, shape, axis) in quantizer.layer_weights(layer).items()}
+    return {f: quantizer.decode_weights(wp, shape, axis) for f, (wp, shape, axis) in layer_weights(layer).items()}
 
 
 def _executor_output(spec, feeds, name):
@@ -99,7 +101,7 @@ def test_kmeans_lookup(shape, dtype):
     w = np.random.default_rng(3).random(shape).astype(dtype)
     enc = quantizer.Codec("kmeans_lut", nbits).encode(w, shape)
     assert enc.lut is not None and len(enc.lut) == 2 ** nbits
-    idx = quantizer.unpack_bits(enc.data, nbits, w.size)
+    idx = unpack_bits(enc.data, nbits, w.size)
     assert idx.shape == (w.size,)
     assert len(np.unique(idx)) <= len(enc.lut)
     assert np.abs(w.astype(np.float32).ravel() - enc.lut[idx]).max() < 0.1
@@ -111,7 +113,7 @@ def test_kmeans_exact_values():
     w = np.array([[12.0, 11.0, 12.0, 33.0, 32.0, 99.0, 0.0, 34.0, 40.0],
                   [41.0, 34.0, 98.0, 75.1, 89.0, 99.0, 0.0, 10.0, 41.0]], np.float32)
     enc = quantizer.Codec("kmeans_lut", 4).encode(w, w.shape)
-    idx = quantizer.unpack_bits(enc.data, 4, w.size)
+    idx = unpack_bits(enc.data, 4, w.size)
     np.testing.assert_array_equal(enc.lut[idx], w.ravel())
     expected_values = [0.0, 10.0, 11.0, 12.0, 32.0, 33.0, 34.0, 40.0, 41.0, 75.1, 89.0, 98.0, 99.0]
     assert set(np.float32(expected_values)) <= set(enc.lut.tolist())

@@ -8,7 +8,7 @@ import pytest
 
 import quantizer
 from quantizer import AdvancedQuantizedLayerSelector, MatrixMultiplyLayerSelector, QuantizedLayerSelector, build_plan
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
 from quantizer.errors import InvalidArgumentError
 from tests.nn_models import LAYER_MODELS
 

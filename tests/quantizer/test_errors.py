@@ -10,7 +10,7 @@ import pytest
 
 import quantizer
 from quantizer import Codec, QuantPlan, apply_plan, build_plan
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
 from quantizer.errors import InvalidArgumentError, InvalidWeightsError, QuantizerError, UnsupportedModelError
 from tests.nn_models import LAYER_MODELS
 

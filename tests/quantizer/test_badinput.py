@@ -13,7 +13,9 @@ import pytest
 
 import quantizer
 from quantizer import InvalidArgumentError, InvalidWeightsError, ModelLoadError, QuantizerError, UnsupportedModelError
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
+from quantizer.tensors import get_weight_params, layer_weights
+from quantizer.weightparams import write_float32
 from tests.nn_models import LAYER_MODELS
 
 ct = coremltools()
@@ -185,10 +187,10 @@ def test_custom_lut_good_function_works():
 def _with_value(name, field, index, value):
     spec = _spec(name)
     layer = spec.neuralNetwork.layers[0]
-    wp = quantizer.get_weight_params(layer, field)
+    wp = get_weight_params(layer, field)
     values = np.array(wp.floatValue, np.float32)
     values[index] = value
-    quantizer.write_float32(wp, values)
+    write_float32(wp, values)
     return spec, layer.name
 
 
@@ -234,9 +236,9 @@ _DEGENERATE_MODES = [("linear", n) for n in (1, 2, 8)] + [("linear_symmetric", n
 def test_constant_tensor_has_no_nan(mode, nbits, fill):
     spec = _spec("innerProduct")
     ip = spec.neuralNetwork.layers[0].innerProduct
-    quantizer.write_float32(ip.weights, np.full(160, fill, np.float32))
+    write_float32(ip.weights, np.full(160, fill, np.float32))
     out = _q(spec, nbits, mode)
-    for field, (wp, shape, axis) in quantizer.layer_weights(out.neuralNetwork.layers[0]).items():
+    for field, (wp, shape, axis) in layer_weights(out.neuralNetwork.layers[0]).items():
         q = wp.quantization
         stored = list(q.linearQuantization.scale) + list(q.linearQuantization.bias) + list(
             q.lookupTableQuantization.floatValue)
@@ -256,8 +258,8 @@ def test_tensor_smaller_than_lut_has_no_nan(mode, nbits):
     for name in ("convolution_depthwise", "batchnorm"):
         spec = _spec(name)
         out = _q(spec, nbits, mode)
-        src = {f: t for f, t in quantizer.layer_weights(spec.neuralNetwork.layers[0]).items()}
-        for field, (wp, shape, axis) in quantizer.layer_weights(out.neuralNetwork.layers[0]).items():
+        src = {f: t for f, t in layer_weights(spec.neuralNetwork.layers[0]).items()}
+        for field, (wp, shape, axis) in layer_weights(out.neuralNetwork.layers[0]).items():
             decoded = quantizer.decode_weights(wp, shape, axis)
             assert np.isfinite(decoded).all(), (name, field)
             orig = np.array(src[field][0].floatValue, np.float32).reshape(shape)

@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 
 import quantizer
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
 from quantizer.errors import ModelLoadError, UnsupportedModelError
+from quantizer.packing import pack_bits, unpack_bits
+from quantizer.tensors import layer_weights
+from quantizer.walk import iter_layers
+from quantizer.weightparams import write_float32, write_quantized
 
 ct = coremltools()
 from coremltools.models import datatypes  # noqa: E402
@@ -38,7 +42,7 @@ def _ct_quantize(spec, nbits, mode):
 
 
 def _layer(spec, name):
-    return next(l for l in quantizer.iter_layers(spec) if l.name == name)
+    return next(l for l in iter_layers(spec) if l.name == name)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +50,7 @@ def _layer(spec, name):
     [([1, 2, 3], 2, "6c"), ([5, 1, 7], 3, "a780"), ([1], 1, "80"), ([255, 0], 8, "ff00"), ([], 4, "00")],
 )
 def test_pack_bits_examples(values, nbits, hexstr):
-    assert quantizer.pack_bits(np.array(values, np.uint8), nbits).hex() == hexstr
+    assert pack_bits(np.array(values, np.uint8), nbits).hex() == hexstr
 
 
 @pytest.mark.parametrize("nbits", range(1, 9))
@@ -54,16 +58,16 @@ def test_pack_bits_matches_coremltools_and_round_trips(nbits):
     rng = np.random.default_rng(nbits)
     for n in (1, 7, 8, 9, 33, 1000):
         q = rng.integers(0, 1 << nbits, n).astype(np.uint8)
-        packed = quantizer.pack_bits(q, nbits)
+        packed = pack_bits(q, nbits)
         assert len(packed) == max(1, -(-n * nbits // 8))
         if nbits < 8:
             assert packed == qu._convert_array_to_nbit_quantized_bytes(q, nbits).tobytes()
-        np.testing.assert_array_equal(quantizer.unpack_bits(packed, nbits, n), q)
+        np.testing.assert_array_equal(unpack_bits(packed, nbits, n), q)
 
 
 def test_pack_bits_rejects_values_too_large():
     with pytest.raises(quantizer.InvalidArgumentError, match="below 2\\*\\*3"):
-        quantizer.pack_bits(np.array([8], np.uint8), 3)
+        pack_bits(np.array([8], np.uint8), 3)
 
 
 def test_weight_table_lists_shapes_axes_and_bytes():
@@ -97,20 +101,20 @@ def test_decode_matches_coremltools_dequantization(nbits, mode, encoding):
             qu._dequantize_nn_spec(deq.neuralNetwork)
     for t in quantizer.weight_tensors(q):
         assert t.encoding == encoding and (t.nbits == nbits or encoding == "float16")
-        wp_q = quantizer.layer_weights(_layer(q, t.layer))[t.field][0]
+        wp_q = layer_weights(_layer(q, t.layer))[t.field][0]
         mine = quantizer.decode_weights(wp_q, t.shape, t.channel_axis)
-        orig = quantizer.decode_weights(quantizer.layer_weights(_layer(spec, t.layer))[t.field][0], t.shape, t.channel_axis)
+        orig = quantizer.decode_weights(layer_weights(_layer(spec, t.layer))[t.field][0], t.shape, t.channel_axis)
         if nbits == 16:
             np.testing.assert_array_equal(mine, orig.astype(np.float16).astype(np.float32))
         else:
-            theirs = quantizer.decode_weights(quantizer.layer_weights(_layer(deq, t.layer))[t.field][0], t.shape, t.channel_axis)
+            theirs = quantizer.decode_weights(layer_weights(_layer(deq, t.layer))[t.field][0], t.shape, t.channel_axis)
             np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
             assert np.abs(mine - orig).max() <= (orig.max() - orig.min()) / ((1 << nbits) - 1) + 1e-5
 
 
 def test_decode_length_one_scale_broadcasts_and_int8():
     wp = ct.proto.NeuralNetwork_pb2.WeightParams()
-    quantizer.write_quantized(wp, quantizer.pack_bits(np.array([0, 1, 2, 3], np.uint8), 2), 2, scale=[0.5], bias=[-1.0])
+    write_quantized(wp, pack_bits(np.array([0, 1, 2, 3], np.uint8), 2), 2, scale=[0.5], bias=[-1.0])
     np.testing.assert_allclose(quantizer.decode_weights(wp, (2, 2)), [[-1, -0.5], [0, 0.5]])
     wp2 = ct.proto.NeuralNetwork_pb2.WeightParams()
     wp2.int8RawValue = np.array([-2, 3], np.int8).tobytes()
@@ -122,7 +126,7 @@ def test_decode_length_one_scale_broadcasts_and_int8():
 def test_write_float32_fast_path_round_trips():
     wp = ct.proto.NeuralNetwork_pb2.WeightParams()
     x = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
-    quantizer.write_float32(wp, x)
+    write_float32(wp, x)
     assert len(wp.floatValue) == 1000 and not wp.rawValue
     np.testing.assert_array_equal(np.array(wp.floatValue, np.float32), x)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
 from quantizer.codecs import Codec, Encoded, fp16_bytes, linear_lut, linear_quantize
 from quantizer.errors import InvalidArgumentError, InvalidWeightsError
 from quantizer.kmeans import kmeans_1d, kmeans_lut

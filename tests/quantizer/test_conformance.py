@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import quantizer
-from quantizer._coremltools import coremltools
+from quantizer.coremltools_quiet import coremltools
+from quantizer.io import parse
+from quantizer.tensors import layer_weights
+from quantizer.walk import iter_layers
+from tests.fixtures import FIXTURES_DIR
 from tests.nn_models import FUSION_MODELS, LAYER_MODELS, reference_predict, rng_for, spec_diff
 
 ct = coremltools()
@@ -96,8 +99,8 @@ def _bytes(spec: Model) -> bytes:
 def _tensors(spec: Model) -> dict[tuple[str, str], tuple]:
     """{(layer name, field): (WeightParams, shape, channel_axis)} for every weight tensor."""
     out = {}
-    for layer in quantizer.iter_layers(spec):
-        for field, (wp, shape, axis) in quantizer.layer_weights(layer).items():
+    for layer in iter_layers(spec):
+        for field, (wp, shape, axis) in layer_weights(layer).items():
             out[(layer.name, field)] = (wp, shape, axis)
     return out
 
@@ -166,7 +169,7 @@ def test_coremltools_selector_instance_byte_identical(name, skip):
 
 # The project's committed fixtures: real converter output (ResNet, VGG, MobileNetV2,
 # LSTM/GRU text models, a transformer block, a decoder) and hand-built legacy models.
-_FIXTURES = sorted(Path(__file__).parent.joinpath("fixtures").glob("*.mlmodel"))
+_FIXTURES = sorted(FIXTURES_DIR.glob("*.mlmodel"))
 #: fixtures on which coremltools' fusion is wrong, and why
 _CT_WRONG_FIXTURES = {
     "nn_batchnorm_scale_bias": "folds scale 'scale_c' into batchnorm 'bn' although 'bn' is a model output",
@@ -183,10 +186,10 @@ def test_fixture_models_byte_identical_to_coremltools(path):
             theirs = ct_qu.quantize_weights(ct.models.MLModel(spec), nbits, mode).get_spec()
         if path.stem in _CT_WRONG_FIXTURES and nbits < 16:
             # coremltools loses a model output; ours keeps every output blob produced
-            produced = {o for layer in quantizer.iter_layers(ours) for o in layer.output}
+            produced = {o for layer in iter_layers(ours) for o in layer.output}
             assert {o.name for o in ours.description.output} <= produced
             assert not {o.name for o in theirs.description.output} <= {
-                o for layer in quantizer.iter_layers(theirs) for o in layer.output}, _CT_WRONG_FIXTURES[path.stem]
+                o for layer in iter_layers(theirs) for o in layer.output}, _CT_WRONG_FIXTURES[path.stem]
             continue
         diff = spec_diff(ours, theirs)
         if diff or _bytes(ours) != _bytes(theirs):
@@ -277,7 +280,7 @@ def test_kmeans_mse_not_worse_than_coremltools(nbits):
     worse = []
     for name, field in _KMEANS_TENSORS:
         spec = _spec(name)
-        layer_name = next(l.name for l in quantizer.iter_layers(spec) if field in quantizer.layer_weights(l))
+        layer_name = next(l.name for l in iter_layers(spec) if field in layer_weights(l))
         wp, shape, axis = _tensors(spec)[(layer_name, field)]
         w = np.array(wp.floatValue, np.float32).reshape(shape)
         lut, wq = ct_qu._get_kmeans_lookup_table_and_weight(nbits, w)
@@ -360,7 +363,7 @@ def test_round_trip_loads_and_decodes_within_bound(name, tmp_path):
             ct.models.MLModel(str(path))
             assert quantizer.model_size(loaded) == path.stat().st_size
         else:
-            loaded = quantizer.load(quantizer.parse(ours.SerializeToString()))
+            loaded = quantizer.load(parse(ours.SerializeToString()))
         assert loaded.SerializeToString() == ours.SerializeToString()
         ct.models.MLModel(loaded)  # coremltools accepts it
         want_version = 2 if nbits == 16 else 3

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 import quantizer
-from quantizer import Codec, QuantPlan, apply_plan, build_plan
-from quantizer._coremltools import coremltools
+from quantizer import Codec, CodecCache, QuantPlan, apply_plan, build_plan
+from quantizer.coremltools_quiet import coremltools
 from quantizer.errors import InvalidArgumentError
-from quantizer.plan import CodecCache
+from quantizer.packing import unpack_bits
+from quantizer.tensors import layer_weights
+from quantizer.walk import iter_layers
 from tests.nn_models import FUSION_MODELS, LAYER_MODELS
 
 ct = coremltools()
@@ -25,9 +27,9 @@ def _spec(name: str) -> Model:
 
 
 def _weights(spec, layer: str, field: str):
-    for lay in quantizer.iter_layers(spec):
+    for lay in iter_layers(spec):
         if lay.name == layer:
-            return quantizer.layer_weights(lay)[field][0]
+            return layer_weights(lay)[field][0]
     raise KeyError(layer)
 
 
@@ -154,7 +156,7 @@ def test_apply_plan_requantizes_explicitly_planned_non_float_tensors():
     back = apply_plan(out, {("innerProduct", "weights"): Codec("dequantization")})
     # dequantization computes q * scale + bias in float64 and rounds once, as coremltools does
     wq = _weights(out, "innerProduct", "weights")
-    q = quantizer.unpack_bits(wq.rawValue, 8, 160).reshape(10, 16).astype(np.float64)
+    q = unpack_bits(wq.rawValue, 8, 160).reshape(10, 16).astype(np.float64)
     lq = wq.quantization.linearQuantization
     want = q * np.array(lq.scale, np.float64)[:, None] + np.array(lq.bias, np.float64)[:, None]
     got_back = np.array(_weights(back, "innerProduct", "weights").floatValue, np.float32)
@@ -207,7 +209,8 @@ def test_pipeline_versions_are_raised_on_every_network_and_wrapper():
                                   "innerProduct_updatable", "deconvolution_grouped"])
 @pytest.mark.parametrize("codec", [Codec("linear", 3), Codec("kmeans", 2), Codec("fp16")])
 def test_copying_and_in_place_application_agree(name, codec):
-    from quantizer.plan import apply_copying, apply_in_place, fresh_spec
+    from quantizer.apply import apply_copying, apply_in_place
+    from quantizer.io import fresh_spec
 
     spec = _spec(name)
     before = spec.SerializeToString()
@@ -220,12 +223,10 @@ def test_copying_and_in_place_application_agree(name, codec):
 
 
 def test_fusion_possible_is_conservative():
-    from quantizer.plan import fusion_possible
+    from quantizer.fusion import fuse_in_place, fusion_possible
 
     assert fusion_possible(_spec("conv+bn")) and fusion_possible(_spec("conv+scale"))
     assert not fusion_possible(_spec("convolution")) and not fusion_possible(_spec("loop"))
-    from quantizer.fuse import fuse_in_place
-
     assert not fuse_in_place(quantizer.load(_spec("convolution")))
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 import quantizer
-from quantizer._coremltools import coremltools
-from quantizer.fuse import Fusion, fuse_in_place
+from quantizer.coremltools_quiet import coremltools
+from quantizer.fusion import Fusion, fuse_in_place
+from quantizer.weightparams import write_float16, write_float32
 from tests.nn_models import FUSION_MODELS, LAYER_MODELS, _chain, reference_predict, rng_for, spec_diff
 
 ct = coremltools()
@@ -188,11 +189,11 @@ def test_no_fold_when_a_layer_between_reads_the_folded_output():
 def test_no_fold_of_weights_that_are_not_float32():
     spec = FUSION_MODELS["conv+scale"].build()
     conv = spec.neuralNetwork.layers[0].convolution
-    quantizer.write_float16(conv.weights, np.array(conv.weights.floatValue, np.float32))
+    write_float16(conv.weights, np.array(conv.weights.floatValue, np.float32))
     assert fuse_in_place(_copy(spec)) == []
     spec2 = FUSION_MODELS["conv+bias"].build()
     b = spec2.neuralNetwork.layers[1].bias
-    quantizer.write_float16(b.bias, np.array(b.bias.floatValue, np.float32))
+    write_float16(b.bias, np.array(b.bias.floatValue, np.float32))
     assert fuse_in_place(spec2) == []
 
 
@@ -215,7 +216,7 @@ def test_no_fold_of_spatial_scale_or_bias():
     bias = spec.neuralNetwork.layers[1].bias
     del bias.shape[:]
     bias.shape.extend([6, 3, 3])
-    quantizer.write_float32(bias.bias, np.ones(54, np.float32))
+    write_float32(bias.bias, np.ones(54, np.float32))
     assert fuse_in_place(spec) == []
 
 
@@ -252,7 +253,7 @@ def _loop_with_body(outer_reads_mid: bool):
     new.input.append("ip1_out")
     new.output.append("biased")
     new.bias.shape.append(8)
-    quantizer.write_float32(new.bias.bias, rng.standard_normal(8).astype(np.float32))
+    write_float32(new.bias.bias, rng.standard_normal(8).astype(np.float32))
     relu.input[0] = "biased"
     layers = list(body.layers)
     del body.layers[:]
@@ -296,7 +297,7 @@ def test_folds_inside_a_pipeline():
 def test_batchnorm_with_zero_variance_and_zero_epsilon_is_not_folded():
     spec = FUSION_MODELS["conv+bn"].build()
     bn = spec.neuralNetwork.layers[1].batchnorm
-    quantizer.write_float32(bn.variance, np.zeros(6, np.float32))
+    write_float32(bn.variance, np.zeros(6, np.float32))
     bn.epsilon = 0.0
     assert fuse_in_place(spec) == []
 
@@ -323,8 +324,8 @@ def test_no_fold_of_a_width_shaped_scale():
     for field in ("shapeScale", "shapeBias"):
         del getattr(s, field)[:]
         getattr(s, field).extend([1, 1, 3])
-    quantizer.write_float32(s.scale, np.array([1.0, 2.0, 3.0], np.float32))
-    quantizer.write_float32(s.bias, np.array([0.5, 0.0, -0.5], np.float32))
+    write_float32(s.scale, np.array([1.0, 2.0, 3.0], np.float32))
+    write_float32(s.bias, np.array([0.5, 0.0, -0.5], np.float32))
     assert fuse_in_place(_copy(spec)) == []
     feeds = _feeds(FUSION_MODELS["conv+scale"])
     assert _max_rel(reference_predict(spec, feeds), reference_predict(quantizer.fuse(spec), feeds)) == 0

@@ -1,4 +1,4 @@
-"""Fold batchnorm, scale and bias layers into the layer before them.
+"""Fusion: fold batchnorm, scale and bias layers into the layer before them.
 
 Before quantizing below 16 bits, coremltools' ``quantize_weights`` runs a
 fusion pass (``optimization_utils._optimize_nn``) that folds
@@ -61,14 +61,15 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .io import load, model_networks, sub_networks
+from .io import load
+from .walk import blobs_read, blobs_written, iter_layers, layer_lists, model_networks
 from .weightparams import write_float32
 
-__all__ = ["fuse", "fuse_in_place", "Fusion"]
+__all__ = ["fuse", "fuse_in_place", "fusion_possible", "Fusion"]
 
 _log = logging.getLogger(__name__)
 
@@ -107,41 +108,30 @@ def fuse_in_place(spec: Any) -> list[Fusion]:
     done: list[Fusion] = []
     for model, nn in model_networks(spec):
         ctx = _Context.of(model, nn)
-        for layers in _layer_lists(nn):
+        for layers in layer_lists(nn):
             done.extend(_optimize(layers, ctx))
     return done
 
 
-# ----------------------------------------------------------------------------- graph facts
+_FOLD_INTO = {"convolution", "innerProduct", "batchnorm"}
+_FOLDED = {"batchnorm", "scale", "bias"}
 
 
-def _layer_lists(nn: Any) -> Iterator[Any]:
-    """The repeated ``layers`` field of ``nn`` and of every nested body."""
-    yield nn.layers
-    for layer in list(nn.layers):
-        for sub in sub_networks(layer):
-            yield from _layer_lists(sub)
+def fusion_possible(spec: Any) -> bool:
+    """Conservatively, whether :func:`fuse` could fold anything: some batchnorm/scale/bias
+    layer reads a blob a convolution/innerProduct/batchnorm writes (cheap; no copy)."""
+    producers: dict[str, str] = {}  # blob -> type of the last layer writing it
+    firsts: list[str] = []  # the first input of every batchnorm/scale/bias layer
+    for _, nn in model_networks(spec):
+        for layer in iter_layers(nn):
+            kind = layer.WhichOneof("layer")
+            producers.update(dict.fromkeys(layer.output, kind))
+            if kind in _FOLDED and len(layer.input):
+                firsts.append(layer.input[0])
+    return any(producers.get(blob) in _FOLD_INTO for blob in firsts)
 
 
-def _reads(layer: Any) -> list[str]:
-    """Blob names a layer reads, including those of its nested bodies."""
-    names = list(layer.input)
-    kind = layer.WhichOneof("layer")
-    if kind == "loop" and layer.loop.conditionVar:
-        names.append(layer.loop.conditionVar)
-    for sub in sub_networks(layer):
-        for inner in sub.layers:
-            names.extend(_reads(inner))
-    return names
-
-
-def _writes(layer: Any) -> list[str]:
-    """Blob names a layer writes, including those of its nested bodies."""
-    names = list(layer.output)
-    for sub in sub_networks(layer):
-        for inner in sub.layers:
-            names.extend(_writes(inner))
-    return names
+# ----------------------------------------------------------------------------- per-model facts
 
 
 @dataclass
@@ -169,7 +159,7 @@ class _Context:
 
     def refresh(self) -> None:
         """Recount how often each blob is read anywhere in the network (all depths)."""
-        self.reads = Counter(name for layer in self.nn.layers for name in _reads(layer))
+        self.reads = Counter(name for layer in self.nn.layers for name in blobs_read(layer))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -403,7 +393,7 @@ def _legal(layers: Any, i: int, j: int, ctx: _Context) -> bool:
     if ctx.reads[mid] != 1:
         return False
     for k in range(i + 1, j):
-        touched = set(_reads(layers[k])) | set(_writes(layers[k]))
+        touched = set(blobs_read(layers[k])) | set(blobs_written(layers[k]))
         if mid in touched or out in touched:
             return False
     return True
