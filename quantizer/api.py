@@ -4,7 +4,9 @@ Same positional order as coremltools 9's
 ``quantization_utils.quantize_weights(full_precision_model, nbits,
 quantization_mode="linear", sample_data=None, **kwargs)``, so a call written for
 coremltools works unchanged. It builds a plan (:func:`quantizer.build_plan`) and
-applies it (:func:`quantizer.apply_plan`): there is one quantizing path.
+applies it (:func:`quantizer.apply_plan`): there is one quantizing path. (A model
+with something to fold is folded once first, so selection and application share
+the folded copy instead of folding twice.)
 
 >>> import quantizer                                                   # doctest: +SKIP
 >>> small = quantizer.quantize_weights("model.mlmodel", 8)              # linear, per channel
@@ -20,6 +22,7 @@ from .apply import apply_plan, bump_spec_version
 from .cache import CodecCache
 from .codecs import Codec, check_nbits, normalize_mode
 from .errors import InvalidArgumentError
+from .fusion import fuse as fuse_model, should_fuse
 from .io import as_kind_of, source_spec
 from .selection import build_plan
 
@@ -108,8 +111,10 @@ def quantize_weights(
             "updatable models cannot be quantized to float16 (Core ML trains them in float32): "
             "quantize a non-updatable copy, or keep float32"
         )
-    plan = build_plan(src, codec.nbits, codec.mode, selector, codec.lut_function, fuse=fuse)
-    spec = apply_plan(src, plan, fuse=fuse, cache=cache)
+    if should_fuse(src, fuse=fuse, quantizes=codec.quantizes):
+        src = fuse_model(src)  # fold once: the plan is built on, and applied to, this private copy
+    plan = build_plan(src, codec.nbits, codec.mode, selector, codec.lut_function, fuse=False)
+    spec = apply_plan(src, plan, fuse=False, cache=cache)
     bump_spec_version(spec, codec.min_spec_version)
     return as_kind_of(full_precision_model, spec)
 

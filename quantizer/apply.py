@@ -21,7 +21,7 @@ from .cache import CodecCache, codec_cache, tensor_digest
 from .codecs import Codec, Encoded
 from .coremltools_quiet import coremltools
 from .errors import InvalidArgumentError, InvalidWeightsError
-from .fusion import fuse_in_place, fusion_possible
+from .fusion import fuse_in_place, should_fuse
 from .io import as_kind_of, fresh_spec, source_spec
 from .plan import Key, QuantPlan, as_plan
 from .tensors import WeightSlot, encoding_of, get_weight_params, layer_slots
@@ -275,7 +275,7 @@ def apply_plan(model: Any, plan: QuantPlan | Mapping[Key, Any], fuse: bool = Tru
     plan = as_plan(plan)
     cache = codec_cache if cache is None else cache
     src, owned = source_spec(model)
-    fusing = fuse and plan.quantizes and fusion_possible(src)
+    fusing = should_fuse(src, fuse=fuse, quantizes=plan.quantizes)
     if owned or fusing:
         spec = src if owned else fresh_spec(src)
         known = None

@@ -69,7 +69,7 @@ from .io import load
 from .walk import blobs_read, blobs_written, iter_layers, layer_lists, model_networks
 from .weightparams import write_float32
 
-__all__ = ["fuse", "fuse_in_place", "fusion_possible", "Fusion"]
+__all__ = ["fuse", "fuse_in_place", "fusion_possible", "should_fuse", "Fusion"]
 
 _log = logging.getLogger(__name__)
 
@@ -129,6 +129,12 @@ def fusion_possible(spec: Any) -> bool:
             if kind in _FOLDED and len(layer.input):
                 firsts.append(layer.input[0])
     return any(producers.get(blob) in _FOLD_INTO for blob in firsts)
+
+
+def should_fuse(spec: Any, *, fuse: bool, quantizes: bool) -> bool:
+    """The one rule for folding before quantizing, as coremltools: when asked to (``fuse``),
+    for codecs below 16 bits (``quantizes``), and only if a fold is possible at all."""
+    return fuse and quantizes and fusion_possible(spec)
 
 
 # ----------------------------------------------------------------------------- per-model facts

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .codecs import Codec
 from .errors import InvalidArgumentError, UnsupportedModelError
-from .fusion import fuse_in_place, fusion_possible
+from .fusion import fuse_in_place, should_fuse
 from .io import fresh_spec, source_spec
 from .plan import Key, QuantPlan
 from .selectors import QuantizedLayerSelector
@@ -116,7 +116,7 @@ def build_plan(
     """
     codec = Codec(quantization_mode, nbits, lut_function)
     spec, owned = source_spec(model)
-    if fuse and codec.quantizes and fusion_possible(spec):
+    if should_fuse(spec, fuse=fuse, quantizes=codec.quantizes):
         spec = spec if owned else fresh_spec(spec)
         fuse_in_place(spec)
     return select_tensors(spec, codec, selector)

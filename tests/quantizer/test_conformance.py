@@ -29,20 +29,17 @@ import pytest
 import quantizer
 from quantizer.coremltools_quiet import coremltools
 from quantizer.io import parse
+from quantizer.packing import unpack_bits
 from quantizer.tensors import layer_weights
 from quantizer.walk import iter_layers
 from tests.fixtures import FIXTURES_DIR
-from tests.nn_models import FUSION_MODELS, LAYER_MODELS, reference_predict, rng_for, spec_diff
+from tests.nn_models import FUSION_MODELS, reference_predict, rng_for, spec_diff
+from tests.quantizer.models import ALL_MODELS, CT_OK_MODELS
 
 ct = coremltools()
 from coremltools.models.neural_network import quantization_utils as ct_qu  # noqa: E402
 
 Model = ct.proto.Model_pb2.Model
-
-#: every model coremltools quantizes correctly (fusion cases where its fusion is right)
-CT_OK_MODELS = {**LAYER_MODELS, **{n: c.build for n, c in FUSION_MODELS.items() if c.coremltools == "ok"}}
-#: every model (ours must handle all of them)
-ALL_MODELS = {**LAYER_MODELS, **{n: c.build for n, c in FUSION_MODELS.items()}}
 
 #: (mode, nbits) pairs whose output must be byte-identical to coremltools'
 BYTE_SETTINGS = (
@@ -52,33 +49,9 @@ BYTE_SETTINGS = (
     + [("linear", 16)]
 )
 
-_specs: dict[str, Model] = {}
-_ct_cache: dict[tuple, object] = {}
-
-
-def _spec(name: str) -> Model:
-    """A fresh copy of model ``name`` (built once per session)."""
-    if name not in _specs:
-        _specs[name] = ALL_MODELS[name]()
-    out = Model()
-    out.CopyFrom(_specs[name])
-    return out
-
 
 def _as_spec(model) -> Model:
     return model.get_spec() if hasattr(model, "get_spec") else model
-
-
-def _ct_quantize(name: str, nbits: int, mode: str, **kwargs) -> Model:
-    """coremltools' quantize_weights on model ``name`` (its prints silenced; cached)."""
-    key = (name, nbits, mode, tuple(sorted(kwargs)))
-    if key not in _ct_cache:
-        mlmodel = ct.models.MLModel(_spec(name))
-        with contextlib.redirect_stdout(io.StringIO()):
-            _ct_cache[key] = ct_qu.quantize_weights(mlmodel, nbits, mode, **kwargs).get_spec()
-    out = Model()
-    out.CopyFrom(_ct_cache[key])
-    return out
 
 
 def _ours(spec: Model, nbits: int, mode: str, **kwargs) -> Model:
@@ -118,19 +91,19 @@ _BYTE_GROUPS = {
 
 @pytest.mark.parametrize("group", sorted(_BYTE_GROUPS))
 @pytest.mark.parametrize("name", sorted(CT_OK_MODELS))
-def test_byte_identical_to_coremltools(name, group):
+def test_byte_identical_to_coremltools(name, group, nn_model, ct_quantized):
     """All nbits of one mode in one test (fast); every failing setting is reported."""
-    spec = _spec(name)
+    spec = nn_model(name)
     before = spec.SerializeToString()
     failures = []
     for mode, nbits in ((m, n) for m, n in BYTE_SETTINGS if (m if n < 16 else "fp16") == group):
         ours = _ours(spec, nbits, mode)
         assert spec.SerializeToString() == before, "quantize_weights modified its input"
         label = f"{name} {mode} {nbits}-bit"
-        diff = spec_diff(ours, _ct_quantize(name, nbits, mode))
+        diff = spec_diff(ours, ct_quantized(name, nbits, mode))
         if diff:
             failures.append(f"{label}: ours differs from coremltools:\n  " + "\n  ".join(diff))
-        elif _bytes(ours) != _bytes(_ct_quantize(name, nbits, mode)):
+        elif _bytes(ours) != _bytes(ct_quantized(name, nbits, mode)):
             failures.append(f"{label}: serializations differ")
     assert not failures, "\n".join(failures)
 
@@ -142,9 +115,9 @@ def _linear_lut_function(nbits, weights):
 
 @pytest.mark.parametrize("nbits", [2, 5])
 @pytest.mark.parametrize("name", ["convolution", "deconvolution_grouped", "uniDirectionalLSTM", "conv+scale", "loop"])
-def test_custom_lut_byte_identical_to_coremltools(name, nbits):
-    ours = _ours(_spec(name), nbits, "custom_lut", lut_function=_linear_lut_function)
-    theirs = _ct_quantize(name, nbits, "custom_lut", lut_function=_linear_lut_function)
+def test_custom_lut_byte_identical_to_coremltools(name, nbits, nn_model, ct_quantized):
+    ours = _ours(nn_model(name), nbits, "custom_lut", lut_function=_linear_lut_function)
+    theirs = ct_quantized(name, nbits, "custom_lut", lut_function=_linear_lut_function)
     assert_byte_identical(ours, theirs, f"{name} custom_lut {nbits}-bit")
 
 
@@ -160,10 +133,10 @@ class _SkipNamed(ct_qu.QuantizedLayerSelector):
 
 
 @pytest.mark.parametrize("name,skip", [("branch", "else_ip"), ("loop", "body_ip2"), ("gru", "gru")])
-def test_coremltools_selector_instance_byte_identical(name, skip):
+def test_coremltools_selector_instance_byte_identical(name, skip, nn_model, ct_quantized):
     selector = _SkipNamed(skip)
-    ours = _ours(_spec(name), 4, "linear", selector=selector)
-    theirs = _ct_quantize(name, 4, "linear", selector=selector)
+    ours = _ours(nn_model(name), 4, "linear", selector=selector)
+    theirs = ct_quantized(name, 4, "linear", selector=selector)
     assert_byte_identical(ours, theirs, f"{name} linear 4-bit skipping {skip}")
 
 
@@ -216,10 +189,10 @@ def _ct_dequantize(quantized: Model) -> Model | None:
 
 
 @pytest.mark.parametrize("name", sorted(CT_OK_MODELS))
-def test_dequantization_matches_coremltools(name):
+def test_dequantization_matches_coremltools(name, ct_quantized):
     failures = []
     for mode, nbits in DEQUANT_SETTINGS:
-        quantized = _ct_quantize(name, nbits, mode)
+        quantized = ct_quantized(name, nbits, mode)
         ours = _ours(quantized, 8, "dequantization")
         theirs = _ct_dequantize(quantized)
         t_ours, t_q = _tensors(ours), _tensors(quantized)
@@ -250,8 +223,8 @@ def test_dequantization_matches_coremltools(name):
 # _dequantize_nn_spec raises IndexError on fp16 models, so fp16 dequantization is
 # checked against the float16 values themselves.
 @pytest.mark.parametrize("name", ["convolution", "gru", "loop", "batchedMatmul"])
-def test_dequantization_of_fp16_models(name):
-    half = _ct_quantize(name, 16, "linear")
+def test_dequantization_of_fp16_models(name, ct_quantized):
+    half = ct_quantized(name, 16, "linear")
     ours = _ours(half, 8, "dequantization")
     for key, (wp, shape, _) in _tensors(half).items():
         want = np.frombuffer(wp.float16Value, "<f2").astype(np.float32)
@@ -271,7 +244,7 @@ _KMEANS_TENSORS = [
 
 @pytest.mark.filterwarnings("ignore:Number of distinct clusters")  # scikit-learn, on tensors < 2**nbits
 @pytest.mark.parametrize("nbits", [1, 2, 3, 4, 6, 8])
-def test_kmeans_mse_not_worse_than_coremltools(nbits):
+def test_kmeans_mse_not_worse_than_coremltools(nbits, nn_model):
     """Our k-means LUT vs coremltools' scikit-learn route, tensor by tensor.
 
     Both LUTs are compared as stored (float32); a relative 1e-6 slack covers
@@ -279,7 +252,7 @@ def test_kmeans_mse_not_worse_than_coremltools(nbits):
     """
     worse = []
     for name, field in _KMEANS_TENSORS:
-        spec = _spec(name)
+        spec = nn_model(name)
         layer_name = next(l.name for l in iter_layers(spec) if field in layer_weights(l))
         wp, shape, axis = _tensors(spec)[(layer_name, field)]
         w = np.array(wp.floatValue, np.float32).reshape(shape)
@@ -298,9 +271,9 @@ def test_kmeans_mse_not_worse_than_coremltools(nbits):
     assert not worse, "\n".join(worse)
 
 
-def test_coremltools_kmeans_mode_is_broken():
+def test_coremltools_kmeans_mode_is_broken(nn_model):
     """The reason for the direct comparison above (remove it when coremltools is fixed)."""
-    mlmodel = ct.models.MLModel(_spec("innerProduct"))
+    mlmodel = ct.models.MLModel(nn_model("innerProduct"))
     with pytest.raises(TypeError), contextlib.redirect_stdout(io.StringIO()):
         ct_qu.quantize_weights(mlmodel, 4, "kmeans_lut")
 
@@ -334,8 +307,7 @@ def _check_bound(key, orig: np.ndarray, wp, shape, axis, mode, nbits) -> None:
             scale = scale.reshape(bshape)
         bound = np.broadcast_to(np.abs(scale) / 2, w.shape)
         if mode == "linear_symmetric":
-            # the top code of a symmetric range is unused; values never exceed max|w|
-            pass
+            _check_symmetric(key, w, decoded, wp, shape, axis, nbits)
         tol = 1e-6 * np.abs(w).max() + 1e-30
         bad = err > bound + tol
         assert not bad.any(), f"{key}: {int(bad.sum())} values off by more than scale/2 (max {err[bad].max():.3g})"
@@ -348,9 +320,34 @@ def _check_bound(key, orig: np.ndarray, wp, shape, axis, mode, nbits) -> None:
         assert not bad.any(), f"{key}: {int(bad.sum())} values not mapped to the nearest LUT entry"
 
 
+def _check_symmetric(key, w: np.ndarray, decoded: np.ndarray, wp, shape, axis, nbits) -> None:
+    """``linear_symmetric`` as quantizer.codecs documents it for every width (coremltools has only 8
+    bits, compared byte for byte in test_byte_identical_to_coremltools): per channel
+    ``scale = max|w| / (2**(n-1) - 1)`` and ``bias = -2**(n-1) * scale``, so the codes of a channel
+    with any non-zero weight lie in ``[1, 2**n - 1]`` (code 0, below -max|w|, is never used) and no
+    decoded value exceeds max|w|."""
+    lq = wp.quantization.linearQuantization
+    scale, bias = np.asarray(lq.scale, np.float64), np.asarray(lq.bias, np.float64)
+    channels = scale.size
+
+    def per_channel(a: np.ndarray) -> np.ndarray:
+        return np.moveaxis(a.reshape(shape), axis, 0).reshape(channels, -1) if channels > 1 else a.reshape(1, -1)
+
+    peak = np.abs(per_channel(w)).max(axis=1)
+    half = 2 ** (nbits - 1)
+    np.testing.assert_allclose(scale, peak / (half - 1), rtol=1e-6, atol=0, err_msg=f"{key}: scale")
+    np.testing.assert_allclose(bias, -half * scale, rtol=1e-6, atol=0, err_msg=f"{key}: bias")
+    codes = per_channel(unpack_bits(wp.rawValue, nbits, w.size))
+    live = peak > 0
+    assert not live.any() or codes[live].min() >= 1, f"{key}: code 0 used by a symmetric channel"
+    assert codes.max() <= 2 ** nbits - 1
+    over = np.abs(per_channel(decoded)) > peak[:, None] * (1 + 1e-6)
+    assert not over.any(), f"{key}: {int(over.sum())} decoded values exceed max|w| of their channel"
+
+
 @pytest.mark.parametrize("name", sorted(ALL_MODELS))
-def test_round_trip_loads_and_decodes_within_bound(name, tmp_path):
-    spec = _spec(name)
+def test_round_trip_loads_and_decodes_within_bound(name, tmp_path, nn_model):
+    spec = nn_model(name)
     failures = []
     for i, (mode, nbits) in enumerate(ROUND_TRIP_SETTINGS):
         ours = _ours(spec, nbits, mode)
@@ -386,11 +383,11 @@ def test_round_trip_loads_and_decodes_within_bound(name, tmp_path):
 
 @pytest.mark.parametrize("nbits", [8, 4])
 @pytest.mark.parametrize("name", sorted(n for n, c in FUSION_MODELS.items() if c.coremltools != "ok"))
-def test_quantizes_where_coremltools_fusion_fails(name, nbits):
+def test_quantizes_where_coremltools_fusion_fails(name, nbits, nn_model):
     """coremltools crashes or computes the wrong thing; ours quantizes, and the
     quantized model's outputs stay near the float model's (8-bit: within 2%)."""
     case = FUSION_MODELS[name]
-    spec = _spec(name)
+    spec = nn_model(name)
     ours = _ours(spec, nbits, "linear")
     feeds = {"data": rng_for("qfeeds").standard_normal((2,) + case.input_shape)}
     want = reference_predict(spec, feeds)
