@@ -212,21 +212,33 @@ def bench_size(label: str, weights: int, settings: list[str], *, peers: bool, sl
                repeats: int, memory: bool, log: Callable[[str], None]) -> list[Row]:
     """Measure every setting on one freshly built model."""
     import quantizer
-    from quantizer import CodecCache
 
     ct = _ct()
-    from coremltools.models.neural_network import quantization_utils as ct_qu
-
     t0 = time.perf_counter()
     spec = build_model(weights)
     mlmodel = ct.models.MLModel(spec)
     tensors = float_weights(spec)
     count = sum(w.size for _, _, w in tensors)
     log(f"[{label}] built a model with {count:,} weights in {time.perf_counter() - t0:.1f} s")
-    mem_path = None
-    if memory:
-        mem_path = Path(tempfile.mkdtemp(prefix="qsweep-bench-")) / "model.mlmodel"
-        quantizer.save(spec, mem_path)
+    with contextlib.ExitStack() as stack:  # the model file for the memory child is removed afterwards
+        mem_path = None
+        if memory:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="qsweep-bench-"))
+            mem_path = Path(folder) / "model.mlmodel"
+            quantizer.save(spec, mem_path)
+        return _measure_settings(label, settings, mlmodel, tensors, count, mem_path, peers=peers,
+                                 slow_peers=slow_peers, repeats=repeats, log=log)
+
+
+def _measure_settings(label: str, settings: list[str], mlmodel: Any, tensors: list, count: int,
+                      mem_path: Path | None, *, peers: bool, slow_peers: bool, repeats: int,
+                      log: Callable[[str], None]) -> list[Row]:
+    """Time ours (and the coremltools peer) on every setting of one model: one row each."""
+    import quantizer
+    from quantizer import CodecCache
+
+    from coremltools.models.neural_network import quantization_utils as ct_qu
+
     rows = []
     for name in settings:
         mode, nbits = SETTINGS[name]

@@ -18,8 +18,8 @@ def test_parse_size_and_targets():
     assert bench.target_for("fp16") == 1 and bench.target_for("linear8") == 1
 
 
-def test_model_builder_hits_the_requested_size():
-    spec = bench.build_model(50_000)
+def test_model_builder_hits_the_requested_size(bench_model_50k):
+    spec = bench_model_50k
     n = sum(w.size for _, _, w in bench.float_weights(spec))
     assert 0.9 * 50_000 <= n <= 1.1 * 50_000
     assert [layer.name for layer in spec.neuralNetwork.layers if layer.WhichOneof("layer") != "activation"] == [
