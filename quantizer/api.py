@@ -9,7 +9,7 @@ with something to fold is folded once first, so selection and application share
 the folded copy instead of folding twice.)
 
 >>> import quantizer                                                   # doctest: +SKIP
->>> small = quantizer.quantize_weights("model.mlmodel", 8)              # linear, per channel
+>>> small = quantizer.quantize_weights("model.mlmodel", 8)              # doctest: +SKIP
 >>> lut4 = quantizer.quantize_weights(small_model, 4, "kmeans_lut")     # doctest: +SKIP
 """
 from __future__ import annotations

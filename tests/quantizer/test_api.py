@@ -279,3 +279,12 @@ def test_decode_weights_names_the_tensor_in_errors():
         quantizer.decode_weights(wp, (8,), name="fc.weights", exact=True)
     with pytest.raises(quantizer.InvalidWeightsError, match=r"fc\.weights: rawValue holds 4 bytes, too few for 8"):
         quantizer.decode_weights(wp, (8,), name="fc.weights")
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in PACKAGE.glob("*.py")))
+def test_docstring_examples_run(module):
+    import doctest
+
+    name = "quantizer" if module == "__init__" else f"quantizer.{module}"
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.failed == 0
