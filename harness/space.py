@@ -121,19 +121,13 @@ def codec_problem(nbits: int, mode: str, lut_function: Callable | None) -> str |
         return None
     if mode == "linear_symmetric" and nbits < 2:
         return "linear_symmetric needs at least 2 bits (one sign bit and one magnitude bit)"
+    import quantizer
+    from quantizer.errors import QuantizerError
+
     try:
-        import quantizer
-
-        codec_cls = getattr(quantizer, "Codec", None)
-    except ImportError:  # pragma: no cover
-        codec_cls = None
-    if codec_cls is not None:
-        from quantizer.errors import QuantizerError
-
-        try:
-            codec_cls(mode, nbits, lut_function) if mode == "custom_lut" else codec_cls(mode, nbits)
-        except (QuantizerError, ValueError, TypeError) as e:
-            return str(e)
+        quantizer.Codec(mode, nbits, lut_function) if mode == "custom_lut" else quantizer.Codec(mode, nbits)
+    except (QuantizerError, ValueError, TypeError) as e:
+        return str(e)
     return None
 
 
