@@ -242,6 +242,7 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     # A strategy's own summary entries and tables (e.g. sensitivity -> sensitivity.csv), before summary.json.
     extra = strategy.finish(table, summary, evaluator)
     summary.update(extra.summary)
+    target = summary["target"]
     for table_name, frame in extra.tables.items():
         files[table_name] = run_dir / f"{table_name}.csv"
         frame.to_csv(files[table_name], index=False)

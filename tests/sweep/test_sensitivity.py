@@ -11,16 +11,11 @@ import quantizer
 from harness import analysis, zoo
 from harness.errors import ConfigError
 from harness.evaluate import Evaluator
-from harness.sensitivity import FLOAT, UnitPlans, space_choices
+from harness.search.choices import FLOAT, space_choices
+from harness.search.units import UnitPlans
 from harness.space import SearchSpace, build_plan
-from tests.analysis_runs import compose, run, sweep
-
-SENS = ("model=digits_mlp", "search=sensitivity", "search.space.nbits=[8,2]", "search.space.mode=[linear,kmeans_lut]")
-
-
-@pytest.fixture(scope="module")
-def sens_dir():
-    return sweep(*SENS)
+from tests.sweep.conftest import SENS
+from tests.sweep.support import compose, run
 
 
 def test_table_has_every_layer_and_codec(sens_dir):
@@ -78,11 +73,11 @@ def test_trials_are_not_reported_as_uniform_settings(sens_dir):
     assert trials["setting"].str.endswith("alone").all()
 
 
-def test_progress_says_the_cost(tmp_path):
+def test_progress_says_the_cost():
     from harness.search import SearchContext, make_strategy
 
     spec = zoo.load_spec("digits_mlp")
-    cfg = compose(*SENS, root=tmp_path)
+    cfg = compose(list(SENS))
     space = SearchSpace.from_config(cfg.search.space, cfg.selector)
     strat = make_strategy(SearchContext(cfg=cfg.search, space=space, model=spec, seed=0,
                                         build_plan=lambda s: build_plan(spec, s)))
@@ -91,11 +86,14 @@ def test_progress_says_the_cost(tmp_path):
 
 
 def test_tensor_units(tmp_path):
-    res = run(*SENS, "search.space.nbits=[8]", "search.space.mode=[linear]", "search.options.unit=tensor",
-              "output.save_models=false", "report.enabled=false", root=tmp_path)
+    res = run(tmp_path, [*SENS, "search.space.nbits=[8]", "search.space.mode=[linear]", "search.options.unit=tensor",
+                         "output.save_models=false"])
     sens = pd.read_csv(res.run_dir / "sensitivity.csv")
     assert sens["unit"].tolist() == ["dense1.weights", "dense1.bias", "dense2.weights", "dense2.bias",
                                      "dense3.weights", "dense3.bias"]
+    # the strategy returns its table; the writer writes sensitivity.csv, only the report draws sensitivity.png
+    assert res.files["sensitivity"] == res.run_dir / "sensitivity.csv"
+    assert not (res.run_dir / "sensitivity.png").exists()
 
 
 def test_unit_plans_recompose_the_uniform_plan():
@@ -113,15 +111,20 @@ def test_unit_plans_recompose_the_uniform_plan():
 
 
 def test_bad_options_fail_before_any_work(tmp_path):
-    with pytest.raises(ConfigError, match=r"search.options has unknown key\(s\) \['units'\]"):
-        run(*SENS, "+search.options.units=layer", root=tmp_path)
-    with pytest.raises(ConfigError, match="search.options.unit='neuron'"):
-        run(*SENS, "search.options.unit=neuron", root=tmp_path)
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigError, match=r"search.options has unknown key\(s\) \['units'\] for search=sensitivity"):
+        run(tmp_path, [*SENS, "+search.options.units=layer"])
+    with pytest.raises(ConfigCompositionException, match="search.options.unit=neuron"):
+        compose([*SENS, "search.options.unit=neuron"])
     with pytest.raises(ConfigError, match="search.sampler=.* is not used by search=sensitivity"):
-        run(*SENS, "+search.sampler.seed=3", root=tmp_path)
+        run(tmp_path, [*SENS, "+search.sampler.seed=3"])
     with pytest.raises(ConfigError, match="search space is empty"):
-        run(*SENS, "search.space.nbits=[1]", "search.space.mode=[linear_symmetric]", root=tmp_path)
+        run(tmp_path, [*SENS, "search.space.nbits=[1]", "search.space.mode=[linear_symmetric]"])
+    with pytest.raises(ConfigError, match=r"search.n_trials must be at least 1 \(or null for every unit x codec\)"):
+        run(tmp_path, [*SENS, "search.n_trials=0"])
     assert not np.any([p.name == "sensitivity.csv" for p in tmp_path.rglob("*")])
+    assert not (tmp_path / "qsweep.db").exists()
 
 
 def _conv_bn_fc():
@@ -148,7 +151,7 @@ def _conv_bn_fc():
 
 def test_layers_folded_by_fusion_are_not_units():
     """Below 16 bits conv+batchnorm are fused first: bn is no unit, and follows fp16 only when all units do."""
-    from harness.mixed import unit_profiles
+    from harness.search.noise import unit_profiles
 
     spec = _conv_bn_fc()
     units = UnitPlans(spec, space_choices(SearchSpace(nbits=(16, 4), modes=("linear",))),
