@@ -158,7 +158,7 @@ class MixedOptions:
     ``greedy_points`` of them evenly spread; then bisect the path around
     ``focus_drop`` (default ``search.max_accuracy_drop``, else 0.01), at most
     ``refine_steps`` trials. probe_codec: the codec of the per-unit probes,
-    e.g. ``kmeans_lut-4`` (default: the codec nearest 4 bits).
+    e.g. ``kmeans_lut-4bit`` (default: the codec nearest 4 bits).
     sensitivity: the run directory of a ``search=sensitivity`` run, whose table
     replaces the probes. compare_to: a run directory (e.g. a grid) whose
     hypervolume summary.json records beside this run's.
@@ -206,7 +206,7 @@ def search_options(node: Any, options_type: type, kind: str) -> Any:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(options_type), node if node else {})
     except OmegaConfBaseException as e:
-        raise ConfigError(f"search.options of search={kind}: {e.msg if hasattr(e, 'msg') else e}") from None
+        raise ConfigError(f"search.options of search={kind}: {e}") from None
     return OmegaConf.to_object(merged)
 
 

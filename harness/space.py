@@ -40,6 +40,16 @@ SELECTOR_KEYS = ("skip_layer_types", "minimum_conv_kernel_channels", "minimum_co
                  "minimum_matrix_weight_count")
 
 
+def codec_label(mode: str, nbits: int) -> str:
+    """The label of a codec: ``fp16`` for 16 bits (any mode), else ``<mode>-<n>bit`` (``kmeans_lut-4bit``).
+
+    The one codec label format of qsweep (setting names, model file names, the
+    per-unit codecs of sensitivity and mixed runs); ``quantizer.codec_label``
+    defines the same format for the library.
+    """
+    return "fp16" if nbits == 16 else f"{mode}-{nbits}bit"
+
+
 def encode_skip(types: Sequence[str]) -> str:
     """``()`` -> ``'none'``; ``('bias', 'batchnorm')`` -> ``'batchnorm+bias'`` (sorted)."""
     return "+".join(sorted(types)) if types else "none"
@@ -81,7 +91,7 @@ class Setting:
     @property
     def label(self) -> str:
         """A short file-name-safe description, e.g. ``kmeans_lut-4bit`` or ``fp16``."""
-        base = "fp16" if self.nbits == 16 else f"{self.mode}-{self.nbits}bit"
+        base = codec_label(self.mode, self.nbits)
         sel = []
         if self.skip_layer_types:
             sel.append("skip-" + "+".join(self.skip_layer_types))

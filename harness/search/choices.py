@@ -6,19 +6,20 @@ Used by ``search=sensitivity`` (each unit alone with each codec) and
 Example:
     >>> from harness.space import SearchSpace
     >>> [c.label for c in space_choices(SearchSpace(nbits=(16, 4), modes=("linear", "kmeans_lut")))]
-    ['fp16', 'linear-4', 'kmeans_lut-4']
+    ['fp16', 'linear-4bit', 'kmeans_lut-4bit']
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.space import SearchSpace, Setting, codec_problem
+from harness.space import SearchSpace, Setting, codec_label, codec_problem
 
 
 @dataclass(frozen=True)
 class Choice:
-    """A codec a unit may get: ``label`` (``fp32`` = keep float, ``fp16``,
-    ``kmeans_lut-4``, ``linear-8``...), ``nbits`` (32 for float) and ``mode``."""
+    """A codec a unit may get: ``label`` (``fp32`` = keep float, else the codec label
+    :func:`harness.space.codec_label`: ``fp16``, ``kmeans_lut-4bit``, ``linear-8bit``...),
+    ``nbits`` (32 for float) and ``mode``."""
 
     label: str
     nbits: int
@@ -36,11 +37,6 @@ class Choice:
 FLOAT = Choice("fp32", 32, "float")
 
 
-def choice_label(nbits: int, mode: str) -> str:
-    """``fp16`` for 16 bits, else ``<mode>-<nbits>``."""
-    return "fp16" if nbits == 16 else f"{mode}-{nbits}"
-
-
 def space_choices(space: SearchSpace) -> list[Choice]:
     """The valid codecs of ``space`` (16 bits counted once, as fp16), gentlest first.
 
@@ -52,6 +48,6 @@ def space_choices(space: SearchSpace) -> list[Choice]:
         for mode in space.modes:
             if codec_problem(nbits, mode, space.lut_function) is not None:
                 continue
-            label = choice_label(nbits, mode)
+            label = codec_label(mode, nbits)
             out.setdefault(label, Choice(label, nbits, "fp16" if nbits == 16 else mode))
     return list(out.values())

@@ -329,8 +329,7 @@ class MixedSearch(SearchStrategy):
     def suggest(self, trial: optuna.Trial) -> Candidate:
         params = {self.param(u): trial.suggest_categorical(self.param(u), self.labels) for u in self.units.units}
         cand = self.candidate(params)
-        seed = trial.user_attrs.get(SEED_ATTR) if hasattr(trial, "user_attrs") else None
-        cand.attrs[SEED_ATTR] = seed or "sampled"
+        cand.attrs[SEED_ATTR] = trial.user_attrs.get(SEED_ATTR) or "sampled"
         return cand
 
     def candidate(self, params: Mapping[str, Any]) -> Candidate:

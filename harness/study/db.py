@@ -168,7 +168,8 @@ class StudyDB:
 
     # -- live trials ------------------------------------------------------------------------
     def live_trial(self, trial_id: int) -> optuna.Trial:
-        return optuna.Trial(self.study, trial_id)
+        """The live (running) trial with storage id ``trial_id``."""
+        return self._call(optuna.Trial, self.study, trial_id)
 
     def ask(self) -> optuna.Trial:
         """A new trial from the study's sampler (a WAITING trial first, as Optuna does)."""

@@ -17,6 +17,7 @@ from harness.search.mixed import GREEDY_FLAG
 from harness.search.noise import predicted_noise
 from harness.search.units import UnitPlans
 from harness.space import SearchSpace, build_plan
+from harness.study import StudyDB
 from tests.sweep.conftest import MIXED
 from tests.sweep.support import run
 
@@ -80,9 +81,9 @@ def test_budget_seeds_and_order(mixed_dir: Path):
     for _, row in probes.iterrows():
         a = json.loads(row["assignment"])
         assert sorted(a.values()).count("fp32") == 2  # one layer at the probe codec, the rest float
-        assert "kmeans_lut-4" in a.values()
+        assert "kmeans_lut-4bit" in a.values()
     summary = json.loads((mixed_dir / "summary.json").read_text())
-    assert summary["mixed"]["probe_codec"] == "kmeans_lut-4"
+    assert summary["mixed"]["probe_codec"] == "kmeans_lut-4bit"
     assert summary["mixed"]["trials_by_seed"]["probe"] == 3
     page = (mixed_dir / "report.html").read_text()
     hv = summary["hypervolume"]
@@ -106,7 +107,7 @@ def test_greedy_path_recorded_and_followed(mixed_dir: Path):
     summary = json.loads((mixed_dir / "summary.json").read_text())
     storage = optuna.storages.RDBStorage(f"sqlite:///{mixed_dir.parent / 'qsweep.db'}")
     study = optuna.load_study(study_name=summary["study"]["name"], storage=storage)
-    path = storage.get_study_system_attrs(study._study_id)[GREEDY_FLAG]
+    path = StudyDB(study).study_attrs()[GREEDY_FLAG]
     assert len(path) >= 3
     on_path = trials[trials["path_index"].notna()]
     for _, row in on_path.iterrows():
@@ -134,7 +135,7 @@ def test_saved_models_hold_their_assignment(mixed_dir: Path):
         enc = analysis.layer_encodings(spec).set_index("layer")["label"].str.rstrip("*").to_dict()
         for layer, label in a.items():
             want = "fp32" if label == "fp32" else "fp16" if label == "fp16" else \
-                ("lut" if label.startswith("kmeans") else "lin") + label.rsplit("-", 1)[1]
+                ("lut" if label.startswith("kmeans") else "lin") + label.rsplit("-", 1)[1].removesuffix("bit")
             assert enc[layer] == want
 
 
@@ -192,8 +193,8 @@ def test_bad_config_fails_before_any_trial(tmp_path: Path, small_grid_dir: Path)
         run(tmp_path, [*MIXED, "search.options.greedy_points=-1"])
     with pytest.raises(ConfigError, match="search.options.focus_drop must be null or a number >= 0"):
         run(tmp_path, [*MIXED, "search.options.focus_drop=-0.1"])
-    with pytest.raises(ConfigError, match="probe_codec='linear-5'"):
-        run(tmp_path, [*MIXED, "search.options.probe_codec=linear-5"])
+    with pytest.raises(ConfigError, match="probe_codec='linear-5bit'"):
+        run(tmp_path, [*MIXED, "search.options.probe_codec=linear-5bit"])
     with pytest.raises(ConfigError, match=r"search.options.sensitivity='[^']*nothing': "):
         run(tmp_path, [*MIXED, f"search.options.sensitivity={tmp_path / 'nothing'}"])
     with pytest.raises(ConfigError, match="search.options.sensitivity=.*no sensitivity.csv there"):

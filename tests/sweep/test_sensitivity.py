@@ -21,7 +21,7 @@ from tests.sweep.support import compose, run
 def test_table_has_every_layer_and_codec(sens_dir):
     sens = pd.read_csv(sens_dir / "sensitivity.csv")
     assert list(dict.fromkeys(sens["unit"])) == ["dense1", "dense2", "dense3"]  # model order
-    assert list(dict.fromkeys(sens["codec"])) == ["linear-8", "kmeans_lut-8", "linear-2", "kmeans_lut-2"]
+    assert list(dict.fromkeys(sens["codec"])) == ["linear-8bit", "kmeans_lut-8bit", "linear-2bit", "kmeans_lut-2bit"]
     assert len(sens) == 12 and not sens.duplicated(["unit", "codec"]).any()
     for col in ("layer_type", "mode", "nbits", "weights", "size_bytes", "saved_bytes", "accuracy", "accuracy_drop",
                 "agreement", "snr_db", "psnr_db", "trial"):
@@ -45,7 +45,7 @@ def test_each_row_is_that_layer_alone(sens_dir):
         plan = quantizer.QuantPlan({(unit, "weights"): (mode, nbits), (unit, "bias"): (mode, nbits)})
         q = quantizer.apply_plan(spec, plan)
         figs = ev.evaluate(q)
-        row = sens.loc[(unit, f"{mode}-{nbits}")]
+        row = sens.loc[(unit, f"{mode}-{nbits}bit")]
         assert row["size_bytes"] == figs["size_bytes"] == quantizer.model_size(q)
         assert row["saved_bytes"] == quantizer.model_size(spec) - figs["size_bytes"]
         assert row["accuracy"] == pytest.approx(figs["accuracy"])
@@ -58,7 +58,7 @@ def test_each_row_is_that_layer_alone(sens_dir):
 def test_two_bits_hurt_more_than_eight(sens_dir):
     sens = pd.read_csv(sens_dir / "sensitivity.csv")
     m = analysis.sensitivity_matrix(sens, "snr_db")
-    assert (m["linear-8"] > m["linear-2"]).all() and (m["kmeans_lut-8"] > m["kmeans_lut-2"]).all()
+    assert (m["linear-8bit"] > m["linear-2bit"]).all() and (m["kmeans_lut-8bit"] > m["kmeans_lut-2bit"]).all()
 
 
 def test_report_shows_the_heatmap_and_ranking(sens_dir):
@@ -100,13 +100,13 @@ def test_unit_plans_recompose_the_uniform_plan():
     spec = zoo.load_spec("digits_cnn")
     space = SearchSpace(nbits=(16, 4, 1), modes=("linear", "kmeans_lut"))
     choices = space_choices(space)
-    assert [c.label for c in choices] == ["fp16", "linear-4", "kmeans_lut-4", "linear-1", "kmeans_lut-1"]
+    assert [c.label for c in choices] == ["fp16", "linear-4bit", "kmeans_lut-4bit", "linear-1bit", "kmeans_lut-1bit"]
     units = UnitPlans(spec, choices, lambda s: build_plan(spec, s))
     assert units.units == ["input.3", "input.9", "input.17", "linear_0", "linear_1"]
     for c in choices:
         assert units.plan({u: c.label for u in units.units}).digest() == units.uniform[c.label].digest()
     assert len(units.plan({u: FLOAT.label for u in units.units})) == 0
-    single = units.single("input.9", "linear-4")
+    single = units.single("input.9", "linear-4bit")
     assert set(single) == {("input.9", "weights"), ("input.9", "bias")}
 
 
@@ -159,11 +159,11 @@ def test_layers_folded_by_fusion_are_not_units():
     assert units.units == ["conv", "fc"] and units.hidden == ["bn"]
     for label, plan in units.uniform.items():
         assert units.plan({u: label for u in units.units}) == plan
-    mixed = units.plan({"conv": "fp16", "fc": "linear-4"})
+    mixed = units.plan({"conv": "fp16", "fc": "linear-4bit"})
     assert ("bn", "gamma") not in mixed
     q = quantizer.apply_plan(spec, mixed)
     enc = {(t.layer, t.field): t.encoding for t in quantizer.weight_tensors(q)}
     assert enc == {("conv", "weights"): "float16", ("conv", "bias"): "float32",
                    ("fc", "weights"): "linear", ("fc", "bias"): "linear"}
     delta, err = unit_profiles(units)
-    assert set(delta) == {"conv", "fc"} and err["fc"]["linear-4"] > 0 and delta["conv"]["fp16"] < 0
+    assert set(delta) == {"conv", "fc"} and err["fc"]["linear-4bit"] > 0 and delta["conv"]["fp16"] < 0
