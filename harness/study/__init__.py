@@ -17,9 +17,10 @@ One concept per module:
 * :mod:`.identity` — :func:`worker_id` (``machine#pid``).
 
 Example:
+    >>> import tempfile
     >>> from omegaconf import OmegaConf
     >>> from harness.config import StorageConfig
-    >>> storage = open_storage(OmegaConf.structured(StorageConfig(url="sqlite://")))
+    >>> storage = open_storage(OmegaConf.structured(StorageConfig(url=f"sqlite:///{tempfile.mkdtemp()}/demo.db")))
     >>> db, created = open_study(storage, "demo", ["minimize", "maximize"], experiment={"a": 1})
     >>> created, db.name
     (True, 'demo')

@@ -110,6 +110,7 @@ class StudyDB:
         return self._call(self.storage.get_trial, trial_id)
 
     def number_of(self, trial_id: int) -> int:
+        """The number (within the study) of the trial with storage id ``trial_id``."""
         return self._call(self.storage.get_trial_number_from_id, trial_id)
 
     def study_attrs(self) -> dict[str, Any]:
@@ -117,9 +118,11 @@ class StudyDB:
         return self._call(self.storage.get_study_system_attrs, self.study_id)
 
     def heartbeat_interval(self) -> int | None:
+        """The storage's heartbeat interval in seconds (a setting, no database call)."""
         return self.storage.get_heartbeat_interval()
 
     def stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        """What the storage does with a trial whose heartbeat went stale (:class:`harness.study.RetryDeadTrial`)."""
         return self.storage.get_heartbeat_stale_trial_callback()
 
     # -- writing ----------------------------------------------------------------------------

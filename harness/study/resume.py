@@ -38,10 +38,11 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, directions: Seque
     experiment raises a :class:`ConfigError` listing the differences.
 
     Example:
-        >>> from omegaconf import OmegaConf
+        >>> import tempfile
+    >>> from omegaconf import OmegaConf
         >>> from harness.config import StorageConfig
         >>> from harness.study import open_storage
-        >>> storage = open_storage(OmegaConf.structured(StorageConfig(url="sqlite://")))
+        >>> storage = open_storage(OmegaConf.structured(StorageConfig(url=f"sqlite:///{tempfile.mkdtemp()}/demo.db")))
         >>> db, created = open_study(storage, "demo", ["minimize", "maximize"], experiment={"a": 1})
         >>> created
         True

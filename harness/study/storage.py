@@ -4,9 +4,10 @@ SQLite (the default, ``sqlite:///outputs/qsweep.db`` under the working folder)
 is tuned for concurrent local workers; PostgreSQL serves several machines.
 
 Example:
+    >>> import tempfile
     >>> from omegaconf import OmegaConf
     >>> from harness.config import StorageConfig
-    >>> storage = open_storage(OmegaConf.structured(StorageConfig(url="sqlite://")))
+    >>> storage = open_storage(OmegaConf.structured(StorageConfig(url=f"sqlite:///{tempfile.mkdtemp()}/demo.db")))
     >>> storage.get_heartbeat_interval()
     10
 """
