@@ -8,10 +8,17 @@ key or a value of the wrong type while the config is composed, before any work,
 with a message naming the key (``Key 'nbit' not in 'SpaceConfig'``,
 ``Value 'x' ... could not be converted to Integer  full_key: search.space.nbits[1]``).
 
+``search.options`` is typed per search kind: ``conf/search/mixed.yaml`` and
+``conf/search/sensitivity.yaml`` place the structured node of their kind
+(:class:`MixedOptions`, :class:`SensitivityOptions`, registered in the group
+``search/options``) there, so a misspelt option or a wrong type fails while
+composing too (``qsweep search=mixed search.options.greedy_pointz=3``). Numeric
+ranges are checked when the node becomes its dataclass (:func:`search_options`).
+
 Values whose valid set is only known at run time (search kinds, modes, layer
 types, metric names) are checked by :func:`harness.space.SearchSpace.from_config`
-and :func:`harness.sweep` with a :class:`~harness.errors.ConfigError` naming
-the key.
+and :func:`harness.sweep.run_sweep` with a :class:`~harness.errors.ConfigError`
+naming the key.
 
 Example:
     >>> from omegaconf import OmegaConf
@@ -21,10 +28,16 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.errors import ConfigError
 
 ALL_NBITS = [16, 8, 6, 4, 3, 2, 1]
 ALL_MODES = ["linear", "linear_symmetric", "kmeans_lut", "linear_lut"]
@@ -107,19 +120,116 @@ class SelectorSpace:
     minimum_matrix_weight_count: List[int] = field(default_factory=lambda: [0])
 
 
+class Unit(str, enum.Enum):
+    """What a sensitivity / mixed search treats as one unit: a layer, or one weight tensor of a layer."""
+
+    layer = "layer"
+    tensor = "tensor"
+
+
+class MixedAlgorithm(str, enum.Enum):
+    """The Optuna sampler of ``search=mixed``: multi-objective TPE or NSGA-II."""
+
+    tpe = "tpe"
+    nsga2 = "nsga2"
+
+
+def _at_least(value: Any, minimum: float, key: str, what: str) -> None:
+    if value is not None and value < minimum:
+        raise ConfigError(f"search.options.{key} must be {what} >= {minimum:g}, got {value!r}.")
+
+
+@dataclass
+class SensitivityOptions:
+    """``search.options`` of ``search=sensitivity``: ``unit`` is ``layer`` (each layer alone) or
+    ``tensor`` (each weight tensor alone, e.g. a bias)."""
+
+    unit: Unit = Unit.layer
+
+
+@dataclass
+class MixedOptions:
+    """``search.options`` of ``search=mixed`` (see :mod:`harness.search.mixed`).
+
+    algorithm: ``tpe`` or ``nsga2``. unit: ``layer`` or ``tensor``.
+    keep_float: a unit may also stay float32 (``fp32``).
+    seed_uniform: queue every codec applied to every unit.
+    seed_greedy: queue points of the greedy path from the sensitivity ranking,
+    ``greedy_points`` of them evenly spread; then bisect the path around
+    ``focus_drop`` (default ``search.max_accuracy_drop``, else 0.01), at most
+    ``refine_steps`` trials. probe_codec: the codec of the per-unit probes,
+    e.g. ``kmeans_lut-4bit`` (default: the codec nearest 4 bits).
+    sensitivity: the run directory of a ``search=sensitivity`` run, whose table
+    replaces the probes. compare_to: a run directory (e.g. a grid) whose
+    hypervolume summary.json records beside this run's.
+    """
+
+    algorithm: MixedAlgorithm = MixedAlgorithm.tpe
+    unit: Unit = Unit.layer
+    keep_float: bool = True
+    seed_uniform: bool = True
+    seed_greedy: bool = True
+    greedy_points: int = 8
+    refine_steps: int = 6
+    focus_drop: Optional[float] = None
+    probe_codec: Optional[str] = None
+    sensitivity: Optional[str] = None
+    compare_to: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _at_least(self.greedy_points, 0, "greedy_points", "an integer")
+        _at_least(self.refine_steps, 0, "refine_steps", "an integer")
+        _at_least(self.focus_drop, 0, "focus_drop", "null or a number")
+
+
+#: ``search.options`` node of each search kind that has options (the ``search/options`` group).
+OPTIONS_TYPES: Dict[str, type] = {"sensitivity": SensitivityOptions, "mixed": MixedOptions}
+
+
+def search_options(node: Any, options_type: type, kind: str) -> Any:
+    """``search.options`` as an ``options_type`` instance, validated.
+
+    The node is normally that dataclass's structured node already (composed from
+    ``conf/search/<kind>.yaml``); a plain one (``search.kind=mixed`` over another
+    kind's YAML) is merged over the defaults here. Keys added with ``+`` bypass
+    the schema while composing, so unknown keys are refused here by name.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or a value out of range (names the key).
+    """
+    names = [f.name for f in dataclasses.fields(options_type)]
+    given = list(node.keys()) if node else []
+    unknown = sorted(str(k) for k in given if k not in names)
+    if unknown:
+        raise ConfigError(f"search.options has unknown key(s) {unknown} for search={kind}; valid keys: "
+                          f"{', '.join(sorted(names))}.")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(options_type), node if node else {})
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"search.options of search={kind}: {e}") from None
+    return OmegaConf.to_object(merged)
+
+
+def options_record(options: Any) -> Dict[str, Any]:
+    """An options dataclass as plain JSON-able values (enum members as their value)."""
+    return {f.name: (v.value if isinstance(v, enum.Enum) else v)
+            for f in dataclasses.fields(options) for v in [getattr(options, f.name)]}
+
+
 @dataclass
 class SearchConfig:
     """How the space is searched and how long.
 
     kind: ``grid`` (every valid point exactly once), ``tpe``, ``nsga2``,
     ``random`` (Optuna samplers; ``sampler`` holds extra keyword arguments for
-    the sampler class). ``n_trials`` is the study-wide budget (all workers and
+    the sampler class), ``sensitivity`` (each layer x codec alone) or ``mixed``
+    (one codec per layer). ``n_trials`` is the study-wide budget (all workers and
     resumed runs together; the grid size when null for ``grid``); ``timeout``
     is the seconds this worker may spend starting trials. ``max_accuracy_drop``
     reports the smallest model whose task metric is within that drop of the
     float model. ``fuse`` applies coremltools' pre-quantization fusions.
-    ``options`` holds settings of one search kind (e.g. ``mixed``, ``sensitivity``;
-    each validates its own keys and names an unknown one).
+    ``options`` holds the settings of the kinds that have some: the structured
+    node :class:`MixedOptions` or :class:`SensitivityOptions` (empty for the others).
     """
 
     kind: str = "grid"
@@ -130,7 +240,7 @@ class SearchConfig:
     sampler: Dict[str, Any] = field(default_factory=dict)
     fuse: bool = True
     wait_for_others: bool = True
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -158,7 +268,7 @@ class StudyConfig:
 
 @dataclass
 class ReportConfig:
-    """Call ``harness.report.write_report(run_dir)`` at the end when it exists."""
+    """Call ``harness.report.write_report(run_dir)`` at the end of the run (pareto.png, report.html, ...)."""
 
     enabled: bool = True
 
@@ -191,6 +301,9 @@ class QsweepConfig:
 
 
 def register_configs() -> None:
-    """Register :class:`QsweepConfig` as ``qsweep_schema`` in Hydra's ConfigStore."""
+    """Register :class:`QsweepConfig` as ``qsweep_schema`` and each kind's options node as
+    ``search/options/<kind>`` in Hydra's ConfigStore."""
     cs = ConfigStore.instance()
     cs.store(name="qsweep_schema", node=QsweepConfig)
+    for kind, node in OPTIONS_TYPES.items():
+        cs.store(group="search/options", name=kind, node=node)

@@ -24,18 +24,15 @@ import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import quantizer
+
 from harness.errors import ConfigError
 
-#: Modes a sweep may search (coremltools' quantize_weights modes).
-SWEEP_MODES = ("linear", "linear_symmetric", "kmeans_lut", "linear_lut", "custom_lut")
-#: Bit widths: 16 (float16, mode ignored) and 1..8.
-VALID_NBITS = (16, 8, 7, 6, 5, 4, 3, 2, 1)
-#: Layer types a selector may skip (coremltools' list, plus depthwiseConv and bias fields).
-SKIPPABLE_LAYER_TYPES = (
-    "convolution", "innerProduct", "embedding", "embeddingND", "batchnorm", "scale", "bias",
-    "loadConstant", "loadConstantND", "simpleRecurrent", "gru", "uniDirectionalLSTM",
-    "biDirectionalLSTM", "batchedMatmul", "depthwiseConv", "loop", "branch",
-)
+#: Modes a sweep may search, the bit widths (16 = float16) and the layer types a selector may skip:
+#: the quantizer's constants (one definition).
+SWEEP_MODES = quantizer.QUANTIZATION_MODES
+VALID_NBITS = quantizer.VALID_NBITS
+SKIPPABLE_LAYER_TYPES = quantizer.SKIPPABLE_LAYER_TYPES
 SELECTOR_KEYS = ("skip_layer_types", "minimum_conv_kernel_channels", "minimum_conv_weight_count",
                  "minimum_matrix_weight_count")
 
@@ -81,7 +78,7 @@ class Setting:
     @property
     def label(self) -> str:
         """A short file-name-safe description, e.g. ``kmeans_lut-4bit`` or ``fp16``."""
-        base = "fp16" if self.nbits == 16 else f"{self.mode}-{self.nbits}bit"
+        base = quantizer.codec_label(self.mode, self.nbits)
         sel = []
         if self.skip_layer_types:
             sel.append("skip-" + "+".join(self.skip_layer_types))
@@ -121,19 +118,13 @@ def codec_problem(nbits: int, mode: str, lut_function: Callable | None) -> str |
         return None
     if mode == "linear_symmetric" and nbits < 2:
         return "linear_symmetric needs at least 2 bits (one sign bit and one magnitude bit)"
+    import quantizer
+    from quantizer.errors import QuantizerError
+
     try:
-        import quantizer
-
-        codec_cls = getattr(quantizer, "Codec", None)
-    except ImportError:  # pragma: no cover
-        codec_cls = None
-    if codec_cls is not None:
-        from quantizer.errors import QuantizerError
-
-        try:
-            codec_cls(mode, nbits, lut_function) if mode == "custom_lut" else codec_cls(mode, nbits)
-        except (QuantizerError, ValueError, TypeError) as e:
-            return str(e)
+        quantizer.Codec(mode, nbits, lut_function) if mode == "custom_lut" else quantizer.Codec(mode, nbits)
+    except (QuantizerError, ValueError, TypeError) as e:
+        return str(e)
     return None
 
 

@@ -1,14 +1,18 @@
 """``python -m harness.bench <benchmark> [options]``: run one benchmark.
 
-Every module of :mod:`harness.bench` with a ``main(argv) -> int`` function is a
-benchmark named after the module (``quantize``, ``executor``, ...); ``python -m
-harness.bench`` alone lists them.
+Every module of :mod:`harness.bench` with a top-level ``main(argv) -> int``
+function is a benchmark named after the module (``quantize``, ``executor``,
+``mixed``); ``python -m harness.bench`` alone lists them. The list is read from
+the modules' source (docstring and ``def main``) without importing them, so a
+benchmark that needs an optional extra (torch) is listed anyway and fails with
+its own message when run.
 """
 from __future__ import annotations
 
+import ast
 import importlib
-import pkgutil
 import sys
+from pathlib import Path
 
 import harness.bench as _pkg
 
@@ -16,16 +20,13 @@ import harness.bench as _pkg
 def benchmarks() -> dict[str, str]:
     """{name: first docstring line} of every benchmark module."""
     out = {}
-    for info in pkgutil.iter_modules(_pkg.__path__):
-        if info.name.startswith("_"):
+    for path in sorted(Path(_pkg.__file__).parent.glob("*.py")):
+        if path.name.startswith("_"):
             continue
-        try:
-            mod = importlib.import_module(f"harness.bench.{info.name}")
-        except ImportError as exc:  # e.g. an optional extra is missing
-            out[info.name] = f"(unavailable: {exc})"
-            continue
-        if callable(getattr(mod, "main", None)):
-            out[info.name] = (mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else ""
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body):
+            doc = ast.get_docstring(tree) or ""
+            out[path.stem] = doc.strip().splitlines()[0] if doc.strip() else ""
     return out
 
 

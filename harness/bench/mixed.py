@@ -1,6 +1,6 @@
 """Acceptance benchmark: mixed precision vs the uniform grid, same model, same trial budget.
 
-Run ``python -m harness.bench.mixed --model digits_cnn [--model digits_resnet]
+Run ``python -m harness.bench mixed [--model digits_cnn] [--model digits_resnet]
 [--out DIR] [--seed 0]``. For each model it runs, in this process and with
 the same config tree as ``qsweep``:
 
@@ -39,6 +39,7 @@ def _compose(overrides: Sequence[str]) -> Any:
 
 def run_pair(model: str, out: Path, seed: int = 0, extra: Sequence[str] = ()) -> dict[str, Any]:
     """Run the grid and the budget-matched mixed sweep of ``model``; return the figures."""
+    from harness.search.mixed_summary import finished_budget
     from harness.sweep import run_sweep
 
     out.mkdir(parents=True, exist_ok=True)
@@ -47,7 +48,7 @@ def run_pair(model: str, out: Path, seed: int = 0, extra: Sequence[str] = ()) ->
     t0 = time.perf_counter()
     grid = run_sweep(_compose(common[:-1] + [common[-1] + "-grid", "search=grid", *extra]), out / f"{model}-grid")
     t_grid = time.perf_counter() - t0
-    budget = int(grid.trials["state"].isin(["COMPLETE", "FAIL"]).sum())
+    budget = finished_budget(grid.trials)
     t0 = time.perf_counter()
     mixed = run_sweep(_compose(common[:-1] + [common[-1] + "-mixed", "search=mixed", f"search.n_trials={budget}",
                                               f"search.options.compare_to={grid.run_dir}", *extra]),
@@ -96,7 +97,7 @@ def format_result(res: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.bench.mixed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.bench mixed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", help="zoo model (repeatable; default digits_cnn and digits_resnet)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the run directories (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=0)

@@ -6,28 +6,32 @@ kind by writing a :class:`~harness.search.base.SearchStrategy` subclass in a
 new module and one entry here.
 
 * ``grid`` (:mod:`.grid`): every valid point exactly once, queued in the study
-  so concurrent workers never repeat one.
+  so concurrent workers never repeat one (:mod:`.queued`).
 * ``tpe``, ``nsga2``, ``random`` (:mod:`.sampled`): Optuna samplers within
   ``search.n_trials`` / ``search.timeout``.
-* ``sensitivity`` (:mod:`harness.sensitivity`): each layer x codec alone.
-* ``mixed`` (:mod:`harness.mixed`): one codec per layer, Optuna-searched.
+* ``sensitivity`` (:mod:`.sensitivity`): each layer x codec alone.
+* ``mixed`` (:mod:`.mixed`): one codec per layer, Optuna-searched.
 
-An entry whose module contains a dot is an absolute module path.
+Their shared parts: :mod:`.base` (the interface, the shared checks, the
+sampler), :mod:`.uniform` (uniform settings as parameters), :mod:`.choices`
+(the codecs a unit may get), :mod:`.units` (plans split per layer or tensor),
+:mod:`.noise` (predicted output noise), :mod:`.greedy` (the greedy path) and
+:mod:`.mixed_summary` (hypervolumes).
 """
 from __future__ import annotations
 
 import importlib
 
 from harness.errors import ConfigError
-from harness.search.base import Candidate, SearchContext, SearchStrategy, SkipTrial
+from harness.search.base import Candidate, SearchContext, SearchStrategy, SkipTrial, StrategyResult
 
 STRATEGIES: dict[str, str] = {
     "grid": "grid:GridSearch",
     "tpe": "sampled:SamplerSearch",
     "nsga2": "sampled:SamplerSearch",
     "random": "sampled:SamplerSearch",
-    "sensitivity": "harness.sensitivity:SensitivitySearch",
-    "mixed": "harness.mixed:MixedSearch",
+    "sensitivity": "sensitivity:SensitivitySearch",
+    "mixed": "mixed:MixedSearch",
 }
 
 
@@ -38,7 +42,7 @@ def strategy_class(kind: str) -> type[SearchStrategy]:
         raise ConfigError(f"search.kind={kind!r} is not a search kind; choose one of {', '.join(STRATEGIES)} "
                           f"(e.g. search={next(iter(STRATEGIES))}).")
     module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 def make_strategy(ctx: SearchContext) -> SearchStrategy:
@@ -46,5 +50,5 @@ def make_strategy(ctx: SearchContext) -> SearchStrategy:
     return strategy_class(str(ctx.cfg.kind))(ctx)
 
 
-__all__ = ["STRATEGIES", "Candidate", "SearchContext", "SearchStrategy", "SkipTrial", "make_strategy",
-           "strategy_class"]
+__all__ = ["STRATEGIES", "Candidate", "SearchContext", "SearchStrategy", "SkipTrial", "StrategyResult",
+           "make_strategy", "strategy_class"]

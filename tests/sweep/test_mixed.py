@@ -11,13 +11,15 @@ import pytest
 import quantizer
 from harness import analysis, zoo
 from harness.errors import ConfigError
-from harness.mixed import GREEDY_FLAG, greedy_path, predicted_noise, spread
-from harness.sensitivity import UnitPlans, space_choices
+from harness.search.choices import space_choices
+from harness.search.greedy import greedy_path, spread
+from harness.search.mixed import GREEDY_FLAG
+from harness.search.noise import predicted_noise
+from harness.search.units import UnitPlans
 from harness.space import SearchSpace, build_plan
-from tests.analysis_runs import TINY_GRID, run, sweep
-
-MIXED = ("model=digits_mlp", "search=mixed", "search.space.nbits=[8,4,2]", "search.space.mode=[linear,kmeans_lut]",
-         "search.options.greedy_points=3", "search.options.refine_steps=2")
+from harness.study import StudyDB
+from tests.sweep.conftest import MIXED
+from tests.sweep.support import run
 
 
 # ------------------------------------------------------------------------------ pure parts
@@ -44,7 +46,8 @@ def test_greedy_path_starts_at_the_smallest_least_noisy_codec():
 
 
 def test_spread():
-    assert spread(10, 3) == [0, 4, 9] or spread(10, 3) == [0, 5, 9]
+    assert spread(10, 3) == [0, 4, 9]  # round(4.5) == 4: the middle index rounds half to even
+    assert spread(9, 3) == [0, 4, 8] and spread(5, 1) == [2]
     assert spread(4, 10) == [0, 1, 2, 3]
     assert spread(0, 3) == [] and spread(5, 0) == []
 
@@ -66,13 +69,8 @@ def test_uniform_assignment_is_the_uniform_plan():
 
 
 # ------------------------------------------------------------------------------- real runs
-@pytest.fixture(scope="module")
-def mixed_run() -> Path:
-    return sweep(*MIXED, "search.n_trials=16")
-
-
-def test_budget_seeds_and_order(mixed_run: Path):
-    trials = pd.read_csv(mixed_run / "trials.csv")
+def test_budget_seeds_and_order(mixed_dir: Path):
+    trials = pd.read_csv(mixed_dir / "trials.csv")
     assert len(trials) == 16 and (trials["state"] == "COMPLETE").all()
     seeds = trials["mixed_seed"].tolist()
     # 3 probes (one per layer), then the 6 uniform codecs, then the greedy path, refinement, sampling
@@ -83,20 +81,20 @@ def test_budget_seeds_and_order(mixed_run: Path):
     for _, row in probes.iterrows():
         a = json.loads(row["assignment"])
         assert sorted(a.values()).count("fp32") == 2  # one layer at the probe codec, the rest float
-        assert "kmeans_lut-4" in a.values()
-    summary = json.loads((mixed_run / "summary.json").read_text())
-    assert summary["mixed"]["probe_codec"] == "kmeans_lut-4"
+        assert "kmeans_lut-4bit" in a.values()
+    summary = json.loads((mixed_dir / "summary.json").read_text())
+    assert summary["mixed"]["probe_codec"] == "kmeans_lut-4bit"
     assert summary["mixed"]["trials_by_seed"]["probe"] == 3
-    page = (mixed_run / "report.html").read_text()
+    page = (mixed_dir / "report.html").read_text()
     hv = summary["hypervolume"]
     assert "this run (all trials)" in page and "its uniform settings" in page
     assert f"{hv['mixed']['hypervolume']:.4f}" in page
 
 
-def test_uniform_seeds_match_grid_trials(mixed_run: Path):
+def test_uniform_seeds_match_grid_trials(mixed_dir: Path, small_grid_dir: Path):
     """The uniform seed of a codec is the same plan (hash) and the same figures as the grid's point."""
-    grid = pd.read_csv(sweep(*TINY_GRID) / "trials.csv")
-    mixed = pd.read_csv(mixed_run / "trials.csv")
+    grid = pd.read_csv(small_grid_dir / "trials.csv")
+    mixed = pd.read_csv(mixed_dir / "trials.csv")
     uni = mixed[mixed["mixed_seed"] == "uniform"][["plan_hash", "size_bytes", "accuracy"]]
     both = grid.merge(uni, on="plan_hash", suffixes=("", "_mixed"), how="inner")
     assert len(both) == 4  # linear/kmeans_lut at 8 and 2 bits
@@ -104,12 +102,12 @@ def test_uniform_seeds_match_grid_trials(mixed_run: Path):
     assert (both["accuracy"] == both["accuracy_mixed"]).all()
 
 
-def test_greedy_path_recorded_and_followed(mixed_run: Path):
-    trials = pd.read_csv(mixed_run / "trials.csv")
-    summary = json.loads((mixed_run / "summary.json").read_text())
-    storage = optuna.storages.RDBStorage(f"sqlite:///{mixed_run.parent / 'qsweep.db'}")
+def test_greedy_path_recorded_and_followed(mixed_dir: Path):
+    trials = pd.read_csv(mixed_dir / "trials.csv")
+    summary = json.loads((mixed_dir / "summary.json").read_text())
+    storage = optuna.storages.RDBStorage(f"sqlite:///{mixed_dir.parent / 'qsweep.db'}")
     study = optuna.load_study(study_name=summary["study"]["name"], storage=storage)
-    path = storage.get_study_system_attrs(study._study_id)[GREEDY_FLAG]
+    path = StudyDB(study).study_attrs()[GREEDY_FLAG]
     assert len(path) >= 3
     on_path = trials[trials["path_index"].notna()]
     for _, row in on_path.iterrows():
@@ -119,8 +117,8 @@ def test_greedy_path_recorded_and_followed(mixed_run: Path):
     assert sizes == sorted(sizes)
 
 
-def test_plans_are_deduplicated(mixed_run: Path):
-    trials = pd.read_csv(mixed_run / "trials.csv")
+def test_plans_are_deduplicated(mixed_dir: Path):
+    trials = pd.read_csv(mixed_dir / "trials.csv")
     evaluated = trials[trials["reused_from"].isna()]
     assert not evaluated["plan_hash"].duplicated().any()
     for _, row in trials[trials["reused_from"].notna()].iterrows():
@@ -128,23 +126,23 @@ def test_plans_are_deduplicated(mixed_run: Path):
         assert orig["plan_hash"] == row["plan_hash"] and orig["accuracy"] == row["accuracy"]
 
 
-def test_saved_models_hold_their_assignment(mixed_run: Path):
-    run_ = analysis.load_run(mixed_run)
+def test_saved_models_hold_their_assignment(mixed_dir: Path):
+    run_ = analysis.load_run(mixed_dir)
     for _, row in run_.pareto.iterrows():
-        spec = quantizer.load(mixed_run / row["model_file"])
+        spec = quantizer.load(mixed_dir / row["model_file"])
         assert quantizer.model_size(spec) == row["size_bytes"]
         a = json.loads(row["assignment"])
         enc = analysis.layer_encodings(spec).set_index("layer")["label"].str.rstrip("*").to_dict()
         for layer, label in a.items():
             want = "fp32" if label == "fp32" else "fp16" if label == "fp16" else \
-                ("lut" if label.startswith("kmeans") else "lin") + label.rsplit("-", 1)[1]
+                ("lut" if label.startswith("kmeans") else "lin") + label.rsplit("-", 1)[1].removesuffix("bit")
             assert enc[layer] == want
 
 
-def test_summary_hypervolumes_and_compare_to(tmp_path: Path):
-    grid_dir = sweep(*TINY_GRID)
-    res = run(*MIXED, "search.n_trials=12", f"search.options.compare_to={grid_dir}", "report.enabled=false",
-              "output.save_models=false", root=tmp_path)
+def test_summary_hypervolumes_and_compare_to(tmp_path: Path, small_grid_dir: Path):
+    grid_dir = small_grid_dir
+    res = run(tmp_path, [*MIXED, "search.n_trials=12", f"search.options.compare_to={grid_dir}",
+                         "output.save_models=false"])
     hv = res.summary["hypervolume"]
     base = res.summary["baseline"]
     done = res.trials[res.trials["state"] == "COMPLETE"]
@@ -161,7 +159,7 @@ def test_summary_hypervolumes_and_compare_to(tmp_path: Path):
 
 
 def test_accuracy_target_met(tmp_path: Path, capsys):
-    res = run(*MIXED, "search.n_trials=12", "search.max_accuracy_drop=0.005", root=tmp_path)
+    res = run(tmp_path, [*MIXED, "search.n_trials=12", "search.max_accuracy_drop=0.005"])
     out = capsys.readouterr().out
     target = res.summary["target"]
     assert target["best"] is not None and target["best"]["accuracy_drop"] <= 0.005 + 1e-12
@@ -172,8 +170,9 @@ def test_accuracy_target_met(tmp_path: Path, capsys):
 
 def test_accuracy_target_missed_says_so_and_saves_best_effort(tmp_path: Path, capsys):
     # 1-bit codecs only: no model keeps the accuracy within half a point
-    res = run("model=digits_mlp", "search=mixed", "search.space.nbits=[1]", "search.space.mode=[linear,kmeans_lut]",
-              "search.options.keep_float=false", "search.n_trials=6", "search.max_accuracy_drop=0.005", root=tmp_path)
+    res = run(tmp_path, ["model=digits_mlp", "search=mixed", "search.space.nbits=[1]",
+                         "search.space.mode=[linear,kmeans_lut]", "search.options.keep_float=false", "search.n_trials=6",
+                         "search.max_accuracy_drop=0.005"])
     out = capsys.readouterr().out
     assert (res.trials["state"] == "COMPLETE").all()  # probes keep the other layers at 1 bit, not float
     target = res.summary["target"]
@@ -185,31 +184,54 @@ def test_accuracy_target_missed_says_so_and_saves_best_effort(tmp_path: Path, ca
     assert (res.run_dir / best["model_file"]).is_file()
 
 
-def test_bad_config_fails_before_any_trial(tmp_path: Path):
-    with pytest.raises(ConfigError, match="search.options.algorithm='cmaes'"):
-        run(*MIXED, "search.options.algorithm=cmaes", root=tmp_path)
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['greedy'\]"):
-        run(*MIXED, "+search.options.greedy=1", root=tmp_path)
+def test_bad_config_fails_before_any_trial(tmp_path: Path, small_grid_dir: Path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['greedy'\] for search=mixed"):
+        run(tmp_path, [*MIXED, "+search.options.greedy=1"])
     with pytest.raises(ConfigError, match="needs a budget"):
-        run(*MIXED, "search.n_trials=null", root=tmp_path)
-    with pytest.raises(ConfigError, match="probe_codec='linear-5'"):
-        run(*MIXED, "search.options.probe_codec=linear-5", root=tmp_path)
-    with pytest.raises(ConfigError, match="no sensitivity.csv"):
-        run(*MIXED, f"search.options.sensitivity={tmp_path}", root=tmp_path)
+        run(tmp_path, [*MIXED, "search.n_trials=null"])
+    with pytest.raises(ConfigError, match="search.options.greedy_points must be an integer >= 0, got -1"):
+        run(tmp_path, [*MIXED, "search.options.greedy_points=-1"])
+    with pytest.raises(ConfigError, match="search.options.focus_drop must be null or a number >= 0"):
+        run(tmp_path, [*MIXED, "search.options.focus_drop=-0.1"])
+    with pytest.raises(ConfigError, match="probe_codec='linear-5bit'"):
+        run(tmp_path, [*MIXED, "search.options.probe_codec=linear-5bit"])
+    with pytest.raises(ConfigError, match=r"search.options.sensitivity='[^']*nothing': "):
+        run(tmp_path, [*MIXED, f"search.options.sensitivity={tmp_path / 'nothing'}"])
+    with pytest.raises(ConfigError, match="search.options.sensitivity=.*no sensitivity.csv there"):
+        run(tmp_path, [*MIXED, f"search.options.sensitivity={small_grid_dir}"])
+    with pytest.raises(ConfigError, match=r"search.options.compare_to='[^']*nothing': "):
+        run(tmp_path, [*MIXED, f"search.options.compare_to={tmp_path / 'nothing'}"])
+    assert not (tmp_path / "qsweep.db").exists()  # refused before the study storage was opened
+
+
+@pytest.mark.parametrize("override, key", [
+    ("search.options.greedy_pointz=3", "search.options.greedy_pointz"),
+    ("search.options.greedy_points=many", "search.options.greedy_points"),
+    ("search.options.algorithm=cmaes", "search.options.algorithm"),
+    ("search.options.unit=neuron", "search.options.unit"),
+])
+def test_bad_options_fail_while_composing_and_name_the_key(override, key):
+    from hydra.errors import ConfigCompositionException
+
+    from tests.sweep.support import compose
+
+    with pytest.raises(ConfigCompositionException) as exc:
+        compose([*MIXED, override])
+    text = str(exc.value) + str(exc.value.__cause__ or "")
+    assert key in text
 
 
 def test_sensitivity_table_replaces_the_probes(tmp_path: Path):
-    sens_dir = sweep("model=digits_mlp", "search=sensitivity", "search.space.nbits=[8,4,2]",
-                     "search.space.mode=[linear,kmeans_lut]")
-    res = run(*MIXED, "search.n_trials=12", f"search.options.sensitivity={sens_dir}", "report.enabled=false",
-              "output.save_models=false", root=tmp_path)
+    sens = run(tmp_path, ["model=digits_mlp", "search=sensitivity", "search.space.nbits=[8,4,2]",
+                          "search.space.mode=[linear,kmeans_lut]"], run_dir="sens", db="sens.db").run_dir
+    res = run(tmp_path, [*MIXED, "search.n_trials=12", f"search.options.sensitivity={sens}",
+                         "output.save_models=false"])
     seeds = res.trials["mixed_seed"].tolist()
     assert "probe" not in seeds and seeds[:6] == ["uniform"] * 6 and "greedy" in seeds
 
 
 def test_nsga2_runs(tmp_path: Path):
-    res = run(*MIXED, "search.n_trials=12", "search.options.algorithm=nsga2", "report.enabled=false",
-              "output.save_models=false", root=tmp_path)
+    res = run(tmp_path, [*MIXED, "search.n_trials=12", "search.options.algorithm=nsga2", "output.save_models=false"])
     assert (res.trials["state"] == "COMPLETE").sum() == 12
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.sweep_support import free_port, restored_logging, run_cli
+from tests.sweep.support import free_port, restored_logging, run_cli
 
 
 def _qsweep(argv, capsys, cwd: Path, monkeypatch):
@@ -133,7 +133,7 @@ def test_empty_search_space(tmp_path, capsys, monkeypatch):
 
 
 def test_study_created_for_another_experiment(tmp_path, capsys, monkeypatch):
-    from tests.sweep_support import run
+    from tests.sweep.support import run
 
     run(tmp_path, ["model=digits_mlp", "selector=all", "search.space.nbits=[8]", "search.space.mode=[linear]",
                    "study.name=shared"])
@@ -151,7 +151,7 @@ def test_a_shell_user_sees_one_line(tmp_path):
 
 def test_storage_password_never_reaches_the_run_directory(tmp_path):
     from harness.outputs import write_config
-    from tests.sweep_support import compose
+    from tests.sweep.support import compose
 
     cfg = compose(["storage.url=postgresql://me:hunter2@db.example:5432/qsweep"])
     text = write_config(tmp_path, cfg).read_text()

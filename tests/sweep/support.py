@@ -1,7 +1,9 @@
-"""Helpers for the sweep tests (tests/test_sweep_*.py): compose configs, run sweeps, run the CLI.
+"""Helpers for the sweep tests (tests/sweep/): compose configs, run sweeps, open storages, run the CLI.
 
 Runs use the real zoo model ``digits_mlp`` and its real test set with tiny
 grids, a SQLite file (or a PostgreSQL server) under the test's temp folder.
+Also the custom LUT functions the configs name by import path
+(``tests.sweep.support.linear_lut``).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: A tiny grid: 3 nbits x 3 modes minus linear_symmetric/1 = 8 points; the three
 #: 16-bit points compile to the same float16 plan (evaluated once, reused twice).
@@ -31,6 +33,9 @@ REQUIRED_COLUMNS = ["trial", "state", "nbits", "mode", "size_bytes", "compressio
                     "skip_layer_types", "minimum_conv_kernel_channels", "minimum_conv_weight_count",
                     "minimum_matrix_weight_count", "quantize_s", "evaluate_s", "reused_from", "error",
                     "encodings", "layer_encodings"]
+#: A 2 x 2 grid on the bundled MLP with every layer selected: fast, with a real front (the mixed tests
+#: compare their uniform seeds with it).
+SMALL_GRID = ["model=digits_mlp", "search.space.nbits=[8,2]", "search.space.mode=[linear,kmeans_lut]", "selector=all"]
 #: Columns that legitimately differ between two runs of the same config (time, process).
 RUN_SPECIFIC = ["quantize_s", "evaluate_s", "worker", "datetime_start", "datetime_complete"]
 
@@ -50,13 +55,26 @@ def sqlite_url(folder: Path, name: str = "qsweep.db") -> str:
     return f"sqlite:///{folder / name}"
 
 
-def run(folder: Path, overrides: Sequence[str], run_dir: str = "run", db: str = "qsweep.db"):
-    """Run a sweep in-process (``harness.sweep.run_sweep``) with its storage under ``folder``."""
+def run(folder: Path, overrides: Sequence[str], run_dir: str = "run", db: str = "qsweep.db", *,
+        report: bool = False):
+    """Run a sweep in-process (``harness.sweep.run_sweep``) with its storage under ``folder``
+    (the report only with ``report=True``)."""
     from harness.sweep import run_sweep
 
-    cfg = compose([f"storage.url={sqlite_url(folder, db)}", "progress=false", "report.enabled=false",
+    cfg = compose([f"storage.url={sqlite_url(folder, db)}", "progress=false", f"report.enabled={str(report).lower()}",
                    *overrides])
     return run_sweep(cfg, folder / run_dir)
+
+
+def storage(url: str, heartbeat: int = 1, grace: int = 2, max_retry: int | None = 3):
+    """``harness.study.open_storage`` of ``url`` with short heartbeats (for the study and worker tests)."""
+    from omegaconf import OmegaConf
+
+    from harness.config import StorageConfig
+    from harness.study import open_storage
+
+    return open_storage(OmegaConf.structured(StorageConfig(url=url, heartbeat_interval=heartbeat,
+                                                           grace_period=grace, max_retry=max_retry)))
 
 
 @contextlib.contextmanager

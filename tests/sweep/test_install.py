@@ -14,7 +14,7 @@ import sys
 
 import pandas as pd
 
-from tests.sweep_support import REPO
+from tests.sweep.support import REPO
 
 
 def test_wheel_install_runs_from_any_folder(tmp_path):

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from harness.errors import ConfigError
 from harness.search import strategy_class
 from harness.space import SearchSpace, Setting, decode_skip, encode_skip
-from tests.sweep_support import compose, restored_logging
+from tests.sweep.support import compose, restored_logging
 
 
 def _space(**over):
@@ -53,6 +53,33 @@ def test_unknown_key_fails_while_composing_and_names_it(override, key, capsys, t
     assert key in out.err and "Traceback" not in out.err
 
 
+@pytest.mark.parametrize("argv, key", [
+    (["search=mixed", "search.options.greedy_pointz=3"], "search.options.greedy_pointz"),
+    (["search=mixed", "search.options.refine_steps=x"], "search.options.refine_steps"),
+    (["search=mixed", "search.options.algorithm=cmaes"], "search.options.algorithm"),
+    (["search=sensitivity", "search.options.unit=neuron"], "search.options.unit"),
+])
+def test_search_options_are_checked_while_composing(argv, key, capsys, tmp_path):
+    code, out = _cli([*argv, f"hydra.run.dir={tmp_path}"], capsys)
+    assert code != 0
+    assert key in out.err and "Traceback" not in out.err
+
+
+def test_search_options_have_one_set_of_defaults():
+    """The options node of a kind is its dataclass (harness.config), defaults and all; the YAML adds none."""
+    from harness.config import MixedOptions, SensitivityOptions, options_record
+
+    for kind, cls in (("mixed", MixedOptions), ("sensitivity", SensitivityOptions)):
+        node = compose([f"search={kind}"]).search.options
+        assert OmegaConf.get_type(node) is cls
+        assert options_record(OmegaConf.to_object(node)) == options_record(cls())
+    assert options_record(MixedOptions()) == {
+        "algorithm": "tpe", "unit": "layer", "keep_float": True, "seed_uniform": True, "seed_greedy": True,
+        "greedy_points": 8, "refine_steps": 6, "focus_drop": None, "probe_codec": None, "sensitivity": None,
+        "compare_to": None}
+    assert compose(["search=grid"]).search.options == {}
+
+
 @pytest.mark.parametrize("override, key", [
     ("search.space.nbits=[8,x]", "search.space.nbits[1]"),
     ("seed=abc", "seed"),
@@ -86,7 +113,7 @@ def test_space_lists_are_overridable_from_the_command_line():
     ({"selector.minimum_matrix_weight_count": "[]"}, "selector.minimum_matrix_weight_count is empty"),
     ({"search.space.lut_function": "nomodule"}, "not an import path"),
     ({"search.space.lut_function": "tests.no_such_module.fn"}, "cannot import module 'tests.no_such_module'"),
-    ({"search.space.lut_function": "tests.sweep_support.no_such_fn"}, "has no attribute 'no_such_fn'"),
+    ({"search.space.lut_function": "tests.sweep.support.no_such_fn"}, "has no attribute 'no_such_fn'"),
 ])
 def test_bad_space_values_name_the_key(over, message):
     with pytest.raises(ConfigError) as exc:
@@ -154,12 +181,12 @@ def test_lut_function_as_a_target_node_with_arguments():
     import quantizer
 
     a = _space(**{"search.space.mode": "[custom_lut]",
-                  "search.space.lut_function": "{_target_:tests.sweep_support.levels_lut,spread:0.5}"})
+                  "search.space.lut_function": "{_target_:tests.sweep.support.levels_lut,spread:0.5}"})
     b = _space(**{"search.space.mode": "[custom_lut]",
-                  "search.space.lut_function": "{_target_:tests.sweep_support.levels_lut,spread:0.9}"})
+                  "search.space.lut_function": "{_target_:tests.sweep.support.levels_lut,spread:0.9}"})
     plain = _space(**{"search.space.mode": "[custom_lut]",
-                      "search.space.lut_function": "tests.sweep_support.levels_lut"})
-    assert a.lut_function_name == '{"_target_": "tests.sweep_support.levels_lut", "spread": 0.5}'
+                      "search.space.lut_function": "tests.sweep.support.levels_lut"})
+    assert a.lut_function_name == '{"_target_": "tests.sweep.support.levels_lut", "spread": 0.5}'
     tokens = {quantizer.Codec("custom_lut", 2, s.lut_function).token() for s in (a, b, plain)}
     assert len(tokens) == 3  # different bindings never share a plan hash
     import numpy as np

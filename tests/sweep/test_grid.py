@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.sweep_support import (
+from tests.sweep.support import (
     REQUIRED_COLUMNS, RUN_SPECIFIC, TINY_GRID, TINY_POINTS, frame, grid_points, run,
 )
 
@@ -131,7 +131,7 @@ def test_same_config_and_seed_give_the_same_pareto_figures(first, tmp_path):
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     result = run(tmp_path, ["model=digits_mlp", "selector=all", "search.space.nbits=[1]",
                             "search.space.mode=[custom_lut,linear]",
-                            "search.space.lut_function=tests.sweep_support.bad_lut",
+                            "search.space.lut_function=tests.sweep.support.bad_lut",
                             "search.max_accuracy_drop=0.0"])
     df = frame(result).set_index("mode")
     assert df.loc["custom_lut", "state"] == "FAIL"
@@ -145,11 +145,11 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
 def test_custom_lut_by_import_path(tmp_path):
     result = run(tmp_path, ["model=digits_mlp", "selector=all", "search.space.nbits=[2]",
                             "search.space.mode=[custom_lut,linear_lut]",
-                            "search.space.lut_function=tests.sweep_support.linear_lut"])
+                            "search.space.lut_function=tests.sweep.support.linear_lut"])
     df = frame(result).set_index("mode")
     assert (df["state"] == "COMPLETE").all()
     assert df.loc["custom_lut", "encodings"] == "lut2 x6"
-    assert result.summary["search"]["space"]["lut_function"] == "tests.sweep_support.linear_lut"
+    assert result.summary["search"]["space"]["lut_function"] == "tests.sweep.support.linear_lut"
 
 
 def test_sampler_search_honours_the_study_wide_budget(tmp_path):

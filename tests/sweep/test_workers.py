@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.sweep_support import cli_command, cli_env, free_port, frame, grid_points
+from tests.sweep.support import cli_command, cli_env, free_port, frame, grid_points
 
 #: 5 nbits x 3 modes on digits_mlp = 15 points; the three 16-bit ones share one plan.
 WORKER_GRID = ["model=digits_mlp", "selector=all", "search.space.nbits=[16,8,4,2,1]",
@@ -108,7 +108,7 @@ def test_three_workers_share_one_grid_on_postgresql(postgres_url, tmp_path):
         p.wait(timeout=900)
     logs = [(tmp_path / f"w{i}.log").read_text() for i in range(3)]
     assert [p.returncode for p in procs] == [0, 0, 0], "\n\n".join(logs)
-    from tests.test_sweep_study import _storage
+    from tests.sweep.support import storage as _storage
 
     study = optuna.load_study(study_name="shared", storage=_storage(postgres_url))
     _check_study(study)
@@ -122,7 +122,7 @@ def test_three_workers_share_one_grid_on_postgresql(postgres_url, tmp_path):
 
 
 def test_sigkill_mid_run_then_resume_completes_without_duplicates(tmp_path):
-    from tests.test_sweep_study import _storage
+    from tests.sweep.support import storage as _storage
 
     url = f"sqlite:///{tmp_path / 'qsweep.db'}"
     args = KILL_GRID + [f"storage.url={url}", "study.name=killed"]
@@ -168,7 +168,7 @@ def test_sigkill_mid_run_then_resume_completes_without_duplicates(tmp_path):
 def test_ctrl_c_writes_results_and_the_rerun_finishes(tmp_path):
     url = f"sqlite:///{tmp_path / 'qsweep.db'}"
     args = KILL_GRID + [f"storage.url={url}", "study.name=interrupted"]
-    from tests.test_sweep_study import _storage
+    from tests.sweep.support import storage as _storage
 
     proc = _start(args + [f"hydra.run.dir={tmp_path / 'first'}"], tmp_path, tmp_path / "first.log")
     storage, deadline = None, time.monotonic() + 600

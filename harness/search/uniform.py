@@ -1,0 +1,26 @@
+"""Uniform settings as trial parameters: suggest one from the space, turn one into a candidate.
+
+Shared by ``search=grid`` and the sampled kinds, whose trials are both uniform
+settings (:class:`harness.space.Setting`): the parameters are the setting's
+scalars, the candidate's columns the same, its plan the setting's plan.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import optuna
+
+from harness.search.base import Candidate, SearchContext
+from harness.space import SearchSpace, Setting
+
+
+def suggest_setting(trial: optuna.Trial, space: SearchSpace) -> Setting:
+    """Read (queued trial) or sample (sampler) every dimension of ``space`` on ``trial``."""
+    params = {name: trial.suggest_categorical(name, choices) for name, choices in space.dimensions().items()}
+    return Setting.from_params(params)
+
+
+def setting_candidate(ctx: SearchContext, params: Mapping[str, Any]) -> Candidate:
+    """The candidate of a uniform setting's parameters."""
+    s = Setting.from_params(params)
+    return Candidate(attrs=s.params(), plan=ctx.build_plan(s), label=s.label)

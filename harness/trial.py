@@ -1,0 +1,152 @@
+"""The trial protocol: one trial from its parameters to the values told to the study.
+
+Per trial (:class:`TrialRunner`): setting -> QuantPlan -> plan hash claimed in
+the study database -> quantized model -> evaluation -> Optuna values
+``(size_bytes, metric)`` and user attributes. A trial whose plan another trial
+already owns waits for that result and copies it (``reused_from``); if the
+owner's worker died, it takes the plan over. A trial that raises is recorded as
+FAIL with the error (the sweep goes on); an invalid sampled combination is
+PRUNED (skipped, not counted).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from harness.errors import USER_ERRORS
+from harness.evaluate import Evaluator, TaskMetric
+from harness.search import SearchStrategy, SkipTrial
+from harness.study import FAILURE_ATTR, StudyDB, reap
+
+log = logging.getLogger("qsweep")
+
+#: User attributes a trial copies from the trial whose plan it shares (besides the task metric and its drop).
+COPIED_ATTRS = ("size_bytes", "compression_ratio", "agreement", "snr_db", "psnr_db", "encodings", "layer_encodings")
+
+
+def encoding_summary(spec: Any) -> tuple[str, dict[str, str]]:
+    """``('lut4 x6, fp32 x2', {'layer.field': 'lut4', ...})`` for a model's weight tensors."""
+    import quantizer
+
+    per: dict[str, str] = {}
+    for t in quantizer.weight_tensors(spec):
+        per[f"{t.layer}.{t.field}"] = quantizer.encoding_label(t.encoding, t.nbits)
+    counts: dict[str, int] = {}
+    for v in per.values():
+        counts[v] = counts.get(v, 0) + 1
+    return ", ".join(f"{k} x{n}" for k, n in counts.items()), per
+
+
+class TrialRunner:
+    """Evaluate one trial (or reuse the result of the trial that owns its plan) and tell the study."""
+
+    def __init__(self, db: StudyDB, strategy: SearchStrategy, evaluator: Evaluator, model: Any, *, fuse: bool,
+                 poll: float = 0.5):
+        self.db, self.strategy, self.evaluator = db, strategy, evaluator
+        self.model, self.fuse, self.poll = model, fuse, poll
+        self.metric: TaskMetric = evaluator.metric
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        try:
+            self._run(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("trial %d was declared dead by another worker meanwhile (no heartbeat); its result is "
+                        "dropped and its retry runs instead", trial.number)
+
+    def _set(self, trial: optuna.Trial, key: str, value: Any) -> None:
+        self.db.set_user_attr(trial, key, value)
+
+    def _run(self, trial: optuna.Trial) -> None:
+        try:
+            cand = self.strategy.suggest(trial)
+        except SkipTrial as e:
+            self._set(trial, "skipped", str(e))
+            self._tell(trial, state=TrialState.PRUNED)
+            log.info("trial %d skipped: %s", trial.number, e)
+            return
+        except Exception as e:  # noqa: BLE001 - recorded on the trial, the sweep goes on
+            self._fail(trial, e)
+            return
+        params = trial.params
+        for k, v in cand.attrs.items():
+            if k not in params or params[k] != v:  # parameters are recorded already
+                self._set(trial, k, v)
+        try:
+            digest = cand.plan.digest()
+        except Exception as e:  # noqa: BLE001
+            self._fail(trial, e)
+            return
+        self._set(trial, "plan_hash", digest)
+        owner = self.db.claim_plan(digest, trial.number)
+        last_reap = time.monotonic()
+        while owner != trial.number:
+            other = self.db.get_trial(owner)
+            if other.state == TrialState.COMPLETE:
+                self._copy(trial, other)
+                return
+            if other.state == TrialState.FAIL:
+                if other.user_attrs.get(FAILURE_ATTR) == "error":
+                    self._set(trial, "reused_from", other.number)
+                    self._fail(trial, None, f"same plan as trial {other.number}, which failed: "
+                                            f"{other.user_attrs.get('error', '')}")
+                    return
+                if not self.db.take_over(digest, owner, trial.number):
+                    owner = self.db.plan_owner(digest) or owner
+                    continue
+                log.info("trial %d: takes over plan %s from trial %d (its worker stopped)", trial.number,
+                         digest[:12], owner)
+                owner = trial.number
+                break
+            time.sleep(self.poll)
+            if time.monotonic() - last_reap > 5:
+                reap(self.db)
+                last_reap = time.monotonic()
+        self._evaluate(trial, cand)
+
+    def _evaluate(self, trial: optuna.Trial, cand: Any) -> None:
+        import quantizer
+
+        try:
+            t0 = time.perf_counter()
+            qspec = quantizer.apply_plan(self.model, cand.plan, fuse=self.fuse)
+            t1 = time.perf_counter()
+            figures = self.evaluator.evaluate(qspec)
+            t2 = time.perf_counter()
+            summary, per_layer = encoding_summary(qspec)
+        except Exception as e:  # noqa: BLE001
+            self._fail(trial, e)
+            return
+        for k, v in figures.items():
+            self._set(trial, k, v)
+        self._set(trial, "quantize_s", round(t1 - t0, 4))
+        self._set(trial, "evaluate_s", round(t2 - t1, 4))
+        self._set(trial, "encodings", summary)
+        self._set(trial, "layer_encodings", per_layer)
+        self._tell(trial, values=[figures["size_bytes"], figures[self.metric.name]])
+
+    def _copy(self, trial: optuna.Trial, other: Any) -> None:
+        for k in COPIED_ATTRS + (self.metric.name, self.metric.drop_name):
+            if k in other.user_attrs:
+                self._set(trial, k, other.user_attrs[k])
+        self._set(trial, "reused_from", other.number)
+        log.debug("trial %d: same plan as trial %d, result reused", trial.number, other.number)
+        self._tell(trial, values=list(other.values))
+
+    def _fail(self, trial: optuna.Trial, exc: BaseException | None, message: str | None = None) -> None:
+        if message is None:
+            assert exc is not None
+            message = str(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, USER_ERRORS):
+                log.warning("trial %d raised:\n%s", trial.number, "".join(traceback.format_exception(exc)).rstrip())
+        self._set(trial, "error", message)
+        self._set(trial, FAILURE_ATTR, "error")
+        log.warning("trial %d failed: %s", trial.number, message)
+        self._tell(trial, state=TrialState.FAIL)
+
+    def _tell(self, trial: optuna.Trial, **kwargs: Any) -> None:
+        self.db.tell(trial, **kwargs)
