@@ -25,8 +25,7 @@ Fn = Callable[[dict], None]
 
 
 def _w(layer: Any, field: str, shape: tuple[int, ...], axis: int = 0) -> torch.Tensor:
-    params = getattr(layer, layer.WhichOneof("layer"))
-    wp = quantizer.get_weight_params(layer, field) if hasattr(quantizer, "get_weight_params") else getattr(params, field)
+    wp = quantizer.get_weight_params(layer, field)
     return torch.from_numpy(np.ascontiguousarray(quantizer.decode_weights(wp, shape, axis), dtype=np.float32))
 
 

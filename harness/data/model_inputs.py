@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+import quantizer
 from harness.errors import DataError
 from quantizer._coremltools import coremltools
 
@@ -137,22 +138,7 @@ def as_spec(model: Any):
     if hasattr(model, "get_spec"):
         return model.get_spec()
     if isinstance(model, (str, os.PathLike)):
-        import quantizer
-
-        if hasattr(quantizer, "load"):
-            return quantizer.load(model)
-        path = os.fspath(model)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise DataError(f"Cannot read model file {path!r}: {e.strerror}.") from None
-        spec = ct.proto.Model_pb2.Model()
-        try:
-            spec.ParseFromString(data)
-        except Exception:
-            raise DataError(f"{path!r} is not a Core ML model (.mlmodel protobuf).") from None
-        return spec
+        return quantizer.load(model)
     raise DataError(
         f"Expected a Core ML model (Model_pb2.Model spec, MLModel or .mlmodel path), got {type(model).__name__}."
     )

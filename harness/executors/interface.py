@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+import quantizer
 from harness.errors import DataError, ExecutorError
 
 FLOAT32, DOUBLE, INT32, INT8, FLOAT16 = 65568, 65600, 131104, 131080, 65552
@@ -45,37 +46,9 @@ _DTYPE_NAMES = {FLOAT32: "FLOAT32", DOUBLE: "DOUBLE", INT32: "INT32", INT8: "INT
 
 
 def load_spec(model: Any) -> tuple[Any, str]:
-    """Return ``(Model_pb2.Model, label)`` for a path, an MLModel or a spec."""
-    try:
-        import quantizer
-
-        load = quantizer.load
-    except (ImportError, AttributeError):  # quantizer core not landed yet
-        load = _load_fallback
+    """Return ``(Model_pb2.Model, label)`` for a path, an MLModel or a spec (a private copy)."""
     label = str(model) if isinstance(model, (str, Path)) else "model"
-    return load(model), label
-
-
-def _load_fallback(model: Any) -> Any:
-    from quantizer._coremltools import proto
-    from quantizer.errors import ModelLoadError
-
-    Model = proto().Model_pb2.Model
-    if isinstance(model, Model):
-        spec = Model()
-        spec.CopyFrom(model)
-        return spec
-    if isinstance(model, (str, Path)):
-        try:
-            data = Path(model).read_bytes()
-        except OSError as e:
-            raise ModelLoadError(f"{model}: cannot read the model file ({e.strerror})") from e
-        spec = Model()
-        spec.ParseFromString(data)
-        return spec
-    if hasattr(model, "get_spec"):
-        return model.get_spec()
-    raise ModelLoadError(f"expected a path, an MLModel or a Model_pb2.Model, got {type(model).__name__}")
+    return quantizer.load(model), label
 
 
 @dataclass(frozen=True)
