@@ -18,7 +18,6 @@ import pytest
 import quantizer
 from harness.executors import NumpyExecutor
 from harness.executors.registry import load_ops
-from harness.executors.runner import iter_layers
 from tests.fixtures import load_fixture, load_manifest, max_scaled_error, tolerance_for
 
 MANIFEST = load_manifest()
@@ -27,7 +26,7 @@ ENTRIES = {e["name"]: e for e in MANIFEST}
 
 
 def _executor(spec) -> NumpyExecutor:
-    missing = sorted({l.WhichOneof("layer") for l in iter_layers(quantizer.neural_network(spec).layers)} - set(load_ops()))
+    missing = sorted({l.WhichOneof("layer") for l in quantizer.iter_layers(spec)} - set(load_ops()))
     if missing:
         pytest.skip(f"layer types not implemented yet in the numpy executor: {missing}")
     return NumpyExecutor(spec)

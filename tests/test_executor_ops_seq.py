@@ -29,7 +29,7 @@ def f32(*shape, low=-1.0, high=1.0):
 
 def run(nn, blobs: dict, legacy: bool = False) -> dict:
     """Compile the layers of ``nn`` and run them over a copy of ``blobs`` (internal layout)."""
-    network = compile_network(nn.layers, BuildContext(legacy=legacy))
+    network = compile_network(nn, BuildContext(legacy=legacy))
     out = {k: np.asarray(v, np.float32) for k, v in blobs.items()}
     return network.run(out)
 

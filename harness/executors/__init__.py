@@ -54,7 +54,7 @@ Adding an op
    * several outputs: return a tuple, one array per ``layer.output``.
    * ops over the whole blob dict (loop, branch, ops writing outer blobs):
      override ``run_blobs(self, blobs)``; compile sub-networks in ``build``
-     with ``ctx.compile(params.bodyNetwork.layers)`` and run them with
+     with ``ctx.compile(params.bodyNetwork)`` and run them with
      ``net.run(blobs)``.
    * raise ``self.error("...")`` for bad params (names layer and type);
      numpy errors at run time are wrapped by the runner with the layer name

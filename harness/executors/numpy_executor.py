@@ -5,11 +5,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+import quantizer
 from harness.errors import ExecutorError
 from harness.executors.base import Executor
 from harness.executors.interface import InputInfo, ModelIO, load_spec
 from harness.executors.ops.base import F32, Blobs
-from harness.executors.runner import BuildContext, Network, compile_network, iter_layers
+from harness.executors.runner import BuildContext, Network, compile_network
 
 
 class NumpyExecutor(Executor):
@@ -31,8 +32,8 @@ class NumpyExecutor(Executor):
         self.spec = spec
         io = self.io
         self.ctx = BuildContext(legacy=io.legacy, spec_version=io.spec_version, model_name=label)
-        self.network: Network = compile_network(io.nn.layers, self.ctx)
-        produced = set(io.input_names) | {o for layer in iter_layers(io.nn.layers) for o in layer.output}
+        self.network: Network = compile_network(io.nn, self.ctx)
+        produced = set(io.input_names) | {o for layer in quantizer.iter_layers(io.nn) for o in layer.output}
         wanted = [o.name for o in io.outputs if o.kind == "array"] + ([io.prob_blob] if io.prob_blob else [])
         missing = [w for w in wanted if w not in produced]
         if missing:
