@@ -50,8 +50,8 @@ def test_metadata_describes_the_file(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_load_returns_the_held_out_test_set(name):
-    spec, ds = zoo.load(name)
+def test_load_returns_the_held_out_test_set(name, zoo_model):
+    spec, ds = zoo_model(name)
     meta = zoo.info(name)
     check_feeds(spec, ds.feeds)
     assert ds.sha256 == meta["dataset"]["sha256"]
@@ -69,10 +69,10 @@ def test_the_realistic_size_model():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_numpy_executor_reproduces_the_recorded_metric(name):
+def test_numpy_executor_reproduces_the_recorded_metric(name, zoo_model):
     from harness.executors import make_executor
 
-    spec, ds = zoo.load(name)
+    spec, ds = zoo_model(name)
     meta = zoo.info(name)
     ex = make_executor("numpy", spec)
     out = ex.predict(dict(ds.feeds))

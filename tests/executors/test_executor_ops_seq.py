@@ -17,7 +17,7 @@ import pytest
 from harness.errors import ExecutorError
 from harness.executors import NumpyExecutor
 from harness.executors.runner import BuildContext, compile_network
-from tests.executor_specs import INT32, layer, net, weights
+from tests.executors.executor_specs import INT32, layer, net, weights
 
 RNG = np.random.default_rng(20240611)
 N = 3  # samples per test batch

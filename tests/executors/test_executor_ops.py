@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from harness.executors import NumpyExecutor
-from tests.executor_specs import border, layer, net, weights
+from tests.executors.executor_specs import border, layer, net, weights
 
 RNG = np.random.default_rng(7)
 
@@ -372,7 +372,7 @@ def test_legacy_elementwise_broadcast_and_alpha():
 
 
 def test_image_input_preprocessing_bgr_and_classifier_labels():
-    from tests.executor_specs import Model
+    from tests.executors.executor_specs import Model
 
     spec = Model()
     spec.specificationVersion = 1
