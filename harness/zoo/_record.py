@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import quantizer
+
 ZOO_DIR = Path(__file__).resolve().parent
 #: Packages whose versions a record lists: the PyTorch-converted models, the NeuralNetworkBuilder ones.
 TORCH_PACKAGES = ("torch", "coremltools", "numpy", "scikit-learn")
@@ -26,36 +28,9 @@ NUMPY_MEASURED = "float32 numpy forward pass of the stored weights on the test s
 DIGIT_PROBABILITIES = "probabilities of the digits 0..9 (column i = digit i)"
 
 
-def _weight_params_count(msg) -> int:
-    """Number of stored weight values in every WeightParams below ``msg``."""
-    total = 0
-    for fd, value in msg.ListFields():
-        if fd.message_type is None:
-            continue
-        items = value if fd.is_repeated else [value]
-        for item in items:
-            if fd.message_type.name == "WeightParams":
-                total += _wp_count(item)
-            else:
-                total += _weight_params_count(item)
-    return total
-
-
-def _wp_count(wp) -> int:
-    if len(wp.floatValue):
-        return len(wp.floatValue)
-    if len(wp.float16Value):
-        return len(wp.float16Value) // 2
-    if wp.HasField("quantization"):
-        nbits = wp.quantization.numberOfBits
-        return len(wp.rawValue) * 8 // nbits
-    return len(wp.rawValue) // 4 + len(wp.int8RawValue)
-
-
 def weight_count(spec) -> int:
-    """Number of weight values stored in the model's layers (float32 models: exact)."""
-    kind = spec.WhichOneof("Type")
-    return _weight_params_count(getattr(spec, kind))
+    """Number of weight values stored in the model's layers (quantizer's weight tensors)."""
+    return sum(t.count for t in quantizer.weight_tensors(spec))
 
 
 def sha256_file(path: Path) -> str:
