@@ -6,9 +6,9 @@ from typing import Any, Mapping
 import numpy as np
 
 import quantizer
+from harness.data.model_inputs import Feed, InputSpec
 from harness.errors import ExecutorError
 from harness.executors.base import Executor
-from harness.data.model_inputs import Feed, InputSpec
 from harness.executors.interface import ModelIO, load_spec
 from harness.executors.ops.base import F32, Blobs
 from harness.executors.runner import BuildContext, Network, compile_network
