@@ -125,6 +125,11 @@ class InputSpec:
         return self.dtype.kind in "iu"
 
     @property
+    def has_batch_dim(self) -> bool:
+        """True for a converted model's array input whose declared leading 1 is the batch dim (not in a sample)."""
+        return self.kind == "multiArray" and len(self.sample_shape) == len(self.declared_shape) - 1
+
+    @property
     def channels(self) -> int:
         """An image input's channel count (1 grayscale, 3 colour)."""
         return self.declared_shape[0]
@@ -144,7 +149,7 @@ class InputSpec:
 
     def _fits_declared(self, shape: tuple[int, ...]) -> bool:
         """Whether ``shape`` fits the declared shape (a converted model's batch dim must be 1)."""
-        if len(self.sample_shape) == len(self.declared_shape) - 1:  # the declared leading 1 is a batch dim
+        if self.has_batch_dim:
             return len(shape) == len(self.declared_shape) and shape[0] == 1 and self.accepts(shape[1:])
         return self.accepts(shape)
 
@@ -200,7 +205,7 @@ class InputSpec:
             decl = f"multiArray {self.type_name} declared {list(self.declared_shape)}"
             decl += ", exact mapping" if self.exact_mapping else ", rank-5 mapping"
         also = []
-        if self.kind == "image" or len(self.sample_shape) == len(self.declared_shape):
+        if not self.has_batch_dim:
             also.append(f"{self.feed_shape_text(())} for one sample")
         if self.kind != "image" and not self.exact_mapping:
             also.append(f"{self.feed_shape_text(('N', 'S'))} for N sequences of S steps")
