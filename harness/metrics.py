@@ -42,7 +42,7 @@ __all__ = [
 def _array(x, name: str) -> np.ndarray:
     try:
         arr = np.asarray(x)
-    except Exception as e:  # ragged lists
+    except (ValueError, TypeError) as e:  # ragged lists
         raise DataError(f"{name} is not array-like: {e}") from None
     if arr.ndim == 0:
         raise DataError(f"{name} must hold one value per sample (an array with N rows), got a scalar.")

@@ -57,10 +57,10 @@ def _worker(backend: str, name: str, batch: int, repeats: int, threads: int) -> 
             return {"seconds": _time(lambda: ex.predict(feeds), repeats), "layers": len(ex.network)}
     try:
         import torch
+    except ImportError:  # an optional extra: the table says so instead of timing the peer
+        return {"note": "torch not installed (pip install 'qsweep[torch]')"}
+    from harness.bench.torch_peer import TorchPeer, unsupported
 
-        from harness.bench.torch_peer import TorchPeer, unsupported
-    except ImportError as e:
-        return {"note": f"torch not installed ({e.name})"}
     torch.set_num_threads(threads)
     bad = unsupported(spec)
     if bad:

@@ -20,13 +20,12 @@ import torch.nn.functional as F
 
 import quantizer
 from harness.executors.interface import ModelIO
-from quantizer.tensors import get_weight_params
 
 Fn = Callable[[dict], None]
 
 
 def _w(layer: Any, field: str, shape: tuple[int, ...], axis: int = 0) -> torch.Tensor:
-    wp = get_weight_params(layer, field)
+    wp = quantizer.tensors.get_weight_params(layer, field)
     return torch.from_numpy(np.ascontiguousarray(quantizer.decode_weights(wp, shape, axis), dtype=np.float32))
 
 

@@ -1,8 +1,9 @@
 '''Executors: run a Core ML neural-network model on batches of test data.
 
 ``make_executor(kind, model)`` returns a :class:`Executor` whose
-``predict({input: array}) -> {output: array}`` runs a whole batch (batch
-convention: :mod:`harness.executors.interface`):
+``predict({input: array}) -> {output: array}`` runs a whole batch (the batch
+convention of inputs: :mod:`harness.data.model_inputs`, shared with the data
+loaders; outputs: :mod:`harness.executors.interface`):
 
 * :class:`NumpyExecutor` — the reference executor, pure numpy, everywhere;
 * :class:`CoreMLExecutor` — ``coremltools.models.MLModel.predict`` (macOS).
@@ -19,9 +20,10 @@ How the numpy executor is built (modelled on ``onnx.reference``)
   :class:`~harness.errors.UnsupportedLayerError` at build time), builds the
   ops (weights decoded once), and :class:`~harness.executors.runner.Network`
   runs them in spec order over a dict ``{blob name: array}``.
-* ``interface.py`` — inputs/outputs of the model, feed validation, the batch
-  convention; ``numpy_executor.py`` turns feeds into blobs and blobs into
-  outputs.
+* ``interface.py`` — the model's inputs (read and checked with the one
+  model-input contract, :mod:`harness.data.model_inputs`), outputs, class labels
+  and image preprocessing; ``numpy_executor.py`` turns feeds into blobs and
+  blobs into outputs.
 
 Blob layout: every blob is ``(N, *core_ml_shape_of_one_sample)`` — a sample
 axis in front of what Core ML sees (rank 5 ``(S, B, C, H, W)`` for legacy
@@ -54,12 +56,12 @@ Adding an op
    * several outputs: return a tuple, one array per ``layer.output``.
    * ops over the whole blob dict (loop, branch, ops writing outer blobs):
      override ``run_blobs(self, blobs)``; compile sub-networks in ``build``
-     with ``ctx.compile(params.bodyNetwork.layers)`` and run them with
+     with ``ctx.compile(params.bodyNetwork)`` and run them with
      ``net.run(blobs)``.
    * raise ``self.error("...")`` for bad params (names layer and type);
      numpy errors at run time are wrapped by the runner with the layer name
      and input shapes.
-3. Add a unit test in ``tests/test_executor_ops_*.py`` (hand-computed or
+3. Add a unit test in ``tests/executors/test_executor_ops*.py`` (hand-computed or
    against a numpy formula) and, where the converter emits it, a golden
    fixture.
 '''

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from harness.data.model_inputs import Feed
 from harness.executors.interface import ModelIO
 
 
@@ -13,8 +14,8 @@ class Executor(ABC):
     """Runs a Core ML neural-network model on batches of feeds.
 
     ``predict`` takes ``{input name: array}`` following the batch convention of
-    :mod:`harness.executors.interface` and returns ``{output name: array}``,
-    each with a leading N.
+    :mod:`harness.data.model_inputs` and returns ``{output name: array}``, each
+    with a leading N (output shapes: :mod:`harness.executors.interface`).
     """
 
     #: "numpy" or "coreml"
@@ -48,9 +49,9 @@ class Executor(ABC):
         parts = []
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
-            parts.append(self._predict({k: (x[lo:hi], hi - lo, s) for k, (x, _, s) in split.items()}, hi - lo))
+            parts.append(self._predict({k: f._replace(x=f.x[lo:hi], n=hi - lo) for k, f in split.items()}, hi - lo))
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
     @abstractmethod
-    def _predict(self, split: dict[str, tuple[np.ndarray, int, int]], n: int) -> dict[str, np.ndarray]:
-        """Run validated feeds ``{name: (array with leading N [and S], N, S)}``."""
+    def _predict(self, split: dict[str, Feed], n: int) -> dict[str, np.ndarray]:
+        """Run validated feeds ``{name: Feed}`` (arrays with a leading N [and S]) of N samples."""

@@ -8,9 +8,10 @@ import numpy as np
 
 from harness.errors import ExecutorError
 from harness.executors.base import Executor
-from harness.executors.interface import FLOAT32, INT32, DOUBLE, ModelIO, load_spec
+from harness.data.model_inputs import Feed
+from harness.executors.interface import ModelIO, load_spec
 
-_NP_DTYPES = {FLOAT32: np.float32, INT32: np.int32, DOUBLE: np.float64}
+_NP_DTYPES = {"INT32": np.int32, "DOUBLE": np.float64}  # every other array input: float32
 
 
 class CoreMLExecutor(Executor):
@@ -42,23 +43,21 @@ class CoreMLExecutor(Executor):
         except Exception as e:  # Core ML's compiler rejects the model
             raise ExecutorError(f"{label}: Core ML cannot load the model: {e}") from e
 
-    def _sample_feed(self, name: str, x: np.ndarray, i: int, s: int) -> Any:
+    def _sample_feed(self, name: str, feed: Feed, i: int) -> Any:
         info = next(inp for inp in self.io.inputs if inp.name == name)
-        xi = x[i]
+        xi = feed.x[i]
         if info.kind == "image":
             from PIL import Image
 
             px = np.clip(np.rint(xi), 0, 255).astype(np.uint8)
-            return Image.fromarray(px[..., 0], "L") if info.shape[0] == 1 else Image.fromarray(px, "RGB")
-        dt = _NP_DTYPES.get(info.dtype, np.float32)
-        if self.io.legacy and xi.ndim == len(info.shape) + 1:  # a sequence: (S, *D) -> (S, 1, *D)
+            return Image.fromarray(px[..., 0], "L") if info.channels == 1 else Image.fromarray(px, "RGB")
+        dt = _NP_DTYPES.get(info.type_name, np.float32)
+        if self.io.legacy and xi.ndim == len(info.declared_shape) + 1:  # a sequence: (S, *D) -> (S, 1, *D)
             xi = xi.reshape((xi.shape[0], 1) + xi.shape[1:])
-        elif not self.io.legacy and len(info.shape) and xi.ndim == len(info.shape) - 1:
-            xi = xi.reshape((1,) + xi.shape)
         return np.ascontiguousarray(xi, dtype=dt)
 
-    def _predict(self, split: dict[str, tuple[np.ndarray, int, int]], n: int) -> dict[str, np.ndarray]:
-        batch = [{k: self._sample_feed(k, x, i, s) for k, (x, _, s) in split.items()} for i in range(n)]
+    def _predict(self, split: dict[str, Feed], n: int) -> dict[str, np.ndarray]:
+        batch = [{k: self._sample_feed(k, feed, i) for k, feed in split.items()} for i in range(n)]
         try:
             results = self.mlmodel.predict(batch)
         except Exception as e:

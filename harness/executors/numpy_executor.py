@@ -5,11 +5,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+import quantizer
+from harness.data.model_inputs import Feed, InputSpec
 from harness.errors import ExecutorError
 from harness.executors.base import Executor
-from harness.executors.interface import InputInfo, ModelIO, load_spec
+from harness.executors.interface import ModelIO, load_spec
 from harness.executors.ops.base import F32, Blobs
-from harness.executors.runner import BuildContext, Network, compile_network, iter_layers
+from harness.executors.runner import BuildContext, Network, compile_network
 
 
 class NumpyExecutor(Executor):
@@ -31,8 +33,8 @@ class NumpyExecutor(Executor):
         self.spec = spec
         io = self.io
         self.ctx = BuildContext(legacy=io.legacy, spec_version=io.spec_version, model_name=label)
-        self.network: Network = compile_network(io.nn.layers, self.ctx)
-        produced = set(io.input_names) | {o for layer in iter_layers(io.nn.layers) for o in layer.output}
+        self.network: Network = compile_network(io.nn, self.ctx)
+        produced = set(io.input_names) | {o for layer in quantizer.walk.iter_layers(io.nn) for o in layer.output}
         wanted = [o.name for o in io.outputs if o.kind == "array"] + ([io.prob_blob] if io.prob_blob else [])
         missing = [w for w in wanted if w not in produced]
         if missing:
@@ -41,7 +43,8 @@ class NumpyExecutor(Executor):
         self._labels = np.asarray(io.class_labels) if io.class_labels is not None else None
 
     # -- feeds -> internal blobs ---------------------------------------------
-    def _blob(self, info: InputInfo, x: np.ndarray, n: int, s: int) -> np.ndarray:
+    def _blob(self, info: InputSpec, feed: Feed) -> np.ndarray:
+        x, n, s = feed.x, feed.n, feed.s
         if info.kind == "image":
             x = self.io.image_to_blob(info, x)  # (N, C, H, W)
             return x.reshape((n, 1, 1) + x.shape[1:]) if self.io.image_rank5 else x.reshape((n, 1) + x.shape[1:])
@@ -49,17 +52,17 @@ class NumpyExecutor(Executor):
         if not self.io.legacy:
             return x
         # legacy rank-5: (N, [S,] C[, H, W]) -> (N, S, 1, C, H, W)
-        chw = x.shape[2:] if x.ndim == len(info.shape) + 2 else x.shape[1:]
+        chw = x.shape[2:] if x.ndim == len(info.declared_shape) + 2 else x.shape[1:]
         if len(chw) == 1:
             chw = (chw[0], 1, 1)
         return x.reshape((n, s, 1) + tuple(chw))
 
-    def _input_blobs(self, split: dict[str, tuple[np.ndarray, int, int]], n: int) -> Blobs:
+    def _input_blobs(self, split: dict[str, Feed]) -> Blobs:
         infos = {i.name: i for i in self.io.inputs}
-        return {k: self._blob(infos[k], x, n, s) for k, (x, _, s) in split.items()}
+        return {k: self._blob(infos[k], feed) for k, feed in split.items()}
 
-    def _predict(self, split: dict[str, tuple[np.ndarray, int, int]], n: int) -> dict[str, np.ndarray]:
-        blobs = self._input_blobs(split, n)
+    def _predict(self, split: dict[str, Feed], n: int) -> dict[str, np.ndarray]:
+        blobs = self._input_blobs(split)
         self.network.run(blobs, release=True)
         return self._outputs(blobs, n)
 
@@ -69,7 +72,7 @@ class NumpyExecutor(Executor):
         Each blob is ``(N, *Core ML per-sample shape)``; useful to inspect a layer's output.
         """
         split, n = self.io.split_feeds(feeds)
-        blobs = self._input_blobs(split, n)
+        blobs = self._input_blobs(split)
         inputs = dict(blobs)
         self.network.run(blobs)
         return {**inputs, **blobs}
@@ -77,7 +80,7 @@ class NumpyExecutor(Executor):
     def input_blobs(self, feeds: Mapping[str, np.ndarray]) -> Blobs:
         """The validated feeds as the network's input blobs (internal layout), without running it."""
         split, n = self.io.split_feeds(feeds)
-        return self._input_blobs(split, n)
+        return self._input_blobs(split)
 
     # -- internal blobs -> outputs -------------------------------------------
     def _outputs(self, blobs: Blobs, n: int) -> dict[str, np.ndarray]:

@@ -1,37 +1,32 @@
-"""The plain runner: compile a list of Core ML layers once, run them in order over a blob dict.
+"""The plain runner: compile a network's Core ML layers once, run them in order over a blob dict.
 
 :func:`compile_network` checks every layer (including ``loop``/``branch``
-bodies) against the registry before building anything, so an unsupported
-layer fails at build time with :class:`~harness.errors.UnsupportedLayerError`
-naming the layer, its type, and the supported types. :meth:`Network.run`
+bodies, walked with quantizer's network walker :func:`quantizer.walk.iter_layers`)
+against the registry before building anything, so an unsupported layer fails
+at build time with :class:`~harness.errors.UnsupportedLayerError` naming the
+layer, its type, and the supported types. :meth:`Network.run`
 walks the compiled ops in spec order; an op reads its inputs from the blob
 dict and writes its outputs back. Errors raised inside an op are re-raised as
 :class:`~harness.errors.ExecutorError` naming the layer, its type and the
 shapes of its inputs.
 
 Sub-networks (``loop``, ``branch``): an op compiles its bodies with
-``ctx.compile(neural_network_message.layers)`` in :meth:`Op.build` and runs
+``ctx.compile(neural_network_message)`` in :meth:`Op.build` and runs
 them with ``network.run(blobs)`` from its ``run_blobs`` over the *same* dict,
 so bodies read and write outer blobs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
+import quantizer
 from harness.errors import ExecutorError, UnsupportedLayerError
 from harness.executors import weights as _weights
 from harness.executors.ops.base import Blobs, Op, _get_field
 from harness.executors.registry import load_ops, supported_layer_types
-
-#: Layer types whose params hold sub-networks, and the fields holding them.
-SUBNETWORK_FIELDS: dict[str, tuple[str, ...]] = {
-    "loop": ("conditionNetwork", "bodyNetwork"),
-    "branch": ("ifBranch", "elseBranch"),
-}
-
 
 @dataclass
 class BuildContext:
@@ -62,9 +57,9 @@ class BuildContext:
                 raise op.error(f"cannot decode weights {dotted!r} as shape {shape}: {e}") from e
         return self._cache[key]
 
-    def compile(self, layers: Iterable[Any]) -> "Network":
-        """Compile a (sub-)network's layers with this context."""
-        return compile_network(layers, self)
+    def compile(self, network: Any) -> "Network":
+        """Compile a (sub-)network (a NeuralNetwork message, e.g. ``params.bodyNetwork``) with this context."""
+        return compile_network(network, self)
 
 
 class Network:
@@ -124,28 +119,19 @@ def _core_shape(x: np.ndarray | None) -> str:
 def _reads(layer: Any) -> set[str]:
     """Blob names a layer reads, including everything its loop/branch sub-networks read."""
     names = set(layer.input)
-    t = layer.WhichOneof("layer")
-    if t == "loop" and layer.loop.conditionVar:
-        names.add(layer.loop.conditionVar)
-    for f in SUBNETWORK_FIELDS.get(t, ()):
-        for sub in getattr(getattr(layer, t), f).layers:
-            names |= _reads(sub)
+    for inner in [layer] + [sub for net in quantizer.walk.sub_networks(layer) for sub in quantizer.walk.iter_layers(net)]:
+        names.update(inner.input)
+        if inner.WhichOneof("layer") == "loop" and inner.loop.conditionVar:
+            names.add(inner.loop.conditionVar)
     return names
 
 
-def iter_layers(layers: Iterable[Any]) -> Iterator[Any]:
-    """Yield every layer, descending into loop/branch sub-networks."""
-    for layer in layers:
-        yield layer
-        t = layer.WhichOneof("layer")
-        for f in SUBNETWORK_FIELDS.get(t, ()):
-            yield from iter_layers(getattr(getattr(layer, t), f).layers)
-
-
-def check_supported(layers: Iterable[Any], model_name: str = "model") -> None:
-    """Raise :class:`UnsupportedLayerError` naming every layer (and its type) the registry cannot run."""
+def check_supported(network: Any, model_name: str = "model") -> None:
+    """Raise :class:`UnsupportedLayerError` naming every layer (and its type, loop/branch bodies
+    included) of ``network`` (a NeuralNetwork message or a model spec) the registry cannot run."""
     ops = load_ops()
-    bad = [(layer.name, layer.WhichOneof("layer")) for layer in iter_layers(layers) if layer.WhichOneof("layer") not in ops]
+    bad = [(layer.name, layer.WhichOneof("layer")) for layer in quantizer.walk.iter_layers(network)
+           if layer.WhichOneof("layer") not in ops]
     if not bad:
         return
     shown = ", ".join(f"{n!r} ({'no type set' if t is None else repr(t)})" for n, t in bad[:10])
@@ -158,9 +144,9 @@ def check_supported(layers: Iterable[Any], model_name: str = "model") -> None:
     )
 
 
-def compile_network(layers: Iterable[Any], ctx: BuildContext) -> Network:
-    """Check then build every layer; returns the runnable :class:`Network`."""
-    layers = list(layers)
-    check_supported(layers, ctx.model_name)
+def compile_network(network: Any, ctx: BuildContext) -> Network:
+    """Check then build every layer of ``network`` (a NeuralNetwork message: the model's, or a
+    loop/branch body); returns the runnable :class:`Network`."""
+    check_supported(network, ctx.model_name)
     ops = load_ops()
-    return Network([ops[layer.WhichOneof("layer")](layer, ctx) for layer in layers])
+    return Network([ops[layer.WhichOneof("layer")](layer, ctx) for layer in network.layers])

@@ -1,7 +1,11 @@
-"""Helpers the zoo's training scripts share: save a model and write its metadata.
+"""Helpers the zoo's training scripts share: save a model and write its metadata record.
 
-Not imported at qsweep run time; the training scripts use it (torch is never
-imported here).
+Every ``train_<name>.py`` ends with one call: :func:`record` (or, for the
+PyTorch-trained digits classifiers, :func:`record_digits_classifier`), which
+composes the ``<name>.json`` record (description, task, outputs, dataset split,
+metric, training details and package versions) and saves both files
+(:func:`save_and_record`). Not imported at qsweep run time; torch is never
+imported here.
 """
 from __future__ import annotations
 
@@ -9,43 +13,24 @@ import hashlib
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+import quantizer
+
 ZOO_DIR = Path(__file__).resolve().parent
-
-
-def _weight_params_count(msg) -> int:
-    """Number of stored weight values in every WeightParams below ``msg``."""
-    total = 0
-    for fd, value in msg.ListFields():
-        if fd.message_type is None:
-            continue
-        items = value if fd.is_repeated else [value]
-        for item in items:
-            if fd.message_type.name == "WeightParams":
-                total += _wp_count(item)
-            else:
-                total += _weight_params_count(item)
-    return total
-
-
-def _wp_count(wp) -> int:
-    if len(wp.floatValue):
-        return len(wp.floatValue)
-    if len(wp.float16Value):
-        return len(wp.float16Value) // 2
-    if wp.HasField("quantization"):
-        nbits = wp.quantization.numberOfBits
-        return len(wp.rawValue) * 8 // nbits
-    return len(wp.rawValue) // 4 + len(wp.int8RawValue)
+#: Packages whose versions a record lists: the PyTorch-converted models, the NeuralNetworkBuilder ones.
+TORCH_PACKAGES = ("torch", "coremltools", "numpy", "scikit-learn")
+SKLEARN_PACKAGES = ("scikit-learn", "coremltools", "numpy")
+TORCH_MEASURED = "PyTorch (eval mode, float32) on the test split at training time"
+NUMPY_MEASURED = "float32 numpy forward pass of the stored weights on the test split"
+DIGIT_PROBABILITIES = "probabilities of the digits 0..9 (column i = digit i)"
 
 
 def weight_count(spec) -> int:
-    """Number of weight values stored in the model's layers (float32 models: exact)."""
-    kind = spec.WhichOneof("Type")
-    return _weight_params_count(getattr(spec, kind))
+    """Number of weight values stored in the model's layers (quantizer's weight tensors)."""
+    return sum(t.count for t in quantizer.weight_tensors(spec))
 
 
 def sha256_file(path: Path) -> str:
@@ -93,6 +78,53 @@ def save_and_record(spec, name: str, meta: dict[str, Any]) -> dict[str, Any]:
     record.setdefault("training", {})["python"] = platform.python_version()
     (ZOO_DIR / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     return record
+
+
+def record(spec, name: str, *, description: str, task: str, outputs: dict[str, Any], dataset: str,
+           transforms: Sequence[str], seed: int, n_test: int, metric: str, value: float, measured_with: str,
+           training: dict[str, Any], packages: Sequence[str], metrics: dict[str, float] | None = None,
+           summary: str | None = None) -> dict[str, Any]:
+    """Save zoo model ``name`` and its metadata record; print a one-line summary.
+
+    Args:
+        spec: the trained model.
+        description, task: what the model is (``task``: ``classification`` or ``regression``).
+        outputs: the record's output entries, in order (``probability_output``,
+            ``label_output``, ``class_labels``, ``prediction_output``).
+        dataset, transforms, seed, n_test: the scikit-learn dataset, its transforms,
+            the split seed and the number of test samples.
+        metric, value, measured_with: the recorded float metric and how it was measured.
+        training: training details, in order (the script path and ``versions`` are added).
+        packages: the packages whose versions are recorded.
+        metrics: several metrics (a regressor's rmse/mae/r2); default ``{metric: value}``.
+        summary: the printed figures; default ``"<metric> <value:.4f>"``.
+    """
+    meta: dict[str, Any] = {"description": description, "task": task, **outputs,
+                            "dataset": {"source": "sklearn", "name": dataset, "transforms": list(transforms),
+                                        "split_seed": seed, "part": "test", "n": int(n_test)},
+                            "metric": {"name": metric, "value": value, "measured_with": measured_with}}
+    if metrics is not None:
+        meta["metrics"] = metrics
+    meta["training"] = {"script": f"harness/zoo/train_{name}.py", **training, "versions": versions(*packages)}
+    rec = save_and_record(spec, name, meta)
+    print(f"{name}: test {summary or f'{metric} {value:.4f}'}, {rec['weight_count']} weights, {rec['file_size']} bytes")
+    return rec
+
+
+def record_digits_classifier(spec, name: str, *, description: str, input_description: str,
+                             transforms: Sequence[str], seed: int, n_test: int, accuracy: float,
+                             training: dict[str, Any]) -> dict[str, Any]:
+    """:func:`record` for a PyTorch-trained digits classifier (output ``probs``, column i = digit i).
+
+    Sets the input's and output's short descriptions; ``training`` follows the seed.
+    """
+    spec.description.input[0].shortDescription = input_description
+    spec.description.output[0].shortDescription = DIGIT_PROBABILITIES
+    return record(spec, name, description=description, task="classification",
+                  outputs={"probability_output": "probs", "class_labels": list(range(10))},
+                  dataset="digits", transforms=transforms, seed=seed, n_test=n_test, metric="accuracy",
+                  value=accuracy, measured_with=TORCH_MEASURED, training={"seed": seed, **training},
+                  packages=TORCH_PACKAGES)
 
 
 def versions(*modules: str) -> dict[str, str]:

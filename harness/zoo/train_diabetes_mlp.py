@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness.data import split
-from harness.zoo._record import save_and_record, versions
+from harness.zoo._record import NUMPY_MEASURED, SKLEARN_PACKAGES, record
 from quantizer.coremltools_quiet import coremltools
 
 NAME = "diabetes_mlp"
@@ -84,25 +84,18 @@ def main() -> None:
 
     metrics = regression_metrics(forward(weights, data.x_test), data.y_test)
     sk = reg.predict((data.x_test - x_mean) / x_std) * y_std + y_mean
-    record = save_and_record(spec, NAME, {
-        "description": "MLP regressor (10-64-32-1, ReLU) on scikit-learn diabetes; feature and target "
+    record(spec, NAME, task="regression",
+           description="MLP regressor (10-64-32-1, ReLU) on scikit-learn diabetes; feature and target "
                        "standardization folded into the weights; built with NeuralNetworkBuilder as a "
                        "neuralNetworkRegressor.",
-        "task": "regression",
-        "prediction_output": "target",
-        "dataset": {"source": "sklearn", "name": "diabetes", "transforms": [], "split_seed": SEED,
-                    "part": "test", "n": int(len(data.y_test))},
-        "metric": {"name": "rmse", "value": metrics["rmse"],
-                   "measured_with": "float32 numpy forward pass of the stored weights on the test split"},
-        "metrics": metrics,
-        "training": {"script": "harness/zoo/train_diabetes_mlp.py", "trainer": "sklearn MLPRegressor",
-                     "hidden_layer_sizes": list(HIDDEN), "alpha": ALPHA, "seed": SEED,
-                     "iterations": int(reg.n_iter_),
-                     "sklearn_test_rmse": regression_metrics(sk, data.y_test)["rmse"],
-                     "versions": versions("scikit-learn", "coremltools", "numpy")},
-    })
-    print(f"{NAME}: test RMSE {metrics['rmse']:.3f}, MAE {metrics['mae']:.3f}, R2 {metrics['r2']:.4f}, "
-          f"{record['weight_count']} weights, {record['file_size']} bytes")
+           outputs={"prediction_output": "target"},
+           dataset="diabetes", transforms=[], seed=SEED, n_test=len(data.y_test),
+           metric="rmse", value=metrics["rmse"], measured_with=NUMPY_MEASURED, metrics=metrics,
+           training={"trainer": "sklearn MLPRegressor", "hidden_layer_sizes": list(HIDDEN), "alpha": ALPHA,
+                     "seed": SEED, "iterations": int(reg.n_iter_),
+                     "sklearn_test_rmse": regression_metrics(sk, data.y_test)["rmse"]},
+           packages=SKLEARN_PACKAGES,
+           summary=f"RMSE {metrics['rmse']:.3f}, MAE {metrics['mae']:.3f}, R2 {metrics['r2']:.4f}")
 
 
 if __name__ == "__main__":

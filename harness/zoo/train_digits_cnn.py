@@ -11,12 +11,11 @@ Needs the torch extra. Run: ``python -m harness.zoo.train_digits_cnn``
 """
 from __future__ import annotations
 
-import numpy as np
 from torch import nn
 
 from harness.data import prepared
 from harness.zoo import _torch as T
-from harness.zoo._record import accuracy, save_and_record, versions
+from harness.zoo._record import accuracy, record_digits_classifier
 
 NAME = "digits_cnn"
 SEED = 0
@@ -45,22 +44,11 @@ def main() -> None:
     probs = T.predict(model, data.x_test)
     acc = accuracy(probs.argmax(1), data.y_test)
     spec = T.convert(model, "image", (1, 8, 8), "probs", "CNN (conv+BN+pool) on scikit-learn digits, softmax output")
-    spec.description.input[0].shortDescription = "8x8 digit image (1, 1, 8, 8), pixels scaled to [0, 1]"
-    spec.description.output[0].shortDescription = "probabilities of the digits 0..9 (column i = digit i)"
-    record = save_and_record(spec, NAME, {
-        "description": "CNN on scikit-learn digits as 1x8x8 images: 3 conv+batchnorm+ReLU blocks with max "
-                       "pooling, 2 dense layers, softmax; converted from PyTorch (batchnorm folded).",
-        "task": "classification",
-        "probability_output": "probs",
-        "class_labels": list(range(10)),
-        "dataset": {"source": "sklearn", "name": "digits", "transforms": TRANSFORMS, "split_seed": SEED,
-                    "part": "test", "n": int(len(data.y_test))},
-        "metric": {"name": "accuracy", "value": acc,
-                   "measured_with": "PyTorch (eval mode, float32) on the test split at training time"},
-        "training": {"script": "harness/zoo/train_digits_cnn.py", "seed": SEED, **train,
-                     "versions": versions("torch", "coremltools", "numpy", "scikit-learn")},
-    })
-    print(f"{NAME}: test accuracy {acc:.4f}, {record['weight_count']} weights, {record['file_size']} bytes")
+    record_digits_classifier(
+        spec, NAME, input_description="8x8 digit image (1, 1, 8, 8), pixels scaled to [0, 1]",
+        description="CNN on scikit-learn digits as 1x8x8 images: 3 conv+batchnorm+ReLU blocks with max "
+                    "pooling, 2 dense layers, softmax; converted from PyTorch (batchnorm folded).",
+        transforms=TRANSFORMS, seed=SEED, n_test=len(data.y_test), accuracy=acc, training=train)
 
 
 if __name__ == "__main__":

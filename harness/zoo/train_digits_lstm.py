@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.data import prepared
 from harness.zoo import _torch as T
-from harness.zoo._record import accuracy, save_and_record, versions
+from harness.zoo._record import accuracy, record_digits_classifier
 
 NAME = "digits_lstm"
 SEED = 0
@@ -45,22 +45,12 @@ def main() -> None:
     probs = T.predict(model, data.x_test)
     acc = accuracy(probs.argmax(1), data.y_test)
     spec = T.convert(model, "rows", (8, 8), "probs", "LSTM reading scikit-learn digits as 8 rows of 8 pixels")
-    spec.description.input[0].shortDescription = "(1, 8, 8): 8 image rows (time steps) of 8 pixels scaled to [0, 1]"
-    spec.description.output[0].shortDescription = "probabilities of the digits 0..9 (column i = digit i)"
-    record = save_and_record(spec, NAME, {
-        "description": "One-layer LSTM (hidden 64) reading each scikit-learn digit as a sequence of 8 rows of "
-                       "8 pixels; last hidden state -> dense -> softmax; converted from PyTorch.",
-        "task": "classification",
-        "probability_output": "probs",
-        "class_labels": list(range(10)),
-        "dataset": {"source": "sklearn", "name": "digits", "transforms": TRANSFORMS, "split_seed": SEED,
-                    "part": "test", "n": int(len(data.y_test))},
-        "metric": {"name": "accuracy", "value": acc,
-                   "measured_with": "PyTorch (eval mode, float32) on the test split at training time"},
-        "training": {"script": "harness/zoo/train_digits_lstm.py", "seed": SEED, "hidden_size": HIDDEN, **train,
-                     "versions": versions("torch", "coremltools", "numpy", "scikit-learn")},
-    })
-    print(f"{NAME}: test accuracy {acc:.4f}, {record['weight_count']} weights, {record['file_size']} bytes")
+    record_digits_classifier(
+        spec, NAME, input_description="(1, 8, 8): 8 image rows (time steps) of 8 pixels scaled to [0, 1]",
+        description="One-layer LSTM (hidden 64) reading each scikit-learn digit as a sequence of 8 rows of "
+                    "8 pixels; last hidden state -> dense -> softmax; converted from PyTorch.",
+        transforms=TRANSFORMS, seed=SEED, n_test=len(data.y_test), accuracy=acc,
+        training={"hidden_size": HIDDEN, **train})
 
 
 if __name__ == "__main__":

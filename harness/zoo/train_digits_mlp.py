@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness.data import prepared
-from harness.zoo._record import accuracy, save_and_record, versions
+from harness.zoo._record import NUMPY_MEASURED, SKLEARN_PACKAGES, accuracy, record
 from quantizer.coremltools_quiet import coremltools
 
 NAME = "digits_mlp"
@@ -69,22 +69,16 @@ def main() -> None:
 
     probs = forward(weights, data.x_test)
     acc = accuracy(probs.argmax(axis=1), data.y_test)
-    record = save_and_record(spec, NAME, {
-        "description": "MLP classifier (64-128-64-10, ReLU) on scikit-learn digits; built with "
+    record(spec, NAME, task="classification",
+           description="MLP classifier (64-128-64-10, ReLU) on scikit-learn digits; built with "
                        "NeuralNetworkBuilder as a neuralNetworkClassifier with class labels 0-9.",
-        "task": "classification",
-        "label_output": "classLabel",
-        "probability_output": "probs",
-        "dataset": {"source": "sklearn", "name": "digits", "transforms": TRANSFORMS, "split_seed": SEED,
-                    "part": "test", "n": int(len(data.y_test))},
-        "metric": {"name": "accuracy", "value": acc,
-                   "measured_with": "float32 numpy forward pass of the stored weights on the test split"},
-        "training": {"script": "harness/zoo/train_digits_mlp.py", "trainer": "sklearn MLPClassifier",
-                     "hidden_layer_sizes": list(HIDDEN), "seed": SEED, "iterations": int(clf.n_iter_),
-                     "sklearn_test_accuracy": float(clf.score(data.x_test, data.y_test)),
-                     "versions": versions("scikit-learn", "coremltools", "numpy")},
-    })
-    print(f"{NAME}: test accuracy {acc:.4f}, {record['weight_count']} weights, {record['file_size']} bytes")
+           outputs={"label_output": "classLabel", "probability_output": "probs"},
+           dataset="digits", transforms=TRANSFORMS, seed=SEED, n_test=len(data.y_test),
+           metric="accuracy", value=acc, measured_with=NUMPY_MEASURED,
+           training={"trainer": "sklearn MLPClassifier", "hidden_layer_sizes": list(HIDDEN), "seed": SEED,
+                     "iterations": int(clf.n_iter_),
+                     "sklearn_test_accuracy": float(clf.score(data.x_test, data.y_test))},
+           packages=SKLEARN_PACKAGES)
 
 
 if __name__ == "__main__":

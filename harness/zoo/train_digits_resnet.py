@@ -21,7 +21,7 @@ from torch import nn
 
 from harness.data import prepared
 from harness.zoo import _torch as T
-from harness.zoo._record import accuracy, save_and_record, versions
+from harness.zoo._record import accuracy, record_digits_classifier
 
 NAME = "digits_resnet"
 SEED = 0
@@ -89,23 +89,14 @@ def main() -> None:
     acc = accuracy(probs.argmax(1), data.y_test)
     spec = T.convert(model, "image", (1, 32, 32), "probs",
                      "ResNet-style CNN (4 stages, ~1.2M weights) on scikit-learn digits upsampled to 32x32")
-    spec.description.input[0].shortDescription = "digit image (1, 1, 32, 32): 8x8 pixels scaled to [0, 1], each repeated 4x4"
-    spec.description.output[0].shortDescription = "probabilities of the digits 0..9 (column i = digit i)"
-    record = save_and_record(spec, NAME, {
-        "description": "ResNet-style CNN on scikit-learn digits upsampled to 32x32: stem conv+BN+ReLU+max pool, "
-                       "4 basic residual blocks (widths 32/64/128/256, projection shortcuts), global average pool, "
-                       "dense, softmax; converted from PyTorch. The realistic-size benchmark model.",
-        "task": "classification",
-        "probability_output": "probs",
-        "class_labels": list(range(10)),
-        "dataset": {"source": "sklearn", "name": "digits", "transforms": TRANSFORMS, "split_seed": SEED,
-                    "part": "test", "n": int(len(data.y_test))},
-        "metric": {"name": "accuracy", "value": acc,
-                   "measured_with": "PyTorch (eval mode, float32) on the test split at training time"},
-        "training": {"script": "harness/zoo/train_digits_resnet.py", "seed": SEED, "augmentation": "random shift",
-                     **train, "versions": versions("torch", "coremltools", "numpy", "scikit-learn")},
-    })
-    print(f"{NAME}: test accuracy {acc:.4f}, {record['weight_count']} weights, {record['file_size']} bytes")
+    record_digits_classifier(
+        spec, NAME,
+        input_description="digit image (1, 1, 32, 32): 8x8 pixels scaled to [0, 1], each repeated 4x4",
+        description="ResNet-style CNN on scikit-learn digits upsampled to 32x32: stem conv+BN+ReLU+max pool, "
+                    "4 basic residual blocks (widths 32/64/128/256, projection shortcuts), global average pool, "
+                    "dense, softmax; converted from PyTorch. The realistic-size benchmark model.",
+        transforms=TRANSFORMS, seed=SEED, n_test=len(data.y_test), accuracy=acc,
+        training={"augmentation": "random shift", **train})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,18 @@
-"""Helpers shared by the ND tensor, sequence and control-flow op modules.
+"""Helpers shared by the ND tensor, sequence and control-flow op modules, and their conventions.
 
 Not an op module (the leading underscore keeps the registry from importing it
 as one). Everything here works on internal blobs ``(N, *per-sample shape)``
 (see :mod:`harness.executors.ops.base`).
+
+Conventions of the ND ops (spec >= 4)
+-------------------------------------
+Every op works per sample: a Core ML axis ``a`` of a rank-``r`` blob is the
+internal axis ``a % r + 1`` (the sample axis is in front). Static shapes and
+indices baked into the layer (``loadConstantND.shape``, ``sliceStatic`` ids,
+``tile.reps``...) are per-sample values, so a leading 1 that stands for the
+converted model's batch dim stays 1 and nothing is patched to N. Layer
+semantics follow ``NeuralNetwork.proto`` (coremltools ``mlmodel/format``) and,
+where the proto is terse, the MIL op it is converted from.
 
 Two recurring problems are solved here:
 
@@ -13,7 +23,8 @@ Two recurring problems are solved here:
   and always agree) and raises otherwise, naming the layer.
 * **Indices stored as float blobs** (gather/scatter/embedding). Core ML casts
   them to integers; :func:`indices` rounds, wraps negative indices once and
-  rejects out-of-range ones with a message instead of reading garbage.
+  rejects out-of-range ones with a message instead of reading garbage. Index
+  blobs may differ per sample.
 """
 from __future__ import annotations
 
@@ -29,6 +40,14 @@ _SCATTER_UFUNCS = {
     "ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "DIV": np.divide,
     "MAX": np.maximum, "MIN": np.minimum,
 }
+
+
+def positive_shape(op: Op, shape: Sequence[int], what: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints; the op's error unless it is a non-empty list of positive sizes."""
+    s = tuple(int(d) for d in shape)
+    if not s or any(d <= 0 for d in s):
+        raise op.error(f"{what} {list(s)} must be a non-empty list of positive sizes")
+    return s
 
 
 def uniform(op: Op, x: np.ndarray, what: str) -> np.ndarray:

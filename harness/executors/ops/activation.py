@@ -20,6 +20,35 @@ def _channel_param(op: Op, field: str, x: np.ndarray, v: np.ndarray) -> np.ndarr
     return v.reshape(-1, 1, 1)
 
 
+def _stored_count(op: Op, field: str, wp, channels: int) -> int:
+    """How many values a PReLU / parametricSoftplus parameter stores: ``channels`` or 1.
+
+    Float (``floatValue``, float32 ``rawValue``), float16 and int8 weights state
+    their count. Quantized ``rawValue`` weights do not: the count is whichever of
+    ``channels`` and 1 packs to the stored length, ``max(1, ceil(n * nbits / 8))``
+    bytes. When both do (``channels * nbits <= 8``) the format cannot tell them
+    apart and the per-channel reading is taken. A length that fits neither is an
+    error naming the layer.
+    """
+    if len(wp.floatValue):
+        return len(wp.floatValue)
+    if wp.float16Value:
+        return len(wp.float16Value) // 2
+    if wp.int8RawValue:
+        return len(wp.int8RawValue)
+    if wp.rawValue and wp.quantization.WhichOneof("QuantizationType") is None:
+        return len(wp.rawValue) // 4  # float32 bytes
+    nbits = int(wp.quantization.numberOfBits)
+    if not wp.rawValue or not 1 <= nbits <= 8:
+        return channels  # empty or malformed: the decoder names the problem
+    for n in dict.fromkeys((channels, 1)):
+        if len(wp.rawValue) == max(1, -(-n * nbits // 8)):
+            return n
+    raise op.error(
+        f"{field} stores {len(wp.rawValue)} bytes of {nbits}-bit values: that is neither {channels} "
+        f"(one per input channel) nor 1 (shared) value")
+
+
 def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(F32(0), x)
 
@@ -56,16 +85,10 @@ class Activation(Op):
         self.fn = fns[kind]
 
     def _vector(self, field: str, x: np.ndarray) -> np.ndarray:
-        """Decode a per-channel parameter (1 or C values; C = axis -3 of ``x``), once per model."""
+        """Decode a per-channel parameter (C values, C = axis -3 of ``x``, or 1 shared value)."""
         wp = getattr(getattr(self.params, self.kind), field.split(".")[-1])
-        n = len(wp.floatValue) or len(wp.float16Value) // 2
-        if not n:  # quantized: the count is not stored; it is C, or 1 for a shared value
-            c = x.shape[-3] if rank(x) >= 3 else 1
-            try:
-                return self.weights(field, (c,), 0)
-            except Exception:
-                n = 1
-        return self.weights(field, (n,), 0)
+        c = x.shape[-3] if rank(x) >= 3 else 1
+        return self.weights(field, (_stored_count(self, field, wp, c),), 0)
 
     def _prelu(self, x):
         a = _channel_param(self, "PReLU alpha", x, self._vector("PReLU.alpha", x))

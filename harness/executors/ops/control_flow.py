@@ -111,8 +111,8 @@ class Branch(Op):
     n_outputs = 0
 
     def build(self, params, ctx) -> None:
-        self.if_net = ctx.compile(params.ifBranch.layers)
-        self.else_net = ctx.compile(params.elseBranch.layers)
+        self.if_net = ctx.compile(params.ifBranch)
+        self.else_net = ctx.compile(params.elseBranch)
 
     def run_blobs(self, blobs: Blobs) -> None:
         try:
@@ -162,8 +162,8 @@ class Loop(Op):
         has_cond = len(params.conditionNetwork.layers) > 0
         if has_cond != bool(self.cond_var):
             raise self.error("conditionVar and conditionNetwork must be given together")
-        self.cond_net = ctx.compile(params.conditionNetwork.layers) if has_cond else None
-        self.body = ctx.compile(params.bodyNetwork.layers)
+        self.cond_net = ctx.compile(params.conditionNetwork) if has_cond else None
+        self.body = ctx.compile(params.bodyNetwork)
 
     def _condition(self, blobs: Blobs) -> np.ndarray:
         self.cond_net.run(blobs)  # type: ignore[union-attr]

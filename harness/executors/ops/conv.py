@@ -14,8 +14,6 @@ followed by a col2im scatter-add per kernel offset.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.executors.ops.base import F32, Op, f32, rank
+from harness.executors.ops.base import Op, f32, rank
 from harness.executors.registry import register
 
 

@@ -1,10 +1,9 @@
-"""Normalization layers over the channel axis (-3): batchnorm, softmax (legacy), l2normalize, lrn."""
+"""Normalization layers: batchnorm, softmax (legacy, over the channel axis -3) and softmaxND, l2normalize, lrn."""
 from __future__ import annotations
 
 import numpy as np
 
-from harness.executors.ops.base import F32, Op, f32, rank
-from harness.executors.ops.nd import softmax
+from harness.executors.ops.base import F32, Op, axis, f32, rank
 from harness.executors.registry import register
 
 
@@ -56,6 +55,29 @@ class Batchnorm(Op):
         mean = x.mean(axis=axes, keepdims=True, dtype=F32)
         var = np.square(x - mean).mean(axis=axes, keepdims=True, dtype=F32)
         return (x - mean) / np.sqrt(var + self.eps) * self.gamma + self.beta
+
+
+def softmax(x: np.ndarray, ax: int) -> np.ndarray:
+    """Numerically stable softmax of float32 ``x`` along numpy axis ``ax``."""
+    ax %= x.ndim
+    if ax < x.ndim - 1 and all(d == 1 for d in x.shape[ax + 1:]):  # e.g. (..., C, 1, 1): use the last axis
+        return softmax(x.reshape(x.shape[: ax + 1]), ax).reshape(x.shape)
+    e = np.exp(x - x.max(axis=ax, keepdims=True))
+    e /= e.sum(axis=ax, keepdims=True)
+    return e
+
+
+@register("softmaxND")
+class SoftmaxND(Op):
+    """Softmax along ``axis`` (Core ML axis, negative allowed)."""
+
+    n_inputs = 1
+
+    def build(self, params, ctx) -> None:
+        self.axis = int(params.axis)
+
+    def run(self, x):
+        return softmax(f32(x), axis(self.axis, x))
 
 
 @register("softmax")

@@ -1,5 +1,5 @@
 """Data reorganisation (legacy layers): flatten, reshape, permute, concat, split,
-padding, crop, sequenceRepeat. (flattenTo2D and tile live with the ND layers in tensor_nd.py.)
+padding, crop, sequenceRepeat. (flattenTo2D is in reshape_nd.py, tile in join_nd.py.)
 
 Shapes in params are per sample (see :mod:`harness.executors.ops.base`); the
 sample axis is kept in front.

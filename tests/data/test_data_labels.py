@@ -6,7 +6,7 @@ import pytest
 
 from harness.data import class_labels, label_indices, match_labels, task_of
 from harness.errors import DataError
-from tests._data_models import builder_model
+from tests.data._data_models import builder_model
 
 INT_CLF = builder_model({"x": (3,)}, mode="classifier", class_labels=[3, 5, 7])
 STR_CLF = builder_model({"x": (3,)}, mode="classifier", class_labels=["cat", "dog", "eel"])

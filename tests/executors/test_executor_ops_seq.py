@@ -17,7 +17,7 @@ import pytest
 from harness.errors import ExecutorError
 from harness.executors import NumpyExecutor
 from harness.executors.runner import BuildContext, compile_network
-from tests.executor_specs import INT32, layer, net, weights
+from tests.executors.executor_specs import INT32, layer, net, weights
 
 RNG = np.random.default_rng(20240611)
 N = 3  # samples per test batch
@@ -29,7 +29,7 @@ def f32(*shape, low=-1.0, high=1.0):
 
 def run(nn, blobs: dict, legacy: bool = False) -> dict:
     """Compile the layers of ``nn`` and run them over a copy of ``blobs`` (internal layout)."""
-    network = compile_network(nn.layers, BuildContext(legacy=legacy))
+    network = compile_network(nn, BuildContext(legacy=legacy))
     out = {k: np.asarray(v, np.float32) for k, v in blobs.items()}
     return network.run(out)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from harness.executors import NumpyExecutor
-from tests.executor_specs import border, layer, net, weights
+from tests.executors.executor_specs import border, layer, net, weights
 
 RNG = np.random.default_rng(7)
 
@@ -372,7 +372,7 @@ def test_legacy_elementwise_broadcast_and_alpha():
 
 
 def test_image_input_preprocessing_bgr_and_classifier_labels():
-    from tests.executor_specs import Model
+    from tests.executors.executor_specs import Model
 
     spec = Model()
     spec.specificationVersion = 1
@@ -418,3 +418,28 @@ def test_predict_in_chunks_equals_whole_batch():
     x = RNG.standard_normal((7, 3, 6, 6)).astype(np.float32)
     ex = NumpyExecutor(spec)
     np.testing.assert_allclose(ex.predict({"x": x}, batch_size=3)["y"], ex.predict({"x": x})["y"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("count", [4, 1])
+def test_quantized_prelu_alpha_per_channel_or_shared(count):
+    """A quantized PReLU alpha stores no count: 4 channels or 1 shared value, read from the packed length."""
+    import quantizer
+
+    spec, nn = net({"x": (1, 4, 2, 3)}, ["y"])
+    alpha = np.array([0.1, 0.2, 0.3, 0.4][:count], np.float32)
+    wp = layer(nn, "activation", "prelu", ["x"], ["y"]).PReLU.alpha
+    quantizer.weightparams.write_quantized(wp, quantizer.packing.pack_bits(np.arange(count), 8), 8, scale=[0.1], bias=[0.1])
+    x = -np.ones((2, 1, 4, 2, 3), np.float32)
+    y = _run(spec, {"x": x})["y"]
+    np.testing.assert_allclose(y, x[:, 0] * alpha.reshape(-1, 1, 1), rtol=1e-6)
+
+
+def test_quantized_prelu_alpha_of_a_wrong_length_is_an_error():
+    import quantizer
+    from harness.errors import ExecutorError
+
+    spec, nn = net({"x": (1, 4, 2, 3)}, ["y"])
+    wp = layer(nn, "activation", "prelu", ["x"], ["y"]).PReLU.alpha
+    quantizer.weightparams.write_quantized(wp, quantizer.packing.pack_bits(np.arange(3), 8), 8, scale=[0.1], bias=[0.1])
+    with pytest.raises(ExecutorError, match=r"'prelu' \(activation\).*3 bytes of 8-bit values.*neither 4.*nor 1"):
+        _run(spec, {"x": np.ones((1, 1, 4, 2, 3), np.float32)})

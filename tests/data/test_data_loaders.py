@@ -9,7 +9,7 @@ import pytest
 
 from harness.data import Dataset, SKLEARN_DATASETS, load_csv, load_npz, load_sklearn, prepared, split, transform
 from harness.errors import DataError
-from tests._data_models import builder_model, rng_array
+from tests.data._data_models import builder_model, rng_array
 
 FEATURES = {"digits": 64, "iris": 4, "wine": 13, "breast_cancer": 30, "diabetes": 10}
 SIZES = {"digits": 1797, "iris": 150, "wine": 178, "breast_cancer": 569, "diabetes": 442}

@@ -66,7 +66,7 @@ def test_feed_dtypes_follow_declared_types(name: str) -> None:
 
 def test_loader_and_builder_script_do_not_need_torch() -> None:
     """load_fixture and build_builder_fixtures import without torch (blocked in a subprocess)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     code = (
         "import sys; sys.modules['torch'] = None\n"
         f"sys.path[:0] = [{str(root)!r}, {str(FIXTURES_DIR)!r}]\n"

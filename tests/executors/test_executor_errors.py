@@ -1,13 +1,15 @@
 """Errors the executors raise for problems a user can cause, and what they say."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from harness.errors import ConfigError, DataError, ExecutorError, UnsupportedLayerError
 from harness.executors import NumpyExecutor, make_executor
 from harness.executors.factory import coreml_available
-from tests.executor_specs import INT32, layer, net, weights
+from tests.executors.executor_specs import INT32, layer, net, weights
 
 
 def _mlp():
@@ -48,21 +50,27 @@ def test_output_not_produced_is_reported():
         NumpyExecutor(spec)
 
 
+EXPECTS = r"The model expects:\n  'x': float32 array \(N, 4\) \[multiArray FLOAT32 declared \[1, 4\], exact mapping\]"
+
+
 @pytest.mark.parametrize(
     "feeds,pattern",
     [
-        ({"z": np.zeros((1, 4))}, r"unknown input name\(s\) \['z'\].*'x' of shape \[1, 4\]"),
-        ({}, r"missing input 'x'.*shape \[1, 4\]"),
-        ({"x": np.zeros((4,))}, r"input 'x' has shape \[4\] \(rank 1\).*\[1, 4\] \(one sample\) or \[N, 4\]"),
-        ({"x": np.zeros((2, 5))}, r"input 'x' has shape \[2, 5\].*\[N, 4\]"),
-        ({"x": np.zeros((2, 3, 4, 1))}, r"rank 4"),
-        ({"x": np.array([["a", "b", "c", "d"]])}, r"dtype"),
+        ({"z": np.zeros((1, 4))}, r"missing input\(s\) 'x'; unknown input name\(s\) 'z'"),
+        ({}, r"missing input\(s\) 'x'\."),
+        ({"x": np.zeros((4,))}, r"'x' has shape \(4,\), the model takes \(N, 4\)"),
+        ({"x": np.zeros((2, 5))}, r"'x' has shape \(2, 5\), the model takes \(N, 4\)"),
+        ({"x": np.zeros((2, 3, 4, 1))}, r"'x' has shape \(2, 3, 4, 1\)"),
+        ({"x": np.array([["a", "b", "c", "d"]])}, r"'x' has dtype str32, the model takes FLOAT32 \(a numeric array\)"),
+        ([np.zeros((1, 4))], r"feeds must be a dict of input name -> array, got a list"),
     ],
 )
 def test_bad_feeds_state_what_the_model_expects(feeds, pattern):
     ex = NumpyExecutor(_mlp())
-    with pytest.raises(DataError, match=pattern):
+    with pytest.raises(DataError, match=r"^model: the feeds do not fit the model: " + ".*" + pattern) as e:
         ex.predict(feeds)
+    if isinstance(feeds, dict):
+        assert re.search(EXPECTS + r"\nGiven:\n", str(e.value)), str(e.value)
 
 
 def test_inputs_disagreeing_on_n():

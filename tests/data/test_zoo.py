@@ -50,8 +50,8 @@ def test_metadata_describes_the_file(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_load_returns_the_held_out_test_set(name):
-    spec, ds = zoo.load(name)
+def test_load_returns_the_held_out_test_set(name, zoo_model):
+    spec, ds = zoo_model(name)
     meta = zoo.info(name)
     check_feeds(spec, ds.feeds)
     assert ds.sha256 == meta["dataset"]["sha256"]
@@ -69,10 +69,10 @@ def test_the_realistic_size_model():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_numpy_executor_reproduces_the_recorded_metric(name):
+def test_numpy_executor_reproduces_the_recorded_metric(name, zoo_model):
     from harness.executors import make_executor
 
-    spec, ds = zoo.load(name)
+    spec, ds = zoo_model(name)
     meta = zoo.info(name)
     ex = make_executor("numpy", spec)
     out = ex.predict(dict(ds.feeds))
@@ -117,3 +117,47 @@ def test_runtime_modules_do_not_import_torch():
                *sorted((root / "data").glob("*.py"))]
     for f in runtime:
         assert not re.search(r"^\s*(import|from)\s+torch\b", f.read_text(), re.M), f
+
+
+_OUTPUT_KEYS = ("label_output", "probability_output", "class_labels", "prediction_output")
+_TORCH_TRAINED = ("digits_cnn", "digits_lstm", "digits_resnet")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_record_helper_rebuilds_the_committed_metadata(name, tmp_path, monkeypatch, capsys):
+    """Every train_<name>.py ends in one _record helper call; given the committed model and the figures
+    it recorded, the helper writes the committed <name>.json again, byte for byte."""
+    import json
+    import platform
+
+    from harness.zoo import _record
+
+    meta = json.loads((zoo.ZOO_DIR / f"{name}.json").read_text())
+    spec = zoo.load_spec(name)
+    monkeypatch.setattr(_record, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(_record, "versions", lambda *mods: {m: meta["training"]["versions"][m] for m in mods})
+    monkeypatch.setattr(platform, "python_version", lambda: meta["training"]["python"])
+    training = {k: v for k, v in meta["training"].items() if k not in ("script", "versions", "python")}
+    ds, metric = meta["dataset"], meta["metric"]
+    common = dict(transforms=ds["transforms"], seed=ds["split_seed"], n_test=ds["n"])
+    if name in _TORCH_TRAINED:
+        assert training.pop("seed") == ds["split_seed"]
+        _record.record_digits_classifier(spec, name, description=meta["description"],
+                                         input_description=spec.description.input[0].shortDescription,
+                                         accuracy=metric["value"], training=training, **common)
+    else:
+        keys = list(meta)
+        separate = keys.index("metrics") == keys.index("metric") + 1  # several metrics, recorded by the script
+        _record.record(spec, name, description=meta["description"], task=meta["task"],
+                       outputs={k: meta[k] for k in keys if k in _OUTPUT_KEYS}, dataset=ds["name"],
+                       metric=metric["name"], value=metric["value"], measured_with=metric["measured_with"],
+                       training=training, packages=list(meta["training"]["versions"]),
+                       metrics=meta["metrics"] if separate else None, **common)
+    written = json.loads((tmp_path / f"{name}.json").read_text())
+    # protobuf map fields serialize in no fixed order, so a re-serialized converted model may hash differently
+    assert written["sha256"] == hashlib.sha256((tmp_path / f"{name}.mlmodel").read_bytes()).hexdigest()
+    if (tmp_path / f"{name}.mlmodel").read_bytes() != zoo.path(name).read_bytes():
+        written["sha256"] = meta["sha256"]
+        (tmp_path / f"{name}.json").write_text(json.dumps(written, indent=2) + "\n")
+    assert (tmp_path / f"{name}.json").read_text() == (zoo.ZOO_DIR / f"{name}.json").read_text()
+    assert capsys.readouterr().out.startswith(f"{name}: test ")
