@@ -64,7 +64,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from harness.errors import ConfigError
-from harness.search.base import Candidate, SearchContext, SearchStrategy
+from harness.search.base import Candidate, SearchContext, SearchStrategy, StrategyResult
 from harness.sensitivity import FLOAT, Choice, UnitPlans, load_sensitivity, search_options, space_choices
 from harness.study import counted_trials, mark_running, worker_id
 
@@ -538,15 +538,17 @@ class MixedSearch(SearchStrategy):
         return self._weight_counts
 
     # -- outputs ---------------------------------------------------------------------------
-    def finish(self, run_dir: Path, table: pd.DataFrame, summary: dict[str, Any], evaluator: Any) -> dict[str, Path]:
-        """Add hypervolumes and the accuracy-target outcome to ``summary``."""
-        summary["hypervolume"] = mixed_summary(table, evaluator.metric, evaluator.baseline, self.options["compare_to"])
+    def finish(self, table: pd.DataFrame, summary: dict[str, Any], evaluator: Any) -> StrategyResult:
+        """Hypervolumes, the mixed-search record and the accuracy-target outcome (summary entries)."""
+        entries: dict[str, Any] = {
+            "hypervolume": mixed_summary(table, evaluator.metric, evaluator.baseline, self.options["compare_to"])}
         seeds = table[SEED_ATTR].value_counts().to_dict() if SEED_ATTR in table.columns else {}
-        summary["mixed"] = {"trials_by_seed": {str(k): int(v) for k, v in seeds.items()},
+        entries["mixed"] = {"trials_by_seed": {str(k): int(v) for k, v in seeds.items()},
                             "units": list(self.units.units), "codecs": list(self.labels),
                             "probe_codec": self.probe_label}
-        target_note(summary, evaluator.metric)
-        return {}
+        target_note(summary, evaluator.metric)  # on the writer's copy of summary.json
+        entries["target"] = summary["target"]
+        return StrategyResult(summary=entries)
 
 
 def _smallest_within(df: pd.DataFrame, metric: Any, baseline: float, drop: float) -> dict[str, Any] | None:

@@ -4,8 +4,8 @@ For every quantizable layer (``search.options.unit=layer``, the default) or
 weight tensor (``unit=tensor``) and every codec of the search space, the
 float model is quantized in that one place only and evaluated against the
 cached float outputs. The metric drop and the output SNR go into
-``sensitivity.csv`` (one row per unit x codec) and ``sensitivity.png`` (a
-heatmap units x codecs). This is AIMET's QuantAnalyzer per-layer analysis for
+``sensitivity.csv`` (one row per unit x codec; the report draws it as
+``sensitivity.png``, a heatmap units x codecs). This is AIMET's QuantAnalyzer per-layer analysis for
 Core ML neuralnetwork models; the mixed-precision search
 (:mod:`harness.mixed`) uses the same per-unit decomposition.
 
@@ -34,7 +34,7 @@ import optuna
 import pandas as pd
 
 from harness.errors import ConfigError
-from harness.search.base import Candidate, SearchContext, SearchStrategy
+from harness.search.base import Candidate, SearchContext, SearchStrategy, StrategyResult
 from harness.space import SearchSpace, Setting
 from harness.study import counted_trials, pop_waiting, worker_id
 
@@ -48,7 +48,7 @@ __all__ = [
     "search_options",
     "SensitivitySearch",
     "sensitivity_table",
-    "write_sensitivity",
+    "sensitivity_result",
 ]
 
 UNIT_KINDS = ("layer", "tensor")
@@ -301,9 +301,9 @@ class SensitivitySearch(SearchStrategy):
         return Candidate(attrs=attrs, plan=self.units.single(unit, label), label=f"{safe}_{label}")
 
     # -- outputs ---------------------------------------------------------------------------
-    def finish(self, run_dir: Path, table: pd.DataFrame, summary: dict[str, Any], evaluator: Any) -> dict[str, Path]:
-        """Write ``sensitivity.csv`` and ``sensitivity.png``; add the ranking to ``summary``."""
-        return write_sensitivity(run_dir, table, summary, evaluator.metric.name, self.units)
+    def finish(self, table: pd.DataFrame, summary: dict[str, Any], evaluator: Any) -> StrategyResult:
+        """The ``sensitivity`` table (sensitivity.csv) and its ranking in ``summary["sensitivity"]``."""
+        return sensitivity_result(table, summary, evaluator.metric.name, self.units)
 
 
 def sensitivity_table(table: pd.DataFrame, metric: str, units: UnitPlans | None = None) -> pd.DataFrame:
@@ -346,20 +346,17 @@ def _unit_weight_counts(units: UnitPlans) -> dict[str, int]:
     return counts
 
 
-def write_sensitivity(run_dir: Path, table: pd.DataFrame, summary: dict[str, Any], metric: str,
-                      units: UnitPlans | None) -> dict[str, Path]:
-    """Write ``sensitivity.csv`` / ``sensitivity.png`` and add ``summary["sensitivity"]``."""
-    from harness import analysis
+def sensitivity_result(table: pd.DataFrame, summary: dict[str, Any], metric: str,
+                       units: UnitPlans | None) -> StrategyResult:
+    """The ``sensitivity`` table and ``summary["sensitivity"]`` (the report draws sensitivity.png)."""
+    from harness import analysis, rundir
 
     sens = sensitivity_table(table, metric, units)
     baseline = summary.get("baseline", {})
     if "size_bytes" in baseline and not sens.empty:
         sens.insert(sens.columns.get_loc("size_bytes") + 1, "saved_bytes",
                     (int(baseline["size_bytes"]) - sens["size_bytes"].astype("int64")).astype("Int64"))
-    path = run_dir / "sensitivity.csv"
-    sens.to_csv(path, index=False)
-    files = {"sensitivity": path}
-    info: dict[str, Any] = {"file": path.name, "evaluations": int(len(sens)),
+    info: dict[str, Any] = {"file": rundir.table_file(rundir.SENSITIVITY_TABLE), "evaluations": int(len(sens)),
                             "units": int(sens["unit"].nunique()) if not sens.empty else 0,
                             "codecs": int(sens["codec"].nunique()) if not sens.empty else 0}
     if not sens.empty:
@@ -368,13 +365,7 @@ def write_sensitivity(run_dir: Path, table: pd.DataFrame, summary: dict[str, Any
             {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
             for row in ranking.to_dict(orient="records")
         ]
-        from harness.report import _save, sensitivity_figure
-
-        _save(sensitivity_figure(sens, f"{metric} drop when one {'layer' if units is None or units.unit_kind == 'layer' else 'tensor'} alone is quantized"),
-              run_dir / "sensitivity.png")
-        files["sensitivity_png"] = run_dir / "sensitivity.png"
-    summary["sensitivity"] = info
-    return files
+    return StrategyResult(summary={"sensitivity": info}, tables={rundir.SENSITIVITY_TABLE: sens})
 
 
 def load_sensitivity(source: str | Path) -> pd.DataFrame:

@@ -12,14 +12,14 @@ driver's (:mod:`harness.sweep`), so a new kind of search only has to answer:
   worker should stop starting trials.
 * :meth:`SearchStrategy.candidate` — parameters (from ``trial.params`` or the
   sampler) -> Candidate; :meth:`SearchStrategy.suggest` does this for a live trial.
-* :meth:`SearchStrategy.finish` (optional) — extra files and summary entries
-  at the end of the run.
+* :meth:`SearchStrategy.finish` (optional) — a :class:`StrategyResult` at the
+  end of the run: summary entries and tables, which the run-directory writer
+  (:mod:`harness.outputs`) writes. A strategy writes no file itself.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import optuna
@@ -42,6 +42,18 @@ class Candidate:
     attrs: dict[str, Any]
     plan: Any
     label: str
+
+
+@dataclass
+class StrategyResult:
+    """What a strategy adds to the run directory at the end of a run.
+
+    ``summary`` entries are merged into summary.json; each ``tables[name]`` is
+    written as ``<name>.csv`` (e.g. ``sensitivity`` -> ``sensitivity.csv``).
+    """
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,9 +123,10 @@ class SearchStrategy(abc.ABC):
     def candidate(self, params: Mapping[str, Any]) -> Candidate:
         """The candidate of finished parameters (to rebuild a Pareto-optimal model)."""
 
-    def finish(self, run_dir: Path, table: pd.DataFrame, summary: dict[str, Any], evaluator: Any) -> dict[str, Path]:
-        """Write strategy-specific files into ``run_dir`` and add to ``summary`` (before it is saved).
+    def finish(self, table: pd.DataFrame, summary: dict[str, Any], evaluator: Any) -> StrategyResult:
+        """Summary entries and tables of this strategy (the writer writes them; see :class:`StrategyResult`).
 
-        ``table`` is trials.csv as a DataFrame; returns the files written by name.
+        ``table`` is trials.csv as a DataFrame and ``summary`` the summary.json
+        the writer built (both copies: changing them changes nothing).
         """
-        return {}
+        return StrategyResult()
