@@ -29,7 +29,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial
 
-from harness import pareto, report, rundir
+from harness import pareto, rundir
 from harness.search.base import SearchStrategy, StrategyResult
 from harness.study import masked_url, retried_numbers, worker_id
 
@@ -175,23 +175,25 @@ def _kb(n: Any) -> str:
 def front_table(front: pd.DataFrame, baseline: Mapping[str, Any], metric: str) -> str:
     """The Pareto front as a text table, float baseline first."""
     drop = rundir.drop_column(metric)
-    rows = [{"trial": "float", "setting": "float32 (baseline)", "size_kb": _kb(baseline.get("size_bytes")),
-             "ratio": "1.00", metric: f"{baseline.get(metric):.4f}", drop: "", "agreement": "",
+    rows = [{"trial": "float", "setting": "float32 (baseline)", "size_kb": _kb(baseline["size_bytes"]),
+             "ratio": "1.00", metric: f"{baseline[metric]:.4f}", drop: "", "agreement": "",
              "snr_db": ""}]
     for _, r in front.iterrows():
         sel = []
         for k, short in (("skip_layer_types", "skip"), ("minimum_conv_kernel_channels", "conv_ch>="),
                          ("minimum_conv_weight_count", "conv_w>="), ("minimum_matrix_weight_count", "mat_w>=")):
-            v = r.get(k)
-            if v is not None and not pd.isna(v) and v not in ("none", 0):
+            v = r[k]
+            if not pd.isna(v) and v not in ("none", 0):
                 sel.append(f"{short}{v}" if short.endswith("=") else f"{short}:{v}")
-        setting = (f"fp16" if r.get("nbits") == 16 else f"{r.get('mode')} {r.get('nbits')}-bit") \
-            if "nbits" in r and not pd.isna(r.get("nbits")) else str(r.get("setting", ""))
+        if pd.isna(r["nbits"]):  # not a uniform setting (mixed, sensitivity): the strategy's own description
+            setting = str(r.get("setting", ""))
+        else:
+            setting = "fp16" if r["nbits"] == 16 else f"{r['mode']} {r['nbits']}-bit"
         rows.append({
             "trial": str(r["trial"]), "setting": " ".join([setting] + sel), "size_kb": _kb(r["size_bytes"]),
             "ratio": f"{r['compression_ratio']:.2f}", metric: f"{r[metric]:.4f}",
-            drop: f"{r[drop]:+.4f}", "agreement": "" if pd.isna(r.get("agreement")) else f"{r['agreement']:.4f}",
-            "snr_db": "" if pd.isna(r.get("snr_db")) else f"{r['snr_db']:.1f}",
+            drop: f"{r[drop]:+.4f}", "agreement": "" if pd.isna(r["agreement"]) else f"{r['agreement']:.4f}",
+            "snr_db": "" if pd.isna(r["snr_db"]) else f"{r['snr_db']:.1f}",
         })
     return pd.DataFrame(rows).to_string(index=False)
 
@@ -317,8 +319,9 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     files.update(write_strategy_result(run_dir, result, summary))  # type: ignore[arg-type]
     files["summary"] = write_json(run_dir / rundir.SUMMARY, summary)
 
+    # The target as written (a strategy may have replaced its message, e.g. mixed's best-effort note).
     _print_outcome(study.study_name, table, complete, front, baseline, metric.name,
-                   target["message"] if max_drop is not None else None, run_dir)
+                   summary["target"]["message"] if max_drop is not None else None, run_dir)
     if bool(cfg.report.enabled):
         _write_report(run_dir)
     return SweepResult(run_dir, study.study_name, table, front, dict(summary), interrupted=loop.interrupted,
@@ -344,7 +347,9 @@ def _print_outcome(study_name: str, table: pd.DataFrame, complete: pd.DataFrame,
 
 
 def _write_report(run_dir: Path) -> None:
-    """:func:`harness.report.write_report`; a failure is logged (the run's own files are written already)."""
+    """:func:`harness.report.write_report`; a failure to draw is logged (the run's own files are written already)."""
+    from harness import report  # here, not at the top: matplotlib only for runs that write a report
+
     try:
         written = report.write_report(run_dir)
     except Exception as e:  # noqa: BLE001 - the sweep's tables are complete; say what failed and go on

@@ -162,10 +162,8 @@ def _img(data: bytes, alt: str) -> str:
 
 def _fmt_table(df: pd.DataFrame, metric: str) -> str:
     wanted = [c.format(metric=metric) for c in TABLE_COLUMNS]
-    cols = [c for c in wanted if c in df.columns]
-    t = df[cols].copy() if cols else df.copy()
-    if "size_bytes" in t.columns:
-        t.insert(t.columns.get_loc("size_bytes") + 1, "size_kb", (t["size_bytes"] / 1024).round(2))
+    t = df[[c for c in wanted if c in df.columns]].copy()  # setting, mean_bits: a strategy's columns
+    t.insert(t.columns.get_loc("size_bytes") + 1, "size_kb", (t["size_bytes"] / 1024).round(2))
     return t.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="tbl", na_rep="")
 
 

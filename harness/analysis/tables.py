@@ -96,7 +96,11 @@ def metric_by_nbits(run: RunData) -> pd.DataFrame:
 
 
 def encoding_label(encoding: str, nbits: int) -> str:
-    """Short cell label for an encoding: ``fp32``, ``fp16``, ``lin8``, ``lut4``, ``int8``."""
+    """Short cell label for an encoding: ``fp32``, ``fp16``, ``lin8``, ``lut4``, ``int8``.
+
+    (The stored-format label; it moves to ``quantizer.encoding_label`` when the quantizer's
+    restructure lands, and this name goes.)
+    """
     if encoding == "float32":
         return "fp32"
     if encoding == "float16":
