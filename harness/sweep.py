@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pandas as pd
 from optuna.trial import TrialState
 
 from harness.claims import Claims
@@ -32,7 +31,7 @@ from harness.evaluate import Evaluator, ModelTask, TaskMetric, choose_metric
 from harness.outputs import SweepResult, write_run
 from harness.search import SearchContext, SearchStrategy, SkipTrial, make_strategy
 from harness.space import SearchSpace, build_plan
-from harness.study import FAILURE_ATTR, Worker, counted_trials, masked_url, open_storage, open_study, reap, worker_id
+from harness.study import FAILURE_ATTR, Worker, counted_trials, masked_url, open_storage, open_study, reap
 
 log = logging.getLogger("qsweep")
 
