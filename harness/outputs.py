@@ -1,42 +1,56 @@
-"""The files of a run directory, written from the study (so they hold every worker's trials).
+"""The run-directory writer: every file of a run, written from the study (so it holds every worker's trials).
 
-``config.yaml`` (resolved config), ``environment.json`` (package versions,
-model/data sha256, seed, machine), ``trials.csv`` (one row per trial),
-``pareto.csv`` (the non-dominated trials, sorted by size, same columns),
-``summary.json`` (baseline, Pareto front, best within the accuracy target) and
-``models/`` (the Pareto-optimal ``.mlmodel`` files).
+:func:`write_run` writes what :mod:`harness.rundir` defines — ``config.yaml``,
+``environment.json``, ``trials.csv``, ``pareto.csv``, the tables a search
+strategy returns (``StrategyResult.tables[name]`` as ``<name>.csv``),
+``summary.json`` (with ``StrategyResult.summary`` merged in) and ``models/``
+(the Pareto-optimal models) — prints the Pareto front and calls the report.
 
 :func:`trials_frame` fixes the leading columns; attributes a search strategy
 adds (e.g. per-layer codecs) follow in name order.
 """
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 import platform
 import sys
+import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import optuna
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial
 
-SETTING_COLUMNS = ["nbits", "mode", "skip_layer_types", "minimum_conv_kernel_channels",
-                   "minimum_conv_weight_count", "minimum_matrix_weight_count"]
+from harness import pareto, rundir
+from harness.search.base import SearchStrategy, StrategyResult
+from harness.study import masked_url, retried_numbers, worker_id
+
+log = logging.getLogger("qsweep")
+
 PACKAGES = ["qsweep", "numpy", "protobuf", "coremltools", "optuna", "hydra-core", "omegaconf", "SQLAlchemy",
             "pandas", "scikit-learn", "tqdm", "psycopg2-binary"]
 _INTERNAL_ATTRS = {"grid_point", "failure"}
 
 
-def leading_columns(metric: str) -> list[str]:
-    """The first columns of trials.csv / pareto.csv for task metric ``metric``."""
-    figures = ["size_bytes", "compression_ratio", metric, f"{metric}_drop", "agreement", "snr_db", "psnr_db"]
-    figures = list(dict.fromkeys(figures))
-    return (["trial", "state"] + SETTING_COLUMNS + figures
-            + ["plan_hash", "reused_from", "model_file", "quantize_s", "evaluate_s", "encodings", "error"])
+@dataclass
+class SweepResult:
+    """What a run produced (paths are inside ``run_dir``)."""
+
+    run_dir: Path
+    study_name: str
+    trials: pd.DataFrame
+    front: pd.DataFrame
+    summary: dict[str, Any]
+    interrupted: bool = False
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def _cell(v: Any) -> Any:
@@ -70,18 +84,15 @@ def trial_row(t: FrozenTrial, retried_as: int | None = None) -> dict[str, Any]:
 
 
 def trials_frame(trials: Sequence[FrozenTrial], metric: str) -> pd.DataFrame:
-    """Every trial as a row, leading columns first (see :func:`leading_columns`)."""
-    from harness.study import retried_numbers
-
+    """Every trial as a row: :func:`harness.rundir.leading_columns`, a strategy's attributes, the tail columns."""
     retried = retried_numbers(trials)
     rows = [trial_row(t, retried.get(t.number)) for t in trials]
-    lead = leading_columns(metric)
-    tail = ["retry_of", "worker", "datetime_start", "datetime_complete", "layer_encodings"]
+    lead = rundir.leading_columns(metric)
+    tail = rundir.TAIL_COLUMNS
     extra = sorted({k for r in rows for k in r} - set(lead) - set(tail) - {"skipped"})
     df = pd.DataFrame(rows, columns=lead + extra + tail)
-    for c in ("trial", "reused_from", "retry_of", "size_bytes", "nbits"):
-        if c in df.columns:
-            df[c] = df[c].astype("Int64")
+    for c in rundir.INTEGER_COLUMNS:
+        df[c] = df[c].astype("Int64")
     return df
 
 
@@ -115,12 +126,10 @@ def write_json(path: Path, data: Any) -> Path:
 
 def write_config(run_dir: Path, cfg: DictConfig) -> Path:
     """``config.yaml``: the composed config with every interpolation resolved (storage password masked)."""
-    from harness.study import masked_url
-
     data = OmegaConf.to_container(cfg, resolve=True)
     if isinstance(data.get("storage"), dict) and data["storage"].get("url"):
         data["storage"]["url"] = masked_url(str(data["storage"]["url"]))
-    path = run_dir / "config.yaml"
+    path = run_dir / rundir.CONFIG
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
     return path
 
@@ -153,7 +162,7 @@ def environment(**extra: Any) -> dict[str, Any]:
 
 def write_tables(run_dir: Path, trials: pd.DataFrame, front: pd.DataFrame) -> tuple[Path, Path]:
     """``trials.csv`` and ``pareto.csv``."""
-    t, p = run_dir / "trials.csv", run_dir / "pareto.csv"
+    t, p = run_dir / rundir.TRIALS, run_dir / rundir.PARETO
     trials.to_csv(t, index=False)
     front.to_csv(p, index=False)
     return t, p
@@ -165,23 +174,185 @@ def _kb(n: Any) -> str:
 
 def front_table(front: pd.DataFrame, baseline: Mapping[str, Any], metric: str) -> str:
     """The Pareto front as a text table, float baseline first."""
-    drop = f"{metric}_drop"
-    rows = [{"trial": "float", "setting": "float32 (baseline)", "size_kb": _kb(baseline.get("size_bytes")),
-             "ratio": "1.00", metric: f"{baseline.get(metric):.4f}", drop: "", "agreement": "",
+    drop = rundir.drop_column(metric)
+    rows = [{"trial": "float", "setting": "float32 (baseline)", "size_kb": _kb(baseline["size_bytes"]),
+             "ratio": "1.00", metric: f"{baseline[metric]:.4f}", drop: "", "agreement": "",
              "snr_db": ""}]
     for _, r in front.iterrows():
         sel = []
         for k, short in (("skip_layer_types", "skip"), ("minimum_conv_kernel_channels", "conv_ch>="),
                          ("minimum_conv_weight_count", "conv_w>="), ("minimum_matrix_weight_count", "mat_w>=")):
-            v = r.get(k)
-            if v is not None and not pd.isna(v) and v not in ("none", 0):
+            v = r[k]
+            if not pd.isna(v) and v not in ("none", 0):
                 sel.append(f"{short}{v}" if short.endswith("=") else f"{short}:{v}")
-        setting = (f"fp16" if r.get("nbits") == 16 else f"{r.get('mode')} {r.get('nbits')}-bit") \
-            if "nbits" in r and not pd.isna(r.get("nbits")) else str(r.get("setting", ""))
+        if pd.isna(r["nbits"]):  # not a uniform setting (mixed, sensitivity): the strategy's own description
+            setting = str(r.get("setting", ""))
+        else:
+            setting = "fp16" if r["nbits"] == 16 else f"{r['mode']} {r['nbits']}-bit"
         rows.append({
             "trial": str(r["trial"]), "setting": " ".join([setting] + sel), "size_kb": _kb(r["size_bytes"]),
             "ratio": f"{r['compression_ratio']:.2f}", metric: f"{r[metric]:.4f}",
-            drop: f"{r[drop]:+.4f}", "agreement": "" if pd.isna(r.get("agreement")) else f"{r['agreement']:.4f}",
-            "snr_db": "" if pd.isna(r.get("snr_db")) else f"{r['snr_db']:.1f}",
+            drop: f"{r[drop]:+.4f}", "agreement": "" if pd.isna(r["agreement"]) else f"{r['agreement']:.4f}",
+            "snr_db": "" if pd.isna(r["snr_db"]) else f"{r['snr_db']:.1f}",
         })
     return pd.DataFrame(rows).to_string(index=False)
+
+
+# ------------------------------------------------------------------------------- the run directory
+def save_front_models(run_dir: Path, front: pd.DataFrame, study: optuna.Study, strategy: SearchStrategy,
+                      model: Any, fuse: bool) -> dict[int, str]:
+    """Rebuild and save each Pareto-optimal model; return trial number -> path relative to ``run_dir``."""
+    import quantizer
+
+    out: dict[int, str] = {}
+    if front.empty:
+        return out
+    (run_dir / rundir.MODELS).mkdir(exist_ok=True)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for _, row in front.iterrows():
+        t = by_number[int(row["trial"])]
+        cand = strategy.candidate(t.params)
+        if cand.plan.digest() != row["plan_hash"]:
+            log.warning("trial %d: its plan rebuilt now differs from the one evaluated (%s != %s); model not saved",
+                        t.number, cand.plan.digest()[:12], str(row["plan_hash"])[:12])
+            continue
+        qspec = quantizer.apply_plan(model.spec, cand.plan, fuse=fuse)
+        size = quantizer.model_size(qspec)
+        if size != int(row["size_bytes"]):
+            log.warning("trial %d: rebuilt model has %d bytes, evaluated %d; model not saved", t.number, size,
+                        int(row["size_bytes"]))
+            continue
+        rel = rundir.model_file(t.number, cand.label)
+        quantizer.save(qspec, run_dir / rel)
+        out[t.number] = rel
+    return out
+
+
+def write_strategy_result(run_dir: Path, result: StrategyResult, summary: dict[str, Any]) -> dict[str, Path]:
+    """Write each ``result.tables[name]`` as ``<name>.csv`` and merge ``result.summary`` into ``summary``.
+
+    Returns the files written, by table name.
+
+    Raises:
+        TypeError: ``result`` is not a :class:`~harness.search.base.StrategyResult`.
+        ValueError: a table is named after one of the run's own tables (trials, pareto).
+    """
+    if not isinstance(result, StrategyResult):
+        raise TypeError(f"SearchStrategy.finish must return a StrategyResult, not {type(result).__name__}")
+    files: dict[str, Path] = {}
+    for name, table in result.tables.items():
+        if name in rundir.RESERVED_TABLES:
+            raise ValueError(f"a strategy table may not be named {name!r} (the run's own {rundir.table_file(name)})")
+        path = run_dir / rundir.table_file(name)
+        table.to_csv(path, index=False)
+        files[name] = path
+    summary.update(result.summary)
+    return files
+
+
+def _target(complete: pd.DataFrame, metric: Any, baseline: Mapping[str, Any], max_drop: float | None) -> dict[str, Any]:
+    """summary.json ``target``: the smallest complete trial within ``max_drop`` (:func:`harness.pareto.best_within`)."""
+    target: dict[str, Any] = {"max_accuracy_drop": max_drop, "metric": metric.name}
+    if max_drop is None:
+        return target
+    best = pareto.best_within(complete, metric.drop_name, float(max_drop))
+    if best is None:
+        target["best"] = None
+        target["message"] = (f"No trial is within {metric.name} drop {max_drop:g} of the float model "
+                             f"({baseline[metric.name]:.4f}); the most accurate trial is on the Pareto front.")
+    else:
+        target["best"] = records(best.to_frame().T)[0]
+        target["message"] = (f"Smallest model within {metric.name} drop {max_drop:g}: trial {best['trial']}, "
+                             f"{best['size_bytes']} bytes ({best['compression_ratio']:.2f}x smaller), "
+                             f"{metric.name} {best[metric.name]:.4f}.")
+    return target
+
+
+def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str, strategy: SearchStrategy,
+              evaluator: Any, model: Any, dataset: Any, experiment: dict[str, Any], created: bool,
+              loop: Any, t_start: float) -> SweepResult:
+    """Write the run directory (see module docstring), print the front and write the report (if enabled)."""
+    metric = evaluator.metric
+    baseline = evaluator.baseline
+    trials = study.get_trials(deepcopy=False)
+    table = trials_frame(trials, metric.name)
+    complete = table[table["state"] == rundir.COMPLETE]
+    front = pareto.front(complete, metric.name, maximize=metric.maximize)
+    files: dict[str, Path] = {}
+    if bool(cfg.output.save_models):
+        saved = save_front_models(run_dir, front, study, strategy, model, bool(cfg.search.fuse))
+        table["model_file"] = table["model_file"].astype(object)
+        for number, rel in saved.items():
+            table.loc[table["trial"] == number, "model_file"] = rel
+        front = table.loc[front.index]
+        complete = table.loc[complete.index]
+    files["config"] = write_config(run_dir, cfg)
+    files["environment"] = write_json(run_dir / rundir.ENVIRONMENT, environment(
+        model={"name": model.label, "path": str(model.path), "sha256": model.sha256, "zoo": model.zoo},
+        data={"name": dataset.name, "description": dataset.description, "n": dataset.n, "sha256": dataset.sha256},
+        seed=int(cfg.seed), executor=evaluator.executor_name,
+        storage=masked_url(storage_url), study=study.study_name, worker=worker_id()))
+    files["trials"], files["pareto"] = write_tables(run_dir, table, front)
+
+    max_drop = cfg.search.max_accuracy_drop
+    target = _target(complete, metric, baseline, max_drop)
+    states = table["state"].value_counts().to_dict()
+    summary: rundir.Summary = {
+        "study": {"name": study.study_name, "storage": masked_url(storage_url), "created_by_this_run": created},
+        "model": {"name": model.label, "path": str(model.path), "sha256": model.sha256},
+        "data": {"name": dataset.name, "n": dataset.n, "sha256": dataset.sha256},
+        "metric": metric.name,
+        "direction": metric.direction,
+        "search": {**strategy.describe(), "total": strategy.total(),
+                   "dropped": [vars(d) for d in getattr(strategy, "dropped", [])]},
+        "baseline": baseline,
+        "trials": {"total": len(table), **{k.lower(): int(v) for k, v in states.items()},
+                   "reused": int(complete["reused_from"].notna().sum())},
+        "pareto_front": records(front),
+        "target": target,  # type: ignore[typeddict-item]
+        "worker": {"id": worker_id(), "trials_started": len(loop.started), "stopped_by": loop.stopped_by,
+                   "elapsed_s": round(time.time() - t_start, 2)},
+    }
+    # A strategy's tables and summary entries (e.g. sensitivity.csv), before summary.json is written. It gets
+    # copies: what it returns is what is written.
+    result = strategy.finish(table.copy(), copy.deepcopy(summary), evaluator)
+    files.update(write_strategy_result(run_dir, result, summary))  # type: ignore[arg-type]
+    files["summary"] = write_json(run_dir / rundir.SUMMARY, summary)
+
+    # The target as written (a strategy may have replaced its message, e.g. mixed's best-effort note).
+    _print_outcome(study.study_name, table, complete, front, baseline, metric.name,
+                   summary["target"]["message"] if max_drop is not None else None, run_dir)
+    if bool(cfg.report.enabled):
+        _write_report(run_dir)
+    return SweepResult(run_dir, study.study_name, table, front, dict(summary), interrupted=loop.interrupted,
+                       files=files)
+
+
+def _print_outcome(study_name: str, table: pd.DataFrame, complete: pd.DataFrame, front: pd.DataFrame,
+                   baseline: Mapping[str, Any], metric: str, message: str | None, run_dir: Path) -> None:
+    n_reused = int(complete["reused_from"].notna().sum())
+    counts = table["state"].value_counts()
+    parts = [f"{len(complete) - n_reused} evaluated", f"{n_reused} reused the result of an identical plan",
+             f"{int(counts.get(rundir.FAIL, 0))} failed"]
+    if counts.get(rundir.PRUNED, 0):
+        parts.append(f"{int(counts[rundir.PRUNED])} skipped (invalid combination)")
+    if counts.get(rundir.RUNNING, 0) or counts.get(rundir.WAITING, 0):
+        parts.append(f"{int(counts.get(rundir.RUNNING, 0) + counts.get(rundir.WAITING, 0))} not finished")
+    print(f"\n{len(table)} trial(s) in study {study_name!r}: " + ", ".join(parts) + ".")
+    print(f"Pareto front ({len(front)} of {len(complete)} complete trials):")
+    print(front_table(front, baseline, metric))
+    if message is not None:
+        print(message)
+    print(f"Run directory: {run_dir}")
+
+
+def _write_report(run_dir: Path) -> None:
+    """:func:`harness.report.write_report`; a failure to draw is logged (the run's own files are written already)."""
+    from harness import report  # here, not at the top: matplotlib only for runs that write a report
+
+    try:
+        written = report.write_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - the sweep's tables are complete; say what failed and go on
+        log.warning("report: failed (%s: %s); the sweep's tables are complete", type(e).__name__, e)
+        return
+    log.info("report: wrote %s", ", ".join(p.name for p in written.values()))

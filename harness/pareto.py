@@ -42,8 +42,20 @@ def front(trials: pd.DataFrame, metric: str, *, maximize: bool = True, size: str
 
 def best_within(trials: pd.DataFrame, drop_column: str, max_drop: float, *,
                 size: str = "size_bytes") -> pd.Series | None:
-    """The smallest row whose ``drop_column`` (metric drop from float, positive = worse) is <= ``max_drop``."""
-    if trials.empty or drop_column not in trials.columns:
+    """The smallest model within a metric drop: THE rule (the summary, the report, the notebooks,
+    the progress bar and the mixed search all call this).
+
+    Among the rows whose ``drop_column`` (metric drop from the float model, positive = worse) is at
+    most ``max_drop`` (+1e-12), and that did not reuse another trial's result (``reused_from``), the
+    one with the smallest ``size``, then the smallest drop, then the lowest ``trial`` number.
+    Returns None when no row qualifies.
+
+    Example:
+        >>> df = pd.DataFrame({"trial": [0, 1, 2], "size_bytes": [60, 50, 50], "accuracy_drop": [0.0, 0.02, 0.01]})
+        >>> int(best_within(df, "accuracy_drop", 0.015)["trial"])
+        2
+    """
+    if trials.empty:
         return None
     ok = trials[trials[drop_column].notna() & (trials[drop_column] <= max_drop + 1e-12)]
     if "reused_from" in ok.columns:

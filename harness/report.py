@@ -9,7 +9,8 @@ directory and writes, into the same directory:
   line, the float baseline as a star, the accuracy target (if set) as a line;
 * ``layers.png`` — for each Pareto-optimal model, the encoding each layer
   got (read from the saved models in ``models/``);
-* ``sensitivity.png`` — for a sensitivity run, the layers x codecs heatmap;
+* ``sensitivity.png`` — for a sensitivity run, the units x codecs heatmap of
+  ``sensitivity.csv`` (this module is the only one that draws it);
 * ``report.html`` — one file with the figures inlined as base64 PNG, the
   baseline, the best model within the accuracy target and the Pareto table.
 
@@ -29,17 +30,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from harness import analysis, rundir
+from harness.errors import USER_ERRORS
 
-from harness import analysis  # noqa: E402
-from harness.errors import USER_ERRORS, QsweepError  # noqa: E402
-
-__all__ = ["write_report", "main", "pareto_figure", "layers_figure", "resolve_model_file"]
+__all__ = ["write_report", "main", "pareto_figure", "layers_figure", "sensitivity_figure", "resolve_model_file"]
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +60,22 @@ TABLE_COLUMNS = (
 
 
 def resolve_model_file(run_dir: Path, value: Any) -> Path | None:
-    """The saved model a ``model_file`` cell points to (absolute, relative to
-    the run directory, or a name inside ``models/``), or None."""
-    if not isinstance(value, str) or not value.strip():
+    """The saved model a ``model_file`` cell names (relative to the run directory,
+    :func:`harness.rundir.model_file`), or None when the cell is empty or the file is gone."""
+    if not isinstance(value, str):  # NaN: no model saved for this trial
         return None
-    p = Path(value)
-    for cand in (p, run_dir / p, run_dir / "models" / p.name):
-        if cand.is_file():
-            return cand
-    return None
+    path = run_dir / value
+    return path if path.is_file() else None
 
 
-def pareto_figure(run: analysis.RunData) -> plt.Figure:
+def _figure(figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    fig = Figure(figsize=figsize, dpi=110)
+    return fig, fig.subplots()
+
+
+def pareto_figure(run: analysis.RunData) -> Figure:
     """The size-vs-metric figure of ``pareto.png``."""
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    fig, ax = _figure((8, 5.5))
     analysis.plot_pareto(ax, run)
     title = f"{run.model_name}: size vs {run.metric} ({len(analysis.complete_trials(run.trials))} trials)"
     ax.set_title(title, fontsize=10)
@@ -91,10 +90,9 @@ def _pareto_layer_rows(run: analysis.RunData) -> tuple[pd.DataFrame, list[str], 
     notes about models that could not be read).
     """
     frames, labels, notes = [], [], []
-    front = run.pareto.sort_values("size_bytes") if "size_bytes" in run.pareto.columns else run.pareto
-    for _, row in front.iterrows():
-        path = resolve_model_file(run.path, row.get("model_file"))
-        tag = f"trial {row['trial']}" if "trial" in row else "model"
+    for _, row in run.pareto.sort_values("size_bytes").iterrows():
+        path = resolve_model_file(run.path, row["model_file"])
+        tag = f"trial {row['trial']}"
         enc = None
         if path is not None:
             try:
@@ -102,25 +100,25 @@ def _pareto_layer_rows(run: analysis.RunData) -> tuple[pd.DataFrame, list[str], 
             except USER_ERRORS as exc:
                 notes.append(f"{tag}: cannot read {path.name}: {exc}")
         if enc is None:
-            enc = analysis.layer_encodings_from_column(row.get("layer_encodings"))
+            enc = analysis.layer_encodings_from_column(row["layer_encodings"])
             if enc.empty:
                 if path is None:
-                    notes.append(f"{tag}: no saved model file ({row.get('model_file')!r}) and no layer_encodings")
+                    notes.append(f"{tag}: no saved model file ({row['model_file']!r}) and no layer_encodings")
                 continue
-            notes.append(f"{tag}: encodings from trials.csv (layer_encodings), the model file is not in models/")
+            notes.append(f"{tag}: encodings from trials.csv (layer_encodings), the model file is not in "
+                         f"{rundir.MODELS}/")
         enc["model"] = len(labels)
         frames.append(enc)
-        metric = row.get(run.metric)
-        labels.append(f"{tag}: {row['size_bytes'] / 1024:.1f} KB, {run.metric} {metric:.4f}")
+        labels.append(f"{tag}: {row['size_bytes'] / 1024:.1f} KB, {run.metric} {row[run.metric]:.4f}")
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "layer", "nbits", "label"])
     return rows, labels, notes
 
 
-def layers_figure(run: analysis.RunData) -> tuple[plt.Figure, list[str]]:
+def layers_figure(run: analysis.RunData) -> tuple[Figure, list[str]]:
     """The per-layer encodings figure of ``layers.png`` and notes on missing models."""
     rows, labels, notes = _pareto_layer_rows(run)
     n_layers = rows["layer"].nunique() if not rows.empty else 1
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * n_layers + 3.5), max(2.5, 0.35 * len(labels) + 2.0)), dpi=110)
+    fig, ax = _figure((max(6.0, 0.45 * n_layers + 3.5), max(2.5, 0.35 * len(labels) + 2.0)))
     if rows.empty:
         ax.text(0.5, 0.5, "no Pareto-optimal model files to show", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
@@ -135,22 +133,24 @@ def layers_figure(run: analysis.RunData) -> tuple[plt.Figure, list[str]]:
     return fig, notes
 
 
-def sensitivity_figure(sens: pd.DataFrame, title: str = "") -> plt.Figure:
-    """Heatmap (layers x codecs) of the metric drop of quantizing one layer alone."""
+def sensitivity_figure(run: analysis.RunData) -> Figure:
+    """The heatmap of ``sensitivity.png``: units x codecs, the metric drop of quantizing one unit alone."""
+    sens = run.sensitivity
+    assert sens is not None, "sensitivity_figure needs a sensitivity run"
+    unit = run.summary["search"]["unit"]  # layer or tensor (SensitivitySearch.describe)
     mat = analysis.sensitivity_matrix(sens)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * mat.shape[1] + 3.0), max(3.0, 0.3 * mat.shape[0] + 1.8)), dpi=110)
+    fig, ax = _figure((max(5.0, 0.7 * mat.shape[1] + 3.0), max(3.0, 0.3 * mat.shape[0] + 1.8)))
     im = analysis.plot_sensitivity(ax, sens)
     cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.01)
-    cbar.set_label("metric drop (quantizing that layer alone)", fontsize=7)
-    ax.set_title(title or "per-layer sensitivity", fontsize=10)
+    cbar.set_label(f"metric drop (quantizing that {unit} alone)", fontsize=7)
+    ax.set_title(f"{run.model_name}: {run.metric} drop when one {unit} alone is quantized", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def _save(fig: plt.Figure, path: Path) -> bytes:
+def _save(fig: Figure, path: Path) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     data = buf.getvalue()
     path.write_bytes(data)
     return data
@@ -162,10 +162,8 @@ def _img(data: bytes, alt: str) -> str:
 
 def _fmt_table(df: pd.DataFrame, metric: str) -> str:
     wanted = [c.format(metric=metric) for c in TABLE_COLUMNS]
-    cols = [c for c in wanted if c in df.columns]
-    t = df[cols].copy() if cols else df.copy()
-    if "size_bytes" in t.columns:
-        t.insert(t.columns.get_loc("size_bytes") + 1, "size_kb", (t["size_bytes"] / 1024).round(2))
+    t = df[[c for c in wanted if c in df.columns]].copy()  # setting, mean_bits: a strategy's columns
+    t.insert(t.columns.get_loc("size_bytes") + 1, "size_kb", (t["size_bytes"] / 1024).round(2))
     return t.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="tbl", na_rep="")
 
 
@@ -181,9 +179,9 @@ def _fmt(v: Any) -> str:
 
 
 def _best_section(run: analysis.RunData) -> str:
+    """The smallest trial within the run's target: :func:`harness.pareto.best_within`, as in summary.json."""
     metric = run.metric
-    base_m = run.baseline.get(metric)
-    if run.max_accuracy_drop is None or base_m is None:
+    if run.max_accuracy_drop is None:
         return ""
     best = run.best_within(run.max_accuracy_drop)
     head = f"<h2>Best within the target ({metric} drop &le; {run.max_accuracy_drop:g})</h2>"
@@ -195,25 +193,21 @@ def _best_section(run: analysis.RunData) -> str:
 
 def _hypervolume_section(run: analysis.RunData) -> str:
     """The hypervolume block of a mixed-precision run's summary.json, as a table."""
-    hv = run.summary.get("hypervolume")
-    if not isinstance(hv, dict) or not hv:
+    hv = run.summary.get("hypervolume")  # a strategy's entry (search=mixed), see harness.rundir.Summary
+    if not hv:
         return ""
     rows = []
-    names = {"mixed": "this run (all trials)", "uniform_seeds_in_this_run": "its uniform settings",
-             "compare_to": "compared run"}
-    for key, label in names.items():
-        blk = hv.get(key)
-        if not isinstance(blk, dict):
+    for key, label in rundir.HYPERVOLUME_SETS.items():
+        if key not in hv:
             continue
-        best = blk.get("smallest_within_1_point") or {}
-        if key == "compare_to" and blk.get("run_dir"):
-            label += f" ({blk.get('search', '?')}: {blk['run_dir']})"
-        rows.append({"": label, "trials": blk.get("trials"), "evaluated": blk.get("evaluated"),
-                     "hypervolume": blk.get("hypervolume"),
-                     "smallest within 1 point (KB)": best.get("size_bytes", float("nan")) / 1024 if best else None,
-                     f"its {run.metric}": best.get(run.metric) if best else None})
-    if not rows:
-        return ""
+        blk = hv[key]
+        best = blk["smallest_within_1_point"]
+        if key == "compare_to":
+            label += f" ({blk['search']}: {blk['run_dir']})"
+        rows.append({"": label, "trials": blk["trials"], "evaluated": blk["evaluated"],
+                     "hypervolume": blk.get("hypervolume"),  # absent for a metric that is minimised
+                     "smallest within 1 point (KB)": best["size_bytes"] / 1024 if best else None,
+                     f"its {run.metric}": best[run.metric] if best else None})
     table = pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, na_rep="none")
     return ("<h2>Hypervolume (size normalised by the float model; reference point: float size, zero "
             f"{html.escape(run.metric)})</h2>" + table)
@@ -245,30 +239,29 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     sections: list[str] = []
     title = f"qsweep report: {run.model_name}"
 
-    items: list[tuple[str, Any]] = [("run directory", str(run.path.resolve())), ("model", run.model_name), ("search", analysis.search_kind(run))]
-    if run.baseline:
-        items += [(f"float {k}", v) for k, v in run.baseline.items() if isinstance(v, (int, float, str))]
+    items: list[tuple[str, Any]] = [("run directory", str(run.path.resolve())), ("model", run.model_name),
+                                    ("search", analysis.search_kind(run))]
+    items += [(f"float {k}", v) for k, v in run.baseline.items() if isinstance(v, (int, float, str))]
     if not run.trials.empty:
-        items.append(("trials (complete / all)", f"{len(analysis.complete_trials(run.trials))} / {len(run.trials)}"))
+        items.append(("trials (complete / all)", f"{len(run.complete)} / {len(run.trials)}"))
     sections.append("<h2>Run and float baseline</h2>" + _kv_table(items))
 
-    sensitivity_run = analysis.search_kind(run) == "sensitivity"
-    if not run.trials.empty and not sensitivity_run:
-        data = _save(pareto_figure(run), run.path / "pareto.png")
-        out["pareto"] = run.path / "pareto.png"
+    if not run.trials.empty and analysis.search_kind(run) != "sensitivity":
+        data = _save(pareto_figure(run), run.path / rundir.PARETO_PNG)
+        out["pareto"] = run.path / rundir.PARETO_PNG
         sections.append(_best_section(run))
         sections.append(_hypervolume_section(run))
         sections.append("<h2>Size vs " + html.escape(metric) + "</h2>" + _img(data, "Pareto front"))
         fig, notes = layers_figure(run)
-        data = _save(fig, run.path / "layers.png")
-        out["layers"] = run.path / "layers.png"
+        data = _save(fig, run.path / rundir.LAYERS_PNG)
+        out["layers"] = run.path / rundir.LAYERS_PNG
         sections.append("<h2>Pareto front</h2>" + _fmt_table(run.pareto, metric))
         note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
         sections.append("<h2>Per-layer encodings of the Pareto-optimal models</h2>" + _img(data, "layer encodings") + note_html)
     if run.sensitivity is not None and not run.sensitivity.empty:
         sens = run.sensitivity
-        data = _save(sensitivity_figure(sens, f"{run.model_name}: {metric} drop when one layer alone is quantized"), run.path / "sensitivity.png")
-        out["sensitivity"] = run.path / "sensitivity.png"
+        data = _save(sensitivity_figure(run), run.path / rundir.SENSITIVITY_PNG)
+        out["sensitivity"] = run.path / rundir.SENSITIVITY_PNG
         rank = analysis.sensitivity_ranking(sens)
         sections.append("<h2>Per-layer sensitivity</h2>" + _img(data, "sensitivity heatmap"))
         sections.append("<h2>Sensitivity ranking (most sensitive first)</h2>" + rank.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0))
@@ -278,8 +271,8 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
     )
-    (run.path / "report.html").write_text(page, encoding="utf-8")
-    out["report"] = run.path / "report.html"
+    (run.path / rundir.REPORT_HTML).write_text(page, encoding="utf-8")
+    out["report"] = run.path / rundir.REPORT_HTML
     return out
 
 

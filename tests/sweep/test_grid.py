@@ -56,7 +56,6 @@ def test_run_directory_files(first):
     from quantizer.coremltools_quiet import coremltools
     import quantizer
     from harness import zoo
-    from harness.analysis import encoding_label
 
     _, result = first
     d = result.run_dir
@@ -87,7 +86,7 @@ def test_run_directory_files(first):
         assert path.stat().st_size == p["size_bytes"]
         spec = ct.models.MLModel(str(path)).get_spec()
         assert spec.WhichOneof("Type") == "neuralNetworkClassifier"
-        enc = {f"{t.layer}.{t.field}": encoding_label(t.encoding, t.nbits) for t in quantizer.weight_tensors(spec)}
+        enc = {f"{t.layer}.{t.field}": quantizer.encoding_label(t.encoding, t.nbits) for t in quantizer.weight_tensors(spec)}
         assert enc == json.loads(p["layer_encodings"])
 
     # environment.json and summary.json

@@ -1,4 +1,4 @@
-"""The report of a real tiny sweep: pareto.png, layers.png, report.html, qsweep-report."""
+"""The report of a real tiny sweep: pareto.png, layers.png, report.html, qsweep-report; the reader's helpers."""
 from __future__ import annotations
 
 import base64
@@ -13,18 +13,15 @@ import quantizer
 from harness import analysis
 from harness.errors import QsweepError
 from harness.report import _pareto_layer_rows, main, write_report
-from tests.analysis_runs import TINY_GRID, sweep
+from tests.analysis_runs import TINY_GRID, run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def grid_run(tmp_path_factory) -> Path:
+def grid_run(grid_dir: Path, tmp_path_factory) -> Path:
     """A copy of the tiny grid run (the tests rewrite its report files)."""
-    src = sweep(*TINY_GRID, "search.max_accuracy_drop=0.01")
-    dst = tmp_path_factory.mktemp("report") / "run"
-    shutil.copytree(src, dst)
-    return dst
+    return Path(shutil.copytree(grid_dir, tmp_path_factory.mktemp("report") / "run"))
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -32,14 +29,13 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def test_sweep_calls_the_report_at_its_end():
-    run_dir = sweep(*TINY_GRID, "search.max_accuracy_drop=0.01")
+def test_sweep_calls_the_report_at_its_end(grid_dir: Path):
     for name in ("pareto.png", "layers.png", "report.html"):
-        assert (run_dir / name).is_file(), f"the driver's report hook did not write {name}"
+        assert (grid_dir / name).is_file(), f"the driver's report hook did not write {name}"
 
 
-def test_report_disabled_writes_no_report():
-    run_dir = sweep(*TINY_GRID, "report.enabled=false")
+def test_report_disabled_writes_no_report(tmp_path: Path):
+    run_dir = run(*TINY_GRID, "report.enabled=false", "output.save_models=false", root=tmp_path).run_dir
     assert (run_dir / "trials.csv").is_file()
     assert not (run_dir / "report.html").exists()
     assert not (run_dir / "pareto.png").exists()
@@ -77,9 +73,10 @@ def test_best_within_target_matches_the_trials(grid_run: Path):
     run = analysis.load_run(grid_run)
     best = run.best_within(0.01)
     done = run.complete
-    ok = done[done["accuracy"] >= run.baseline["accuracy"] - 0.01 - 1e-12]
-    assert best is not None and best["size_bytes"] == ok["size_bytes"].min()
-    assert run.summary["target"]["best"]["size_bytes"] == best["size_bytes"]
+    ok = done[(done["accuracy"] >= run.baseline["accuracy"] - 0.01 - 1e-12) & done["reused_from"].isna()]
+    ok = ok.sort_values(["size_bytes", "accuracy_drop", "trial"], kind="mergesort")
+    assert best is not None and best["trial"] == ok.iloc[0]["trial"]
+    assert run.summary["target"]["best"]["trial"] == best["trial"]
 
 
 def test_layers_figure_reads_the_saved_models(grid_run: Path):
@@ -90,7 +87,7 @@ def test_layers_figure_reads_the_saved_models(grid_run: Path):
     for i, (_, prow) in enumerate(run.pareto.sort_values("size_bytes").iterrows()):
         got = rows[rows["model"] == i].set_index("layer")["label"].to_dict()
         spec = quantizer.load(grid_run / prow["model_file"])
-        want = {t.layer: analysis.encoding_label(t.encoding, t.nbits) for t in quantizer.weight_tensors(spec)
+        want = {t.layer: quantizer.encoding_label(t.encoding, t.nbits) for t in quantizer.weight_tensors(spec)
                 if t.field == "weights"}
         assert {k: v.rstrip("*") for k, v in got.items()} == want
         # the trial's own setting is what the model holds
@@ -122,11 +119,13 @@ def test_cli_writes_and_reports_errors(grid_run: Path, capsys, tmp_path: Path):
     assert "not a qsweep run directory" in capsys.readouterr().err
 
 
-def test_load_run_errors(tmp_path: Path):
+def test_load_run_errors(grid_dir: Path, tmp_path: Path):
     with pytest.raises(QsweepError, match="does not exist"):
         analysis.load_run(tmp_path / "nope")
     with pytest.raises(QsweepError, match="no qsweep run directory"):
         analysis.newest_run(tmp_path)
+    with pytest.raises(QsweepError, match="no qsweep sensitivity run"):
+        analysis.newest_run(grid_dir.parent, kind="sensitivity")
 
 
 def test_hypervolume_by_hand():
@@ -148,13 +147,13 @@ def test_compare_runs_table(grid_run: Path):
     assert isinstance(t, pd.DataFrame)
 
 
-def test_newest_run_is_the_notebook_default(grid_run: Path, tmp_path: Path):
+def test_newest_run_is_the_notebook_default(grid_dir: Path, tmp_path: Path):
     import os
 
     outputs = tmp_path / "outputs"
     old, new = outputs / "2024-01-01" / "10-00-00", outputs / "2024-01-02" / "09-00-00"
     for d, stamp in ((old, 1_700_000_000), (new, 1_700_100_000)):
-        shutil.copytree(grid_run, d)
+        shutil.copytree(grid_dir, d)
         os.utime(d / "trials.csv", (stamp, stamp))
     (outputs / "qsweep.db").write_bytes(b"")
     assert analysis.find_runs(outputs) == [old, new]
@@ -162,5 +161,7 @@ def test_newest_run_is_the_notebook_default(grid_run: Path, tmp_path: Path):
     assert analysis.resolve_run_dirs(None, roots=(tmp_path / "nothing", outputs)) == [new]
     assert analysis.resolve_run_dirs(f"{old}{os.pathsep}{new}") == [old, new]
     assert analysis.resolve_run_dirs([old]) == [old]
+    assert analysis.find_runs(outputs, kind="grid") == [old, new]
+    assert analysis.find_runs(outputs, kind="sensitivity") == []
     with pytest.raises(QsweepError, match="set RUN_DIR"):
         analysis.resolve_run_dirs("", roots=(tmp_path / "nothing",))

@@ -12,10 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.analysis_runs import TINY_GRID, sweep
-
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-ROOT = NOTEBOOKS.parent
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
 
 
 def _execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
@@ -62,8 +60,18 @@ def test_committed_without_outputs(name: str):
             assert cell.outputs == [] and cell.execution_count is None
 
 
-def test_pareto_analysis_one_run():
-    run_dir = sweep(*TINY_GRID)
+@pytest.mark.parametrize("name", ["pareto_analysis.ipynb", "sensitivity.ipynb"])
+def test_notebooks_read_runs_through_the_reader_only(name: str):
+    """No notebook opens a run's files itself: it goes through harness.analysis (load_run and friends)."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for word in ("read_csv", "read_json", "json.load", "open(", "OmegaConf", '.csv"', '.json"', '.yaml"'):
+        assert word not in code, f"{name} reads run files itself ({word!r}); use harness.analysis.load_run"
+    assert "analysis.load_run(" in code
+
+
+def test_pareto_analysis_one_run(grid_dir: Path):
+    run_dir = grid_dir
     nb = _execute("pareto_analysis.ipynb", {"QSWEEP_RUN_DIR": str(run_dir)})
     text = _text(nb)
     assert f"run: {run_dir}" in text
@@ -72,20 +80,15 @@ def test_pareto_analysis_one_run():
     assert _images(nb) == 2  # size vs accuracy, accuracy vs nbits
 
 
-def test_pareto_analysis_compares_two_runs():
-    a = sweep(*TINY_GRID)
-    b = sweep("model=digits_mlp", "search=mixed", "search.space.nbits=[8,4,2]",
-              "search.space.mode=[linear,kmeans_lut]", "search.n_trials=12", "search.options.greedy_points=3")
-    nb = _execute("pareto_analysis.ipynb", {"QSWEEP_RUN_DIR": os.pathsep.join([str(a), str(b)])})
+def test_pareto_analysis_compares_two_runs(grid_dir: Path, mixed_dir: Path):
+    nb = _execute("pareto_analysis.ipynb", {"QSWEEP_RUN_DIR": os.pathsep.join([str(grid_dir), str(mixed_dir)])})
     text = _text(nb)
     assert "hypervolume" in text and "mixed" in text and "grid" in text
     assert _images(nb) == 3
 
 
-def test_sensitivity_notebook():
-    run_dir = sweep("model=digits_mlp", "search=sensitivity", "search.space.nbits=[8,2]",
-                    "search.space.mode=[linear,kmeans_lut]")
-    nb = _execute("sensitivity.ipynb", {"QSWEEP_SENSITIVITY_DIR": str(run_dir)})
+def test_sensitivity_notebook(sensitivity_dir: Path):
+    nb = _execute("sensitivity.ipynb", {"QSWEEP_SENSITIVITY_DIR": str(sensitivity_dir)})
     text = _text(nb)
     assert "3 layers x 4 codecs" in text
     assert "mean_drop" in text  # the ranking table

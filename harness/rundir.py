@@ -1,0 +1,194 @@
+"""What a run directory holds: its file names, the columns of its tables and the keys of summary.json.
+
+This module is the one definition of a run directory. The writer
+(:mod:`harness.outputs`) writes exactly this and every reader
+(:mod:`harness.analysis.runs`, the report, the notebooks) reads it by these
+names; neither guesses at alternatives.
+
+A run directory holds:
+
+* ``config.yaml`` — the composed config, interpolations resolved (:data:`CONFIG`);
+* ``environment.json`` — package versions, model/data sha256, seed, machine (:data:`ENVIRONMENT`);
+* ``trials.csv`` — one row per trial (:data:`TRIALS`): :func:`leading_columns`, then the
+  attributes a search strategy adds in name order, then :data:`TAIL_COLUMNS`;
+* ``pareto.csv`` — the Pareto-optimal trials sorted by size, same columns (:data:`PARETO`);
+* ``summary.json`` — :class:`Summary` (:data:`SUMMARY`);
+* ``<name>.csv`` — each table a search strategy returns (``StrategyResult.tables``), e.g.
+  ``sensitivity.csv`` (:func:`table_file`, :func:`sensitivity_columns`);
+* ``models/`` — the Pareto-optimal models, ``models/trial_0012_<label>.mlmodel`` (:func:`model_file`);
+* the report (when enabled): ``pareto.png``, ``layers.png``, ``sensitivity.png``, ``report.html``.
+
+Example:
+    >>> leading_columns("accuracy")[:4]
+    ['trial', 'state', 'nbits', 'mode']
+    >>> drop_column("accuracy"), table_file("sensitivity"), model_file(12, "linear-8bit")
+    ('accuracy_drop', 'sensitivity.csv', 'models/trial_0012_linear-8bit.mlmodel')
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, TypedDict
+
+# ----------------------------------------------------------------------------------- files
+CONFIG = "config.yaml"
+ENVIRONMENT = "environment.json"
+TRIALS = "trials.csv"
+PARETO = "pareto.csv"
+SUMMARY = "summary.json"
+MODELS = "models"
+#: The report's files (written by :mod:`harness.report`).
+PARETO_PNG = "pareto.png"
+LAYERS_PNG = "layers.png"
+SENSITIVITY_PNG = "sensitivity.png"
+REPORT_HTML = "report.html"
+#: The files every finished run has (the reader needs them all).
+REQUIRED_FILES = (CONFIG, ENVIRONMENT, TRIALS, PARETO, SUMMARY)
+#: Table names a strategy may not use (they are the run's own tables).
+RESERVED_TABLES = ("trials", "pareto")
+#: The table of a ``search=sensitivity`` run (``sensitivity.csv``).
+SENSITIVITY_TABLE = "sensitivity"
+
+
+def table_file(name: str) -> str:
+    """The file of a strategy table ``name`` (``StrategyResult.tables[name]``): ``<name>.csv``."""
+    return f"{name}.csv"
+
+
+def model_file(trial: int, label: str) -> str:
+    """The saved Pareto model of ``trial``, relative to the run directory."""
+    return f"{MODELS}/trial_{trial:04d}_{label}.mlmodel"
+
+
+# --------------------------------------------------------------------------------- columns
+#: trials.csv ``state``: Optuna's state names.
+COMPLETE, FAIL, PRUNED, RUNNING, WAITING = "COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING"
+
+#: The parameters of a uniform setting (empty for a trial that is not one, e.g. mixed or sensitivity).
+SETTING_COLUMNS = ["nbits", "mode", "skip_layer_types", "minimum_conv_kernel_channels",
+                   "minimum_conv_weight_count", "minimum_matrix_weight_count"]
+#: The last columns of trials.csv / pareto.csv.
+TAIL_COLUMNS = ["retry_of", "worker", "datetime_start", "datetime_complete", "layer_encodings"]
+#: Integer columns (nullable ``Int64`` when written).
+INTEGER_COLUMNS = ("trial", "reused_from", "retry_of", "size_bytes", "nbits")
+
+
+def drop_column(metric: str) -> str:
+    """The column of the metric drop from the float model (positive = worse): ``<metric>_drop``."""
+    return f"{metric}_drop"
+
+
+def figure_columns(metric: str) -> list[str]:
+    """The measured figures of a trial, in column order."""
+    figures = ["size_bytes", "compression_ratio", metric, drop_column(metric), "agreement", "snr_db", "psnr_db"]
+    return list(dict.fromkeys(figures))
+
+
+def leading_columns(metric: str) -> list[str]:
+    """The first columns of trials.csv / pareto.csv for task metric ``metric`` (always present)."""
+    return (["trial", "state"] + SETTING_COLUMNS + figure_columns(metric)
+            + ["plan_hash", "reused_from", "model_file", "quantize_s", "evaluate_s", "encodings", "error"])
+
+
+def sensitivity_columns(metric: str) -> list[str]:
+    """The columns of ``sensitivity.csv``: one row per unit (layer or tensor) x codec."""
+    return ["unit", "layer_type", "codec", "mode", "nbits", "weights", "size_bytes", "saved_bytes", metric,
+            drop_column(metric), "agreement", "snr_db", "psnr_db", "trial"]
+
+
+def sensitivity_drop_column(columns: Iterable[str]) -> str:
+    """The metric-drop column of a sensitivity table (the ``<metric>_drop`` beside its ``<metric>``).
+
+    Raises:
+        ValueError: there is not exactly one such column.
+    """
+    cols = list(columns)
+    found = [c for c in cols if c.endswith("_drop") and c[: -len("_drop")] in cols]
+    if len(found) != 1:
+        raise ValueError(f"a sensitivity table has one <metric>_drop column beside its <metric> column; "
+                         f"these columns have {len(found)}: {', '.join(map(str, cols))}")
+    return found[0]
+
+
+# ----------------------------------------------------------------------------- summary.json
+class StudyEntry(TypedDict):
+    name: str
+    storage: str  # password masked
+    created_by_this_run: bool
+
+
+class ModelEntry(TypedDict):
+    name: str
+    path: str
+    sha256: str
+
+
+class DataEntry(TypedDict):
+    name: str
+    n: int
+    sha256: str
+
+
+class _TargetFields(TypedDict):
+    max_accuracy_drop: float | None
+    metric: str
+
+
+class Target(_TargetFields, total=False):
+    """The accuracy target: ``best`` is :func:`harness.pareto.best_within` of the complete trials
+    (a trials.csv row, or None when no trial met it); ``best`` and ``message`` are absent when no
+    target was set."""
+
+    best: dict[str, Any] | None
+    message: str
+    best_effort: dict[str, Any]  # a mixed run that missed the target: its most accurate front row
+
+
+class WorkerEntry(TypedDict):
+    id: str
+    trials_started: int
+    stopped_by: str | None
+    elapsed_s: float
+
+
+class _SummaryFields(TypedDict):
+    study: StudyEntry
+    model: ModelEntry
+    data: DataEntry
+    metric: str  # the task-metric column of trials.csv
+    direction: str  # "maximize" or "minimize": the direction of ``metric``
+    search: dict[str, Any]  # the strategy's describe(): at least ``kind``; plus total, dropped
+    baseline: dict[str, Any]  # the float model: size_bytes, compression_ratio, <metric>, <metric>_drop, ...
+    trials: dict[str, int]  # total, one count per state (lower case), reused
+    pareto_front: list[dict[str, Any]]  # the rows of pareto.csv
+    target: Target
+    worker: WorkerEntry
+
+
+class Summary(_SummaryFields, total=False):
+    """``summary.json``: the keys of the run, then those a strategy adds (``StrategyResult.summary``)."""
+
+    sensitivity: dict[str, Any]  # search=sensitivity: the table's file, counts and ranking
+    hypervolume: dict[str, Any]  # search=mixed: a HypervolumeBlock per set of trials (HYPERVOLUME_SETS)
+    mixed: dict[str, Any]  # search=mixed: trials by seed, units, codecs, probe codec
+
+
+class _HypervolumeFields(TypedDict):
+    trials: int
+    evaluated: int
+    smallest_within_1_point: dict[str, Any] | None  # trial, size_bytes, <metric>
+
+
+class HypervolumeBlock(_HypervolumeFields, total=False):
+    """One entry of ``summary["hypervolume"]`` (see :data:`HYPERVOLUME_SETS`)."""
+
+    hypervolume: float  # maximised metrics only
+    run_dir: str  # compare_to only
+    search: str  # compare_to only
+
+
+#: The keys every summary.json has, in the order they are written.
+SUMMARY_KEYS = tuple(_SummaryFields.__annotations__)
+#: The summary.json entries a strategy adds.
+STRATEGY_SUMMARY_KEYS = tuple(k for k in Summary.__annotations__ if k not in SUMMARY_KEYS)
+#: ``summary["hypervolume"]`` entries, with the labels the report gives them.
+HYPERVOLUME_SETS = {"mixed": "this run (all trials)", "uniform_seeds_in_this_run": "its uniform settings",
+                    "compare_to": "compared run"}
