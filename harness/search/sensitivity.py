@@ -28,6 +28,7 @@ import optuna
 import pandas as pd
 
 from harness.config import SensitivityOptions
+from harness import rundir
 from harness.errors import ConfigError
 from harness.search.base import Candidate, StrategyResult
 from harness.search.choices import space_choices
@@ -35,10 +36,6 @@ from harness.search.queued import QueuedSearch
 from harness.search.units import UnitPlans
 
 log = logging.getLogger(__name__)
-
-#: Columns of the sensitivity table (``sensitivity.csv``), ``<metric>`` standing for the task metric.
-COLUMNS = ["unit", "layer_type", "codec", "mode", "nbits", "weights", "size_bytes", "saved_bytes", "<metric>",
-           "<metric>_drop", "agreement", "snr_db", "psnr_db", "trial"]
 
 
 def _sens_key(unit: str, label: str) -> str:
@@ -124,17 +121,15 @@ def sensitivity_table(table: pd.DataFrame, metric: str, units: UnitPlans | None 
                       baseline: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """The sensitivity table from a run's trials table (complete sensitivity trials only).
 
-    Columns (:data:`COLUMNS`): ``unit, layer_type, codec, mode, nbits, weights,
+    Columns (:func:`harness.rundir.sensitivity_columns`): ``unit, layer_type, codec, mode, nbits, weights,
     size_bytes, saved_bytes, <metric>, <metric>_drop, agreement, snr_db,
     psnr_db, trial`` in unit order, then codec order (gentlest first);
     ``weights`` needs ``units``, ``saved_bytes`` the float ``baseline``.
     """
-    drop = f"{metric}_drop"
     done = table[table["state"] == "COMPLETE"] if "unit" in table.columns else table.iloc[0:0]
     done = done[done["unit"].notna()].copy() if "unit" in done.columns else done
     if done.empty or "unit" not in done.columns:
-        return pd.DataFrame(columns=["unit", "layer_type", "codec", "mode", "nbits", "size_bytes", metric, drop,
-                                     "agreement", "snr_db", "psnr_db", "trial"])
+        return pd.DataFrame(columns=[c for c in rundir.sensitivity_columns(metric) if c not in ("weights", "saved_bytes")])
     done = done.drop_duplicates(subset=["unit", "codec"], keep="first")
     if units is not None:
         uorder = {u: i for i, u in enumerate(units.units)}
@@ -142,8 +137,10 @@ def sensitivity_table(table: pd.DataFrame, metric: str, units: UnitPlans | None 
         done = done.assign(_u=done["unit"].map(uorder), _c=done["codec"].map(corder))
         done = done.sort_values(["_u", "_c"], kind="mergesort").drop(columns=["_u", "_c"])
         done.insert(0, "weights", done["unit"].map(units.weight_counts()).astype("Int64"))
+    # The unit's codec, not the (empty) uniform-setting columns of the same name.
+    done = done.drop(columns=[c for c in ("mode", "nbits") if c in done.columns])
     done = done.rename(columns={"codec_mode": "mode", "codec_nbits": "nbits"})
-    cols = [metric if c == "<metric>" else drop if c == "<metric>_drop" else c for c in COLUMNS if c != "saved_bytes"]
+    cols = [c for c in rundir.sensitivity_columns(metric) if c != "saved_bytes"]
     out = done[[c for c in cols if c in done.columns]].reset_index(drop=True)
     if baseline and "size_bytes" in baseline:
         out.insert(out.columns.get_loc("size_bytes") + 1, "saved_bytes",
