@@ -167,10 +167,9 @@ def _refuse_degenerate(name: str, head: Head, spec: Any, float_outputs: Mapping[
                           "(or metric.name=cosine).")
 
 
-def _check_labels(name: str, head: Head, labels: np.ndarray | None, task: str) -> None:
-    """Labels must fit the scored output (checked before the sweep)."""
-    needs = name in LABEL_METRICS or bool(TOPK.match(name))
-    if not needs:
+def _check_task(name: str, labels: np.ndarray | None, task: str) -> None:
+    """A label metric needs labels of its kind, and a model of its kind."""
+    if not (name in LABEL_METRICS or TOPK.match(name)):
         return
     if labels is None:
         raise ConfigError(f"metric.name={name} needs labels, but the test data has none; use metric.name=agreement "
@@ -189,8 +188,18 @@ def _check_labels(name: str, head: Head, labels: np.ndarray | None, task: str) -
     if labels.dtype.kind == "f":
         raise ConfigError(f"metric.name={name} needs class labels, but the labels are real numbers; use "
                           "metric.name=r2, rmse or mae.")
+
+
+def _check_labels(name: str, head: Head, labels: np.ndarray | None) -> None:
+    """Class labels must fit the scored output (checked before the sweep)."""
+    if labels is None or not (name == "accuracy" or TOPK.match(name)):
+        return
     if head.classes is not None or head.kind == "labels":
         return  # a classifier's labels were matched to its classes when the data was loaded
+    if labels.dtype.kind not in "iub":
+        raise DataError(f"metric.name={name} on output {head.output!r} compares labels with its column indices, but "
+                        f"the labels are {labels.dtype} values (a classifier's class labels are scored on its "
+                        "probabilities or predicted-label output: unset metric.output).")
     lo, hi = int(labels.min()), int(labels.max())
     if head.kind == "binary":
         if lo < 0 or hi > 1:
@@ -232,8 +241,9 @@ def choose_metric(request: MetricRequest | str, spec: Any, float_outputs: Mappin
         raise ConfigError(f"metric.name={name} is the worst SNR over every numeric output (column {name}; one "
                           f"output's is the column snr_db:<output>), so metric.output={req.output!r} does not apply; "
                           "unset metric.output, or score that output with metric.name=cosine or agreement.")
+    _check_task(name, labels, task)
     _refuse_degenerate(name, head, spec, float_outputs, n)
-    _check_labels(name, head, labels, task)
+    _check_labels(name, head, labels)
     if name == "accuracy":
         metric = Accuracy(head)
     elif TOPK.match(name):
