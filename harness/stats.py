@@ -55,7 +55,9 @@ def wilson_interval(k: float, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1.0 + z2 / n
     center = (p + z2 / (2 * n)) / denom
     half = z / denom * np.sqrt(max(p * (1 - p) / n + z2 / (4 * n * n), 0.0))
-    return float(max(0.0, center - half)), float(min(1.0, center + half))
+    lo = 0.0 if k <= 0 else max(0.0, center - half)  # exact ends (the formula gives 1 - 2e-16 at k = n)
+    hi = 1.0 if k >= n else min(1.0, center + half)
+    return float(lo), float(hi)
 
 
 def discordant(first_ok: np.ndarray, second_ok: np.ndarray) -> tuple[int, int]:
@@ -87,8 +89,8 @@ def paired_t_p(first: np.ndarray, second: np.ndarray) -> float:
     d = a - b
     if not np.all(np.isfinite(d)):
         return float("nan")
-    if np.all(d == d[0]):
-        return 1.0 if d[0] == 0 else 0.0
+    if np.ptp(d) <= 1e-12 * max(1.0, float(np.max(np.abs(d)))):  # a constant difference (up to rounding)
+        return 1.0 if np.all(d == 0) else 0.0
     return float(ttest_rel(a, b).pvalue)
 
 
