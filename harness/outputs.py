@@ -188,7 +188,7 @@ def front_table(front: pd.DataFrame, baseline: Mapping[str, Any], metric: str) -
     drop, drop_p = rundir.drop_column(metric), rundir.drop_p_column(metric)
     rows = [{"trial": "float", "setting": "float32 (baseline)", "size_kb": _kb(baseline["size_bytes"]),
              "ratio": "1.00", metric: f"{baseline[metric]:.4f}", "ci95": _ci(baseline, metric), drop: "",
-             "drop_p": "", "agreement": "", "snr_db": ""}]
+             "drop_p": "", **{k: "" for k in ("agreement", "snr_db") if k != metric}}]
     for _, r in front.iterrows():
         sel = []
         for k, short in (("skip_layer_types", "skip"), ("minimum_conv_kernel_channels", "conv_ch>="),
@@ -203,8 +203,9 @@ def front_table(front: pd.DataFrame, baseline: Mapping[str, Any], metric: str) -
         rows.append({
             "trial": str(r["trial"]), "setting": " ".join([setting] + sel), "size_kb": _kb(r["size_bytes"]),
             "ratio": f"{r['compression_ratio']:.2f}", metric: f"{r[metric]:.4f}", "ci95": _ci(r, metric),
-            drop: f"{r[drop]:+.4f}", "drop_p": _p(r[drop_p]), "agreement": "" if pd.isna(r["agreement"]) else f"{r['agreement']:.4f}",
-            "snr_db": "" if pd.isna(r["snr_db"]) else f"{r['snr_db']:.1f}",
+            drop: f"{r[drop]:+.4f}", "drop_p": _p(r[drop_p]),
+            **{k: "" if pd.isna(r[k]) else f"{r[k]:{fmt}}" for k, fmt in (("agreement", ".4f"), ("snr_db", ".1f"))
+               if k != metric},  # the metric's own column keeps its format (and the float model's value)
         })
     table = pd.DataFrame(rows)
     if front.empty or front[drop_p].isna().all():  # a metric without a drop test (agreement, cosine, SNR)
