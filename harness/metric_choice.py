@@ -69,7 +69,7 @@ class MetricRequest:
         """
         if isinstance(node, str):
             node = {"name": node}
-        get = node.get if isinstance(node, Mapping) or hasattr(node, "get") else (lambda k, d=None: getattr(node, k, d))
+        get = node.get  # a dict or the composed DictConfig node
         name = str(get("name", "auto") or "auto")
         output = get("output", None)
         threshold = get("threshold", 0.5)

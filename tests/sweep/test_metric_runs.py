@@ -152,3 +152,15 @@ def test_labels_that_do_not_fit_the_output_fail_before_the_sweep(files, tmp_path
     code, err = _qsweep([*_own(files, "const")], capsys, tmp_path, monkeypatch)
     _check(code, err, "metric.output='bias_only' is constant", "metric.output=score")
     _no_sweep_started(tmp_path)
+
+
+def test_a_reused_trial_copies_the_interval_p_value_and_snr_columns(files, tmp_path):
+    res = run(tmp_path, [*_own(files, "binary"), "selector=all", "search.space.nbits=[16]",
+                         "search.space.mode=[linear,kmeans_lut]"])  # both fp16: one plan, evaluated once
+    df = frame(res)
+    reused = df[df["reused_from"].notna()]
+    assert len(reused) == 1
+    original = df[df["trial"] == int(reused["reused_from"].iloc[0])]
+    cols = ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_drop", "accuracy_drop_p", "agreement",
+            "snr_db", "psnr_db", "snr_db:prob"]
+    assert reused[cols].to_numpy().tolist() == original[cols].to_numpy().tolist()
