@@ -6,8 +6,9 @@ test set. Its ``kind`` decides how predictions are read from it:
 * ``labels`` — a classifier's predicted-label output (or any non-numeric output):
   the values are the predictions;
 * ``class_scores`` — a classifier's probabilities, the output of a softmax layer,
-  or rows that are non-negative and sum to 1: the prediction is the argmax column
-  (a classifier's class label for that column);
+  or rows that are non-negative and sum to 1 (one distribution per sample: a
+  softmax over the channels of a map, ``(2, H, W)``, is a ``vector``): the
+  prediction is the argmax column (a classifier's class label for that column);
 * ``binary`` — one value per sample: the prediction is ``value > threshold``
   (never the argmax of a single value, which is always 0);
 * ``vector`` — any other numeric output (an embedding, box coordinates, logits):
@@ -174,10 +175,11 @@ def head_for(spec: Any, output: str, float_outputs: Mapping[str, np.ndarray], th
     if width == 1:
         return Head(output, "binary", 1, why="one value per sample", **common)
     layer = _producer(spec, output)
-    if layer is not None and layer.WhichOneof("layer") in _SOFTMAX_LAYERS:
+    one_axis = sum(1 for d in arr.shape[1:] if d > 1) == 1  # (K,), (K, 1, 1): one distribution per sample
+    if layer is not None and layer.WhichOneof("layer") in _SOFTMAX_LAYERS and one_axis:
         return Head(output, "class_scores", width, why=f"{width} class scores from softmax layer {layer.name!r}",
                     **common)
-    if finite and np.all(values >= -1e-6) and np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
+    if one_axis and finite and np.all(values >= -1e-6) and np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
         return Head(output, "class_scores", width,
                     why=f"{width} class scores (rows non-negative, summing to 1)", **common)
     return Head(output, "vector", width, why=f"{width} values per sample that are not class scores", **common)

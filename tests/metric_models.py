@@ -14,7 +14,8 @@ really broken, while 8 bits are near-lossless.
 * :func:`three_output_model` — a face-detector-like model with outputs ``boxes`` (4),
   ``landmarks`` (10) and ``face_prob`` (a softmax over 2);
 * :func:`constant_output_model` — outputs ``bias_only`` (the same for every sample) and ``score``;
-* :func:`one_class_softmax_model` — a softmax over one value (always 1.0).
+* :func:`one_class_softmax_model` — a softmax over one value (always 1.0);
+* :func:`map_softmax_model` — a softmax over the 2 channels of a 4 x 4 map (not one distribution per sample).
 
 :func:`save` writes a model and its data for ``qsweep model.path=... data=npz data.path=...``.
 """
@@ -32,7 +33,7 @@ from coremltools.models import datatypes  # noqa: E402
 from coremltools.models.neural_network import NeuralNetworkBuilder  # noqa: E402
 
 __all__ = ["binary_model", "embedding_model", "three_output_model", "constant_output_model",
-           "one_class_softmax_model", "save", "N_FEATURES"]
+           "one_class_softmax_model", "map_softmax_model", "save", "N_FEATURES"]
 
 N_FEATURES = 16
 OUTLIER = 8.0
@@ -113,6 +114,16 @@ def one_class_softmax_model(n: int = 100, seed: int = 0) -> tuple[Any, dict[str,
     b.add_inner_product("dense", _rows(1, seed), None, N_FEATURES, 1, False, "x", "logit")
     b.add_softmax("softmax", "logit", "p")
     return b.spec, {"x": _x(n, seed)}, None
+
+
+def map_softmax_model(n: int = 60, seed: int = 0) -> tuple[Any, dict[str, np.ndarray], None]:
+    """A fully convolutional detector's face map: a softmax over 2 channels at each of 4 x 4 positions."""
+    b = NeuralNetworkBuilder([("img", datatypes.Array(3, 4, 4))], [("face_map", datatypes.Array(2, 4, 4))])
+    w = np.random.default_rng(seed).normal(size=(1, 1, 3, 2)).astype(np.float32)
+    b.add_convolution("conv", 3, 2, 1, 1, 1, 1, "valid", 1, w, None, False, input_name="img", output_name="logits")
+    b.add_softmax("softmax", "logits", "face_map")
+    img = np.random.default_rng(seed + 1).normal(size=(n, 3, 4, 4)).astype(np.float32)
+    return b.spec, {"img": img}, None
 
 
 def save(folder: Path, name: str, spec: Any, feeds: dict[str, np.ndarray], labels: np.ndarray | None

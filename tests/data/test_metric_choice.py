@@ -85,6 +85,12 @@ def test_class_scores_from_a_softmax_layer_and_from_rows_summing_to_1():
     assert ev.metric.name == "accuracy" and ev.metric.head.kind == "class_scores"
 
 
+def test_a_softmax_over_the_channels_of_a_map_is_a_vector_not_class_scores():
+    spec, feeds, _ = M.map_softmax_model()
+    ev = _ev(spec, feeds)
+    assert ev.metric.head.kind == "vector" and ev.metric.head.width == 32 and ev.metric.name == "cosine"
+
+
 def test_multi_output_default_output_is_the_first_and_every_output_has_its_snr():
     spec, feeds, _ = M.three_output_model()
     ev = _ev(spec, feeds)

@@ -164,3 +164,26 @@ def test_a_reused_trial_copies_the_interval_p_value_and_snr_columns(files, tmp_p
     cols = ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_drop", "accuracy_drop_p", "agreement",
             "snr_db", "psnr_db", "snr_db:prob"]
     assert reused[cols].to_numpy().tolist() == original[cols].to_numpy().tolist()
+
+
+def test_the_pareto_plot_draws_the_intervals_as_error_bars(binary_run):
+    import numpy as np
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.figure import Figure
+
+    from harness import analysis
+
+    run_ = analysis.load_run(binary_run.run_dir)
+    ax = Figure().subplots()
+    analysis.plot_pareto(ax, run_)
+    spans = set()
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer):
+            for seg in c.lines[2][0].get_segments():
+                spans.add((round(float(seg[0][1]), 9), round(float(seg[1][1]), 9)))
+    trials = analysis.complete_trials(run_.trials)
+    want = {(round(lo, 9), round(hi, 9)) for lo, hi in zip(trials["accuracy_ci_low"], trials["accuracy_ci_high"])}
+    assert want <= spans
+    base = run_.baseline
+    assert (round(base["accuracy_ci_low"], 9), round(base["accuracy_ci_high"], 9)) in spans
+    assert np.isfinite(list(want)).all()
