@@ -187,3 +187,18 @@ def test_the_pareto_plot_draws_the_intervals_as_error_bars(binary_run):
     base = run_.baseline
     assert (round(base["accuracy_ci_low"], 9), round(base["accuracy_ci_high"], 9)) in spans
     assert np.isfinite(list(want)).all()
+
+
+def test_a_model_option_can_choose_the_scored_output(files, tmp_path):
+    """conf/model/<name>.yaml with ``# @package _global_`` may set metric.* for its model (config.yaml's own
+    values come before the groups); the command line still wins."""
+    model, data = files["three"]
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "three_heads.yaml").write_text(
+        f"# @package _global_\nmodel:\n  name: null\n  path: {model}\nmetric:\n  output: face_prob\n")
+    common = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "model=three_heads", "data=npz", f"data.path={data}",
+              *GRID]
+    res = run(tmp_path, common)
+    assert res.summary["evaluation"]["output"] == "face_prob" and res.summary["metric"] == "agreement"
+    res = run(tmp_path, [*common, "metric.output=landmarks"], run_dir="cli", db="cli.db")
+    assert res.summary["evaluation"]["output"] == "landmarks" and res.summary["metric"] == "cosine"
