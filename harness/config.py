@@ -290,8 +290,8 @@ class MetricConfig:
     agreement for class predictions, cosine for other vector outputs, snr_db for a regressor) or one
     of accuracy, top<k>_accuracy, agreement, cosine, snr_db, psnr_db, r2, rmse, mae; with ``fn``, the
     column name of the user metric (``auto``: the function's name).
-    output: the model output scored (null: a classifier's probabilities, a regressor's prediction,
-    else the first output). threshold: a one-value-per-sample output is binary, predicted positive
+    output: the model output scored (null: a classifier's probabilities or a model's only
+    class-score output, a regressor's prediction, else the first output). threshold: a one-value-per-sample output is binary, predicted positive
     when ``value > threshold``. fn: the import path of ``fn(outputs, labels, float_outputs) -> float``
     (outputs: output name -> array with N rows); maximize: its direction (default true).
     bootstrap: resamples of the seeded percentile bootstrap behind the intervals of the metrics

@@ -81,10 +81,9 @@ class Evaluator:
             rundir.drop_p_column(self.metric.name): 1.0 if self.metric.drop_test else None,
             "agreement": 1.0 if self._agreement else None,
         }
-        log.info("metric: %s on output %s%s; 95%% interval: %s", self.metric.name,
-                 self.metric.head.describe if self.metric.output is not None else "every numeric output",
-                 " (metric.output not set: the default)" if self.request.output is None else "",
-                 self.interval_description)
+        log.info("metric: %s on %s; 95%% interval: %s", self.metric.name,
+                 f"output {self.metric.head.describe}, chosen as {self.metric.head.chosen}"
+                 if self.metric.output is not None else "every numeric output (the worst)", self.interval_description)
 
     # -- what is measured ----------------------------------------------------------------
     @property
@@ -120,7 +119,7 @@ class Evaluator:
         return {
             "metric": m.name, "output": m.output, "output_kind": m.head.kind if m.output else "every numeric output",
             "output_reason": m.head.why if m.output else "snr_db / psnr_db: the worst numeric output",
-            "output_default": self.request.output is None,
+            "output_default": self.request.output is None, "output_choice": m.head.chosen if m.output else None,
             "threshold": m.head.threshold if m.head.kind == "binary" and m.output else None,
             "fn": getattr(m, "path", None), "labels": self.labels is not None, "n": int(self.dataset.n),
             "confidence": stats.CONFIDENCE, "interval": "wilson" if self.metric_is_proportion else "bootstrap",

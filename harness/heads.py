@@ -16,7 +16,8 @@ test set. Its ``kind`` decides how predictions are read from it:
   labels say its columns are classes.
 
 :func:`default_output` is the output scored when ``metric.output`` is not set: a
-classifier's probabilities, a regressor's prediction, else the model's first output.
+classifier's probabilities (or a model's only class-score output), a regressor's
+prediction, else the model's first output.
 
 Example:
     >>> import numpy as np
@@ -44,20 +45,30 @@ def output_names(spec: Any) -> list[str]:
     return [o.name for o in spec.description.output]
 
 
-def default_output(spec: Any) -> str:
-    """A classifier's probabilities (else its label output), a regressor's prediction, else the first output."""
+def default_output(spec: Any, float_outputs: Mapping[str, np.ndarray] | None = None) -> tuple[str, str]:
+    """The output scored when ``metric.output`` is not set, and why: ``(name, reason)``.
+
+    A classifier's probabilities (else its label output); a regressor's prediction; a model
+    with several outputs of which exactly one holds class scores (a softmax layer's output or
+    rows summing to 1, judged on ``float_outputs``): that one; else the first output.
+    """
     from harness.data import task_of
 
     outs = output_names(spec)
     desc = spec.description
     kind = task_of(spec)
     if kind == "classifier":
-        for name in (desc.predictedProbabilitiesName, desc.predictedFeatureName):
+        for name, why in ((desc.predictedProbabilitiesName, "the classifier's probabilities"),
+                          (desc.predictedFeatureName, "the classifier's predicted label")):
             if name and name in outs:
-                return name
+                return name, why
     if kind == "regressor" and desc.predictedFeatureName in outs:
-        return desc.predictedFeatureName
-    return outs[0]
+        return desc.predictedFeatureName, "the regressor's prediction"
+    if len(outs) > 1 and float_outputs is not None:
+        scores = [o for o in outs if o in float_outputs and head_for(spec, o, float_outputs).kind == "class_scores"]
+        if len(scores) == 1:
+            return scores[0], "the model's only class-score output"
+    return outs[0], "the model's first output"
 
 
 def _producer(spec: Any, blob: str) -> Any | None:
@@ -104,6 +115,7 @@ class Head:
         why: how the kind was decided, in words (logged and recorded in summary.json).
         in_unit_range: the float model's values all lie in [0, 1] (probabilities).
         constant: the float model's value is the same for every test sample.
+        chosen: why this output is the scored one (``metric.output``, or :func:`default_output`'s reason).
     """
 
     output: str
@@ -115,6 +127,7 @@ class Head:
     why: str = ""
     in_unit_range: bool = False
     constant: bool = False
+    chosen: str = ""
 
     def values(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The output as ``(N, width)`` float64."""

@@ -5,7 +5,8 @@ alone (the metric name, ``metric.threshold``, ``metric.bootstrap``, importing
 ``metric.fn``); :func:`choose_metric` then binds the request to the model and
 the float model's outputs on the test set, before the sweep:
 
-* the scored output is ``metric.output`` or :func:`harness.heads.default_output`;
+* the scored output is ``metric.output`` or :func:`harness.heads.default_output` (a
+  classifier's probabilities, or a model's only class-score output, else the first output);
 * ``auto`` with labels is ``accuracy`` (a classifier, class scores, a binary
   output with 0/1 labels, integer labels on a vector output) or ``r2`` (a
   regressor, or real-valued labels); without labels ``agreement`` (class
@@ -23,6 +24,7 @@ Every refusal is a :class:`~harness.errors.ConfigError` or
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -229,8 +231,9 @@ def choose_metric(request: MetricRequest | str, spec: Any, float_outputs: Mappin
 
     req = request if isinstance(request, MetricRequest) else MetricRequest.from_config(request)
     task = task_of(spec)
-    output = req.output if req.output is not None else default_output(spec)
+    output, why = (req.output, "metric.output") if req.output is not None else default_output(spec, float_outputs)
     head = head_for(spec, output, float_outputs, req.threshold)
+    head = dataclasses.replace(head, chosen=why)
     n = int(next(iter(float_outputs.values())).shape[0])
     if req.fn is not None:
         metric: TaskMetric = UserMetric(req.name, bool(req.maximize), head, req.fn, str(req.fn_path))

@@ -199,6 +199,7 @@ class EvaluationEntry(TypedDict):
     output_kind: str  # labels | class_scores | binary | vector (harness.heads.KINDS)
     output_reason: str  # how the kind was decided
     output_default: bool  # the output was not chosen with metric.output
+    output_choice: str | None  # why it is the scored one ("metric.output", "the classifier's probabilities", ...)
     threshold: float | None  # binary outputs: prediction = value > threshold
     fn: str | None  # metric.fn's import path
     labels: bool  # the test set has labels

@@ -91,15 +91,20 @@ def test_a_softmax_over_the_channels_of_a_map_is_a_vector_not_class_scores():
     assert ev.metric.head.kind == "vector" and ev.metric.head.width == 32 and ev.metric.name == "cosine"
 
 
-def test_multi_output_default_output_is_the_first_and_every_output_has_its_snr():
+def test_multi_output_default_output_and_every_outputs_snr():
     spec, feeds, _ = M.three_output_model()
-    ev = _ev(spec, feeds)
-    assert ev.metric.output == "boxes" and ev.metric.name == "cosine"
+    ev = _ev(spec, feeds)  # the one class-score output is the model's probabilities
+    assert ev.metric.output == "face_prob" and ev.metric.name == "agreement"
+    assert ev.evaluation_entry()["output_choice"] == "the model's only class-score output"
+    first = _ev(spec, feeds, output="boxes")
+    assert first.metric.name == "cosine" and first.evaluation_entry()["output_choice"] == "metric.output"
+    spec2, feeds2, _ = M.constant_output_model()
+    assert _ev(spec2, feeds2, name="snr_db").metric.head.chosen == "the model's first output"
     assert ev.snr_outputs == ["boxes", "landmarks", "face_prob"]
     fig = ev.evaluate(_q(spec, 4))
     per = {o: fig[rundir.snr_column(o)] for o in ev.snr_outputs}
     assert fig["snr_db"] == min(per.values()) and len(set(per.values())) == 3
-    assert list(fig) == rundir.figure_columns("cosine", ev.snr_outputs)
+    assert list(fig) == rundir.figure_columns("agreement", ev.snr_outputs)
 
 
 def test_metric_output_naming_no_output_is_refused():
@@ -151,7 +156,7 @@ def test_metrics_that_do_not_fit_the_output_are_refused():
     labels = np.random.default_rng(0).normal(size=300)
     with pytest.raises(ConfigError, match=r"metric.name=r2 needs one prediction per sample, but output 'boxes' "
                                           r"has 4"):
-        _ev(spec, feeds, labels, name="r2")
+        _ev(spec, feeds, labels, name="r2", output="boxes")
     with pytest.raises(ConfigError, match="metric.name=accuracy needs labels"):
         _ev(spec, feeds, name="accuracy")
 

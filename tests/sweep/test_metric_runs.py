@@ -93,20 +93,21 @@ def test_binary_model_without_labels_is_scored_by_thresholded_agreement(files, t
 
 
 def test_multi_output_model_scores_the_chosen_output_and_records_every_snr(files, tmp_path):
-    res = run(tmp_path, [*_own(files, "three"), "metric.output=face_prob", *GRID, "study.name=three"])
+    res = run(tmp_path, [*_own(files, "three"), *GRID, "study.name=three"])  # face_prob: its class scores
     df = frame(res)
     snr = [rundir.snr_column(o) for o in ("boxes", "landmarks", "face_prob")]
     assert df[snr].notna().all().all()
     assert (df["snr_db"] == df[snr].min(axis=1)).all()
     assert list(frame(res, rundir.PARETO).columns) == list(df.columns)
     ev = res.summary["evaluation"]
-    assert (res.summary["metric"], ev["output"], ev["output_kind"], ev["output_default"]) == \
-        ("agreement", "face_prob", "class_scores", False)
+    assert (res.summary["metric"], ev["output"], ev["output_kind"], ev["output_default"], ev["output_choice"]) == \
+        ("agreement", "face_prob", "class_scores", True, "the model's only class-score output")
     # the study records what its trials measure: the same study with another output is refused
     with pytest.raises(ConfigError, match=r"metric.output: \"face_prob\" in the study, \"landmarks\" now"):
         run(tmp_path, [*_own(files, "three"), "metric.output=landmarks", *GRID, "study.name=three"], run_dir="again")
-    default = run(tmp_path, [*_own(files, "three"), *GRID], run_dir="default", db="default.db")
-    assert default.summary["metric"] == "cosine" and default.summary["evaluation"]["output"] == "boxes"
+    first = run(tmp_path, [*_own(files, "three"), "metric.output=boxes", *GRID], run_dir="boxes", db="boxes.db")
+    assert first.summary["metric"] == "cosine" and first.summary["evaluation"]["output"] == "boxes"
+    assert first.summary["evaluation"]["output_choice"] == "metric.output"
 
 
 def test_old_metric_spelling_still_runs(tmp_path, capsys, monkeypatch):
@@ -195,10 +196,10 @@ def test_a_model_option_can_choose_the_scored_output(files, tmp_path):
     model, data = files["three"]
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "three_heads.yaml").write_text(
-        f"# @package _global_\nmodel:\n  name: null\n  path: {model}\nmetric:\n  output: face_prob\n")
+        f"# @package _global_\nmodel:\n  name: null\n  path: {model}\nmetric:\n  output: boxes\n")
     common = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "model=three_heads", "data=npz", f"data.path={data}",
               *GRID]
     res = run(tmp_path, common)
-    assert res.summary["evaluation"]["output"] == "face_prob" and res.summary["metric"] == "agreement"
+    assert res.summary["evaluation"]["output"] == "boxes" and res.summary["metric"] == "cosine"
     res = run(tmp_path, [*common, "metric.output=landmarks"], run_dir="cli", db="cli.db")
     assert res.summary["evaluation"]["output"] == "landmarks" and res.summary["metric"] == "cosine"
