@@ -22,7 +22,8 @@ from typing import Any
 import optuna
 
 from harness.errors import ConfigError, QsweepError
-from harness.evaluate import Evaluator, ModelTask, choose_metric
+from harness.evaluate import Evaluator
+from harness.metric_choice import MetricRequest
 from harness.inputs import ModelInput, load_dataset, load_model
 from harness.outputs import SweepResult, write_run
 from harness.progress import Progress
@@ -84,7 +85,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     dataset = load_dataset(cfg.data, model)
     log.info("data: %s, %d samples, %s", dataset.name, dataset.n,
              "with labels" if dataset.labels is not None else "no labels")
-    metric = choose_metric(str(cfg.metric), ModelTask.of(model.spec), dataset.labels)
+    request = MetricRequest.from_config(cfg.metric)
     space = SearchSpace.from_config(cfg.search.space, cfg.selector)
     seed = int(cfg.seed)
     kind = strategy_class(str(cfg.search.kind))
@@ -92,17 +93,20 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
                         build_plan=lambda s: build_plan(model.spec, s, space.lut_function, fuse=bool(cfg.search.fuse)),
                         runs=load_option_runs(cfg.search, kind.run_options))
     strategy = kind(ctx)
+    # The float model on the test set: binds the metric to an output (refusals happen here, before the storage).
+    evaluator = Evaluator(model.spec, dataset, executor=executor_kind, metric=request,
+                          batch_size=int(cfg.executor.batch_size), seed=seed)
+    metric = evaluator.metric
+    baseline = evaluator.baseline
+    lo, hi = evaluator.ci_names
+    log.info("float baseline: %s %.4f (95%% interval %.4f .. %.4f on %d samples), %d bytes", metric.name,
+             baseline[metric.name], baseline[lo], baseline[hi], dataset.n, baseline["size_bytes"])
 
     storage = open_storage(cfg.storage)
-    experiment = {"model_sha256": model.sha256, "data_sha256": dataset.sha256, "metric": metric.name,
+    experiment = {"model_sha256": model.sha256, "data_sha256": dataset.sha256, "metric": evaluator.record(),
                   "search": strategy.describe(), "seed": seed, "executor": executor_kind,
                   "fuse": bool(cfg.search.fuse)}
     name = str(cfg.study.name) if cfg.study.name else _study_name(model, str(cfg.search.kind), experiment)
-
-    evaluator = Evaluator(model.spec, dataset, executor=executor_kind, metric=metric.name,
-                          batch_size=int(cfg.executor.batch_size))
-    baseline = evaluator.baseline
-    log.info("float baseline: %s %.4f, %d bytes", metric.name, baseline[metric.name], baseline["size_bytes"])
 
     db, created = open_study(storage, name, ["minimize", metric.direction], experiment=experiment,
                              sampler=strategy.sampler(), metric_names=["size_bytes", metric.name])
