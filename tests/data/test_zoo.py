@@ -248,6 +248,22 @@ def test_numpy_executor_reproduces_the_recorded_metric(name, zoo_model):
                                                                                                    "landmarks")}
 
 
+@pytest.mark.parametrize("name", PRETRAINED + ON_DEMAND)
+def test_the_default_metric_of_a_sweep_is_the_recorded_one(name, zoo_model):
+    """``qsweep model=<name>`` with no other arguments scores the output the zoo records, with its metric, and
+    its float baseline is the recorded figure (binary speech_prob, face_prob among three outputs, cosine...)."""
+    from harness.evaluate import Evaluator
+
+    _need(name)
+    spec, ds = zoo_model(name)
+    metric = zoo.info(name)["metric"]
+    ev = Evaluator(spec, ds)
+    assert (ev.metric.name, ev.metric.output) == (metric["name"], metric["output"])
+    assert ev.baseline[metric["name"]] == pytest.approx(metric["value"], abs=1e-12)
+    if "threshold" in metric:
+        assert ev.metric.head.kind == "binary" and ev.metric.head.threshold == metric["threshold"]
+
+
 def test_a_corrupted_model_file_is_refused(tmp_path, monkeypatch):
     for f in ("digits_mlp.mlmodel", "digits_mlp.json"):
         shutil.copy(zoo.ZOO_DIR / f, tmp_path / f)
