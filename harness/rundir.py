@@ -85,7 +85,8 @@ def figure_columns(metric: str) -> list[str]:
 def leading_columns(metric: str) -> list[str]:
     """The first columns of trials.csv / pareto.csv for task metric ``metric`` (always present)."""
     return (["trial", "state"] + SETTING_COLUMNS + figure_columns(metric)
-            + ["plan_hash", "reused_from", "model_file", "quantize_s", "evaluate_s", "encodings", "error"])
+            + ["plan_hash", "reused_from", "model_file", "model_sha256", "quantize_s", "evaluate_s", "encodings",
+               "error"])
 
 
 def sensitivity_columns(metric: str) -> list[str]:

@@ -20,13 +20,15 @@ from optuna.trial import TrialState
 
 from harness.errors import USER_ERRORS
 from harness.evaluate import Evaluator, TaskMetric
+from harness.outputs import model_sha256
 from harness.search import SearchStrategy, SkipTrial
 from harness.study import FAILURE_ATTR, StudyDB, reap
 
 log = logging.getLogger("qsweep")
 
 #: User attributes a trial copies from the trial whose plan it shares (besides the task metric and its drop).
-COPIED_ATTRS = ("size_bytes", "compression_ratio", "agreement", "snr_db", "psnr_db", "encodings", "layer_encodings")
+COPIED_ATTRS = ("size_bytes", "compression_ratio", "agreement", "snr_db", "psnr_db", "encodings", "layer_encodings",
+                "model_sha256")
 
 
 def encoding_summary(spec: Any) -> tuple[str, dict[str, str]]:
@@ -118,6 +120,7 @@ class TrialRunner:
             figures = self.evaluator.evaluate(qspec)
             t2 = time.perf_counter()
             summary, per_layer = encoding_summary(qspec)
+            digest = model_sha256(qspec)  # the saved file's, checked whenever the model is re-created
         except Exception as e:  # noqa: BLE001
             self._fail(trial, e)
             return
@@ -127,6 +130,7 @@ class TrialRunner:
         self._set(trial, "evaluate_s", round(t2 - t1, 4))
         self._set(trial, "encodings", summary)
         self._set(trial, "layer_encodings", per_layer)
+        self._set(trial, "model_sha256", digest)
         self._tell(trial, values=[figures["size_bytes"], figures[self.metric.name]])
 
     def _copy(self, trial: optuna.Trial, other: Any) -> None:
