@@ -34,6 +34,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from harness import secrets
@@ -78,6 +79,26 @@ class MaskedStream:
         return getattr(self._stream, name)
 
 
+class OutputCheck(Callback):
+    """Hydra callback (``hydra.callbacks`` in ``conf/config.yaml``): before Hydra creates the run (or sweep)
+    directory, check it can be, so an unwritable folder is one clear error (status 74), not a traceback."""
+
+    def _check(self, folder: Any) -> None:
+        from harness.writes import check_creatable
+
+        try:
+            check_creatable(str(folder))
+        except OutputError as e:
+            _error(e)
+            raise SystemExit(EXIT_OUTPUT_ERROR) from None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir)
+
+
 def _error(message: Any) -> None:
     print(f"qsweep: error: {secrets.mask(message)}", file=sys.stderr, flush=True)
 
@@ -107,6 +128,8 @@ def _app(cfg: DictConfig) -> None:
     run_dir = Path(hc.runtime.output_dir)
     if hc.output_subdir:
         secrets.scrub_files(sorted((run_dir / str(hc.output_subdir)).glob("*.yaml")))
+    if hc.mode is not None and hc.mode.name == "MULTIRUN":
+        secrets.scrub_files(sorted(Path(hc.sweep.dir).glob("*.yaml")))
     result = None
     with handle_signals():
         try:

@@ -63,9 +63,17 @@ class SweepResult:
     loop: Any = None
 
 
+def model_bytes(spec: Any) -> bytes:
+    """The ``.mlmodel`` file of ``spec`` as the run directory holds it: protobuf's deterministic
+    serialization (map entries sorted), so the same model gives the same bytes in every process
+    (plain ``SerializeToString``, as :func:`quantizer.save` uses, orders the metadata map by the
+    process's string hash seed)."""
+    return spec.SerializeToString(deterministic=True)
+
+
 def model_sha256(spec: Any) -> str:
-    """The sha256 of the ``.mlmodel`` file :func:`quantizer.save` writes for ``spec`` (its serialized bytes)."""
-    return hashlib.sha256(spec.SerializeToString()).hexdigest()
+    """The sha256 of the saved model file of ``spec`` (:func:`model_bytes`)."""
+    return hashlib.sha256(model_bytes(spec)).hexdigest()
 
 
 def _cell(v: Any) -> Any:
@@ -263,8 +271,8 @@ def save_front_models(run_dir: Path, front: pd.DataFrame, study: optuna.Study, s
             refuse(t.number, f"the rebuilt model has sha256 {digest[:16]}..., the study recorded {recorded[:16]}...")
             continue
         rel = rundir.model_file(t.number, cand.label)
-        with writing(run_dir / rel):
-            quantizer.save(qspec, run_dir / rel)
+        with writing(run_dir / rel) as path:
+            path.write_bytes(model_bytes(qspec))
         out[t.number] = (rel, digest)
     return out
 

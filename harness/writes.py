@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,6 +56,27 @@ def check_writable(run_dir: str | Path) -> None:
             raise OutputError(f"The run directory {folder} cannot be written ({_reason(e)}). Choose a writable "
                               "folder (hydra.run.dir=... for qsweep, OUT_DIR for qsweep-report), or fix its "
                               "permissions or free space, before the sweep starts.") from None
+
+
+def check_creatable(folder: str | Path) -> None:
+    """``folder`` can be created (its nearest existing ancestor takes a new folder), or raise OutputError.
+
+    Nothing is left behind; for a folder that exists already see :func:`check_writable`.
+    """
+    folder = Path(folder).expanduser().absolute()
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent == folder:
+        return check_writable(folder)
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        os.rmdir(tempfile.mkdtemp(prefix=".qsweep-write-test-", dir=parent))
+    except OSError as e:
+        raise OutputError(f"The run directory {folder} cannot be created: {parent} is not writable "
+                          f"({_reason(e)}). Choose a writable folder (hydra.run.dir=...), or fix its permissions "
+                          "or free space, before the sweep starts.") from None
 
 
 @contextlib.contextmanager

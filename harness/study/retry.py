@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
-from harness.errors import StorageUnavailableError
+from harness.errors import StorageError, StorageUnavailableError
 from harness.secrets import mask
 from harness.shutdown import held
 
@@ -87,6 +87,13 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def _database_error(exc: BaseException) -> bool:
+    import optuna
+    from sqlalchemy import exc as sa_exc
+
+    return isinstance(exc, (sa_exc.DBAPIError, optuna.exceptions.StorageInternalError))
+
+
 def server_restarting(exc: BaseException) -> bool:
     """True when the server says it is starting up or shutting down (worth waiting for even at start-up)."""
     text = str(exc).lower()
@@ -139,6 +146,8 @@ class Retry:
 
         Raises:
             StorageUnavailableError: the outage lasted longer than ``retry_s``.
+            StorageError: the database refused the call for another reason (e.g. its disk is full);
+                the message names the database and its own reason.
         """
         attempt, failed = 0, False
         while True:
@@ -154,6 +163,10 @@ class Retry:
                 if not is_transient(e):
                     if failed:
                         self._up()  # the database answered
+                    if _database_error(e):
+                        raise StorageError(
+                            f"The study database {self.url} failed: {reason_of(e)}. Check the database (disk "
+                            "space, permissions, the server's log); the study keeps every finished trial.") from e
                     raise
                 failed = True
                 time.sleep(self._down(e, attempt))
