@@ -68,6 +68,24 @@ class PgServer:
             conn.close()
         return self
 
+    def add_password_user(self, user: str, password: str) -> str:
+        """A role that must log in over TCP with ``password`` (scram), owning the database; return its URL
+        without the password."""
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute(f"CREATE ROLE {user} LOGIN PASSWORD %s", (password,))
+        cur.execute(f"ALTER DATABASE qsweep OWNER TO {user}")
+        conn.close()
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"host all {user} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        proc = self._ctl("reload")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        time.sleep(0.5)
+        return f"postgresql://{user}@127.0.0.1:{self.port}/qsweep"
+
     def restart(self) -> float:
         """``pg_ctl restart -m fast`` (what a failover or maintenance window does); return its seconds."""
         t0 = time.monotonic()
