@@ -71,3 +71,8 @@ def check_plans(study: optuna.Study) -> None:
 
 def logs(paths: Sequence[Path]) -> list[str]:
     return [p.read_text() for p in paths]
+
+
+def raising_lut(nbits: int, weights):
+    """A custom_lut function with a bug: it raises (its trial fails with the traceback in the log)."""
+    raise RuntimeError("this lookup-table function always fails " + "(a long message to fill the log) " * 20)
