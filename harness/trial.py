@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness.errors import USER_ERRORS
+from harness.errors import USER_ERRORS, StorageError
 from harness.evaluate import Evaluator, TaskMetric
 from harness.outputs import model_sha256
 from harness.search import SearchStrategy, SkipTrial
@@ -71,6 +71,8 @@ class TrialRunner:
             self._tell(trial, state=TrialState.PRUNED)
             log.info("trial %d skipped: %s", trial.number, e)
             return
+        except StorageError:  # the study database failed (not the trial): the worker stops and says so
+            raise
         except Exception as e:  # noqa: BLE001 - recorded on the trial, the sweep goes on
             self._fail(trial, e)
             return

@@ -64,8 +64,9 @@ def is_transient(exc: BaseException) -> bool:
 
     SQLAlchemy's ``OperationalError`` (except SQL states that are real errors, and
     SQLite errors other than busy/locked), ``InterfaceError``, any ``DBAPIError``
-    that invalidated its connection, a connection-pool timeout, and Optuna's
-    ``StorageInternalError`` wrapping one of these.
+    that invalidated its connection, a connection-pool timeout, a statement sent
+    on a transaction whose connection was lost (``PendingRollbackError``), and
+    Optuna's ``StorageInternalError`` wrapping one of these.
     """
     import optuna
     from sqlalchemy import exc as sa_exc
@@ -79,6 +80,10 @@ def is_transient(exc: BaseException) -> bool:
                 return True
             return isinstance(e, sa_exc.OperationalError) and _dbapi_transient(e.orig)
         if isinstance(e, sa_exc.TimeoutError):  # QueuePool limit: connections are stuck in a dead server
+            return True
+        if isinstance(e, sa_exc.PendingRollbackError):
+            # A statement after a lost connection in the same transaction (Optuna's trial query falls back
+            # to a second query on error); the transaction is rolled back by the time the caller sees it.
             return True
         if isinstance(e, optuna.exceptions.StorageInternalError):
             e = e.__cause__
