@@ -5,7 +5,9 @@ It starts a throwaway PostgreSQL server (:mod:`harness.bench.pgserver`; the
 server binaries are needed), then three real ``qsweep`` worker processes on one
 study. While they run, by the study's progress, it
 
-1. SIGKILLs worker 0 while it has a trial RUNNING (at 20 % of the budget) and starts it again;
+1. SIGKILLs worker 0 while it has a trial RUNNING (at 20 % of the budget) and starts it again
+   (the worker is frozen with SIGSTOP first; it is killed only when the study shows it mid-trial,
+   otherwise it is let go on and caught again a moment later);
 2. restarts the server with ``pg_ctl restart -m fast`` (at 45 %);
 3. SIGKILLs worker 0 again mid-trial (at 70 %) and starts it again.
 
@@ -108,6 +110,13 @@ def _pid_of(worker: subprocess.Popen) -> int:
     return worker.pid
 
 
+def _dead_trials(study: Any, killed: Sequence[str]) -> list[int]:
+    """Trials whose worker (``machine#pid``) was killed: FAIL without an error of their own."""
+    return [t.number for t in study.get_trials(deepcopy=False)
+            if t.state.name == "FAIL" and t.user_attrs.get("failure") != "error"
+            and str(t.system_attrs.get("qsweep:worker", "")).rpartition("#")[2] in killed]
+
+
 def check(study: Any, n_trials: int) -> tuple[dict[str, Any], list[str]]:
     """The soak's figures and the list of broken rules (empty: every check holds)."""
     from optuna.trial import TrialState
@@ -159,6 +168,7 @@ def soak(out: Path, n_trials: int = 300, search: str = "tpe", model: str = "digi
     fleet = None
     t0 = time.monotonic()
     events: list[str] = []
+    killed: list[str] = []
     try:
         name = "soak"
         args = [f"model={model}", f"search={search}", f"search.n_trials={n_trials}", *SPACE, "progress=false",
@@ -185,13 +195,20 @@ def soak(out: Path, n_trials: int = 300, search: str = "tpe", model: str = "digi
                 schedule.pop(0)
                 continue
             pid = _pid_of(fleet.procs[0])
-            mine = [t for t in trials if t.state == TrialState.RUNNING
-                    and str(t.system_attrs.get("qsweep:worker", "")).endswith(f"#{pid}")]
+            if fleet.procs[0].poll() is not None:
+                problems_early = f"worker 0 exited ({fleet.procs[0].returncode}) before it was killed"
+                raise RuntimeError(problems_early)
+            os.kill(pid, signal.SIGSTOP)  # frozen: what the study shows of it cannot change any more
+            time.sleep(0.2)
+            mine = [t.number for t in _study(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if str(t.system_attrs.get("qsweep:worker", "")).endswith(f"#{pid}")]
             if not mine:
-                continue  # wait until worker 0 is mid-trial
+                os.kill(pid, signal.SIGCONT)  # between trials: let it go on and catch it mid-trial
+                continue
             fleet.kill_and_restart(0)
+            killed.append(str(pid))
             events.append(f"{time.monotonic() - t0:6.1f} s: worker 0 (pid {pid}) SIGKILLed mid-trial "
-                          f"{mine[0].number} at {finished} finished trials, started again")
+                          f"{mine[0]} at {finished} finished trials, started again")
             schedule.pop(0)
         fleet.wait(max(60.0, deadline - time.monotonic()))
         study = _study(storage, name)
@@ -203,6 +220,9 @@ def soak(out: Path, n_trials: int = 300, search: str = "tpe", model: str = "digi
         figures["worker_exits"] = [f"w{i}.{g}:{rc}" for i, g, rc in fleet.exits]
         figures["wall_s"] = round(time.monotonic() - t0, 1)
         figures["events"] = events
+        figures["killed_trials"] = _dead_trials(study, killed)
+        if len(figures["killed_trials"]) != len(killed):
+            problems.append(f"the {len(killed)} kills left dead trials {figures['killed_trials']}")
         if len(events) != 3:
             problems.append(f"only {len(events)} of the 3 faults happened: {events}")
         final = [rc for i, g, rc in fleet.exits if rc != -signal.SIGKILL]

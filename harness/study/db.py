@@ -34,6 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.claims import Claims
+from harness.secrets import mask
 from harness.study.identity import worker_id
 from harness.study.retry import Retry
 
@@ -115,7 +116,8 @@ class StudyDB:
 
     @property
     def url(self) -> str:
-        return self.rdb.url
+        """The storage URL, password masked (for messages)."""
+        return mask(self.rdb.url)
 
     @staticmethod
     def trial_id(trial: optuna.Trial | FrozenTrial) -> int:

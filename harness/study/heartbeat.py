@@ -43,4 +43,6 @@ class Heartbeat:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            # A beat may be waiting out a database outage: do not hold the trial loop (or a stop) for it;
+            # the daemon thread ends after that beat.
+            self._thread.join(timeout=max(5.0, float(self.interval)))

@@ -41,7 +41,7 @@ class RetryDeadTrial:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
         # Not the dead worker's id nor qsweep's bookkeeping (creation and transition tokens).
-        system_attrs = {k: v for k, v in trial.system_attrs.items() if k != WORKER_ATTR and not k.startswith("qsweep:")}
+        system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith("qsweep:")}
         system_attrs.update(failed_trial=history[0], retry_history=history)
         # The runner records the setting again from the parameters; only the grid identity carries over.
         user_attrs = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
