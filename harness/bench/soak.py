@@ -196,8 +196,8 @@ def soak(out: Path, n_trials: int = 300, search: str = "tpe", model: str = "digi
                 continue
             pid = _pid_of(fleet.procs[0])
             if fleet.procs[0].poll() is not None:
-                problems_early = f"worker 0 exited ({fleet.procs[0].returncode}) before it was killed"
-                raise RuntimeError(problems_early)
+                raise RuntimeError(f"worker 0 exited ({fleet.procs[0].returncode}) before it was killed; "
+                                   f"see {out}/worker0-*.log")
             os.kill(pid, signal.SIGSTOP)  # frozen: what the study shows of it cannot change any more
             time.sleep(0.2)
             mine = [t.number for t in _study(storage, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -208,7 +208,7 @@ class Retry:
                 f"storage.retry_s={self.retry_s:g} ({reason}). Every finished trial is safe in the study; the "
                 "trial in flight is queued again by the next worker that reaches the database. Run the same "
                 "command again once the database is back (or raise storage.retry_s to wait longer).") from None
-        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** attempt) * (0.5 + random.random())
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** attempt * (0.5 + random.random()))
         return max(0.05, min(delay, remaining))
 
     def _up(self) -> None:

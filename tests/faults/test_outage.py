@@ -60,3 +60,26 @@ def test_a_server_away_longer_than_retry_s_stops_the_worker_and_a_rerun_continue
                             env=cli_env(), capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout + second.stderr
     check_grid(load(pg.url, "away"), CNN_POINTS)
+
+
+def test_an_outage_longer_than_the_grace_period_reaps_no_live_trial(pg, tmp_path):
+    """The server is down 8 s, twice the heartbeat grace period: every heartbeat is stale when it comes back,
+    yet no live trial is declared dead (reapers wait a grace period after an outage) or evaluated twice."""
+    args = CNN_GRID + [f"storage.url={pg.url}", "study.name=long", "storage.retry_s=60"]
+    paths = [tmp_path / f"w{i}.log" for i in range(3)]
+    procs = [start_worker(args + [f"hydra.run.dir={tmp_path / f'w{i}'}"], tmp_path, paths[i]) for i in range(3)]
+    study = wait_for(pg.url, "long", lambda s: n_complete(s) >= 2, procs)
+    before = n_complete(study)
+    pg.stop("fast")
+    time.sleep(8)
+    pg.start()
+    for p in procs:
+        p.wait(timeout=900)
+    text = "\n".join(logs(paths))
+    assert [p.returncode for p in procs] == [0, 0, 0], text
+    study = load(pg.url, "long")
+    assert before < CNN_POINTS
+    check_grid(study, CNN_POINTS)
+    assert len(study.trials) == CNN_POINTS, [(t.number, t.state.name) for t in study.trials]
+    assert "declared dead" not in text and "queued again" not in text and "Traceback" not in text, text
+    assert text.count("lost the study database") >= 1

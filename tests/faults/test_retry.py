@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 
 from harness.errors import StorageError, StorageUnavailableError
-from harness.study import RetryDeadTrial, StudyDB, is_transient, open_study, pop_waiting
+from harness.study import RetryDeadTrial, is_transient, open_study, pop_waiting
 from harness.study.retry import Retry
 from tests.sweep.support import storage as open_test_storage
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
