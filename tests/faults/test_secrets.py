@@ -17,10 +17,12 @@ import optuna
 import pytest
 
 from tests.faults.pgserver import server_or_skip
-from tests.sweep.support import TINY_GRID, cli_command, cli_env, free_port, restored_logging
+from tests.sweep.support import cli_command, cli_env, free_port, restored_logging
 
 PASSWORD = "S3cr3t-Pw_81f"
-RUN = TINY_GRID + ["progress=false", "storage.heartbeat_interval=1", "storage.grace_period=4"]
+#: Two points on digits_mlp (with the report, so report.html is checked too).
+RUN = ["model=digits_mlp", "selector=all", "search.space.nbits=[8,4]", "search.space.mode=[linear]", "progress=false",
+       "storage.heartbeat_interval=1", "storage.grace_period=4"]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +168,7 @@ def test_a_refused_experiment_masks_the_url(pg_password, tmp_path, capsys, monke
     first = _cli(base + [f"hydra.run.dir={tmp_path / 'first'}"], tmp_path)
     assert first.returncode == 0, first.stderr
     code, out, err = _qsweep_in_process([a for a in base if not a.startswith("search.space.nbits")]
-                                        + ["search.space.nbits=[8]"], capsys, tmp_path, monkeypatch)
+                                        + ["search.space.nbits=[8,2]"], capsys, tmp_path, monkeypatch)
     assert code == 2 and "was created for a different experiment" in err, err
     _assert_clean(out, err, where="console")
 
