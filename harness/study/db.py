@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
@@ -104,11 +103,10 @@ class StudyDB:
         return sorted(getattr(self.rdb, "running_here", ()))
 
     def reap_paused(self) -> bool:
-        """True shortly after an outage this process saw: other workers' heartbeats are stale because the
-        database was away, not because they died (so stale-heartbeat reaping waits a grace period)."""
-        grace = float(self.rdb.grace_period or 2 * (self.heartbeat_interval() or 5))
-        hold_off = grace + float(self.heartbeat_interval() or 0) + 5.0
-        return time.monotonic() - self.retry.back_at < hold_off
+        """True during and shortly after a database outage this process saw: other workers' heartbeats are
+        stale because the database was away, not because they died (see :mod:`harness.study.rdb`)."""
+        paused = getattr(self.rdb, "reap_paused", None)
+        return bool(paused()) if paused is not None else False
 
     @property
     def name(self) -> str:

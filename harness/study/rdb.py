@@ -18,7 +18,10 @@ is unknown (the server committed, the answer was lost) the retry first looks:
 
 A trial that becomes RUNNING here also gets its worker (``qsweep:worker``) and a
 first heartbeat in that transaction, so a worker that dies before its heartbeat
-thread starts is still noticed. This module and :mod:`harness.study.db` are the
+thread starts is still noticed. Right after an outage this process saw, no
+heartbeat counts as stale (:meth:`RetryingRDBStorage.reap_paused`): every
+worker's heartbeats stopped because the database was away, and the live ones
+beat again within a grace period. This module and :mod:`harness.study.db` are the
 only code that touches Optuna's private API.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import time
 import uuid
 from datetime import datetime
 from typing import Any, Callable, Sequence
@@ -38,7 +42,7 @@ from sqlalchemy import exc as sa_exc
 
 from harness.study.db import WORKER_ATTR
 from harness.study.identity import worker_id
-from harness.study.retry import Retry
+from harness.study.retry import BACKOFF_MAX, Retry
 
 #: System attribute of every trial created by qsweep: the token of its creation.
 CREATE_ATTR = "qsweep:created"
@@ -53,8 +57,7 @@ RETRIED = (
     "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies", "set_trial_param", "_set_trial_param",
     "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial", "get_all_trials",
-    "_get_trials", "get_best_trial", "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
-    "get_n_trials",
+    "_get_trials", "get_best_trial", "_get_best_trial_id", "record_heartbeat", "get_n_trials",
 )
 
 
@@ -101,6 +104,17 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
         self.retry = Retry(120.0, state.get("url", ""))
         self.running_here = set()
         super().__setstate__(state)
+
+    # -- stale heartbeats ----------------------------------------------------------------------
+    def reap_paused(self) -> bool:
+        """True during an outage and for a grace period (+ a beat and the longest backoff) after it."""
+        grace = float(self.grace_period or 2 * (self.heartbeat_interval or 5))
+        hold_off = grace + float(self.heartbeat_interval or 0) + BACKOFF_MAX
+        return self.retry.down or time.monotonic() - self.retry.back_at < hold_off
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = self.retry.call(optuna.storages.RDBStorage._get_stale_trial_ids, self, study_id)
+        return [] if self.reap_paused() else stale  # decided after the call: it may have waited out an outage
 
     # -- trials are created once ---------------------------------------------------------------
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:

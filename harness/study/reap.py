@@ -7,9 +7,10 @@ again (state WAITING, same parameters); :func:`requeue` does the same for the
 trial a worker cannot finish because it was stopped (Ctrl-C, SIGTERM, SIGHUP).
 
 Right after a database outage every heartbeat is stale because the database was
-away, not because the workers died: a worker that saw the outage waits a grace
-period before it reaps by heartbeat (:meth:`StudyDB.reap_paused`), so the live
-workers beat again first and no trial in flight is evaluated twice.
+away, not because the workers died: a worker that saw the outage (or whose
+stale-trial query waited one out) reaps nobody by heartbeat for a grace period
+(:meth:`StudyDB.reap_paused`), so the live workers beat again first and no trial
+in flight is evaluated twice.
 """
 from __future__ import annotations
 
@@ -60,13 +61,10 @@ class RetryDeadTrial:
 def reap(db: StudyDB) -> list[int]:
     """Fail (and queue again) the running trials whose worker died; return their numbers."""
     reaped: list[int] = []
-    if not db.reap_paused():
-        before = {t.number for t in db.trials(states=(TrialState.RUNNING,))}
-        db.fail_stale_trials()
-        running = db.trials(states=(TrialState.RUNNING,))
-        reaped += sorted(before - {t.number for t in running})
-    else:
-        running = db.trials(states=(TrialState.RUNNING,))
+    before = {t.number for t in db.trials(states=(TrialState.RUNNING,))}
+    db.fail_stale_trials()  # none while the storage is paused after an outage (StudyDB.reap_paused)
+    running = db.trials(states=(TrialState.RUNNING,))
+    reaped += sorted(before - {t.number for t in running})
     callback = db.stale_trial_callback()
     me = os.getpid()
     for t in running:
