@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness.executors.ops import _kernels
 from harness.executors.ops.base import F32, Op, f32, rank
 from harness.executors.registry import register
 
@@ -16,6 +17,9 @@ from harness.executors.registry import register
 def normalize(x: np.ndarray, axes: tuple[int, ...], eps: float, variance: bool = True) -> np.ndarray:
     """Subtract the mean over numpy ``axes`` and (if ``variance``) divide by ``sqrt(var + eps)``."""
     x = f32(x)
+    axes = tuple(sorted(a % x.ndim for a in axes))
+    if axes == tuple(range(x.ndim - len(axes), x.ndim)):  # trailing axes: row-wise chunked kernel
+        return _kernels.normalize_rows(x, len(axes), eps, variance)
     d = x - x.mean(axis=axes, keepdims=True, dtype=F32)
     if not variance:
         return d
