@@ -16,7 +16,8 @@ count (numpy's BLAS via threadpoolctl, which also sizes the executor's own
 elementwise pool; ``torch.set_num_threads``). Every repeat records the wall time
 of each top-level layer, so the same runs give the whole-model time and, per
 layer type, the time spent in the executor's ops of that type next to the same
-layers in the peer. It prints medians over the repeats: samples/s, the time
+layers in the peer. ``--clock cpu`` times CPU seconds of the process instead of
+wall seconds. It prints medians over the repeats: samples/s, the time
 ratio ours/torch with the issue's targets (1.2 for the transformer layers,
 1.5 for LSTM/GRU) and the largest output difference relative to the output
 scale. A model the peer cannot translate gets a note naming the layers.
@@ -77,6 +78,12 @@ def has_attention(spec) -> bool:
                for layer in quantizer.walk.iter_layers(ModelIO(spec).nn))
 
 
+#: ``--clock``: wall time, or the process's CPU time (all its threads), which a machine loaded by
+#: other processes disturbs much less when one thread is timed.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
 def _runs(fn: Callable[[dict], object], repeats: int, warmup: int = 2) -> tuple[float, dict[str, float]]:
     """Median total seconds and median seconds per layer type of ``fn(times)`` over ``repeats`` runs."""
     for _ in range(warmup):
@@ -84,9 +91,9 @@ def _runs(fn: Callable[[dict], object], repeats: int, warmup: int = 2) -> tuple[
     totals, per = [], []
     for _ in range(repeats):
         times: dict[str, float] = {}
-        t0 = time.perf_counter()
+        t0 = _clock()
         fn(times)
-        totals.append(time.perf_counter() - t0)
+        totals.append(_clock() - t0)
         per.append(times)
     types = {t: statistics.median(p.get(t, 0.0) for p in per) for t in per[0]}
     return statistics.median(totals), types
@@ -94,7 +101,7 @@ def _runs(fn: Callable[[dict], object], repeats: int, warmup: int = 2) -> tuple[
 
 def _timed_ops(ex) -> list[dict]:
     """Instrument the executor's top-level ops: each run adds its layer times to the dict in ``sink[0]``."""
-    clock = time.perf_counter
+    clock = _clock
     sink: list[dict] = [{}]
     for op in ex.network.ops:
         inner = op.run_blobs
@@ -146,7 +153,7 @@ def _worker(backend: str, name: str, batch: int, repeats: int, threads: int) -> 
     bad = unsupported(spec)
     if bad:
         return {"note": "peer cannot translate " + ", ".join(bad)}
-    peer = TorchPeer(spec)
+    peer = TorchPeer(spec, clock=_clock)
     blobs = ex.input_blobs(feeds)
     total, types = _runs(lambda times: peer.run(blobs, names, times), repeats)
     theirs = peer.run(blobs, names)
@@ -176,15 +183,16 @@ def default_models() -> list[str]:
     return zoo.names() + fixtures
 
 
-def bench_model(name: str, batch: int | None, repeats: int, threads: int) -> dict:
+def bench_model(name: str, batch: int | None, repeats: int, threads: int, clock: str = "wall") -> dict:
     """Measure one model: numpy then torch, each in a fresh subprocess (OpenBLAS's and
     torch's thread pools otherwise spin against each other and distort both timings)."""
     if batch is None:
         batch = 32 if has_attention(load_model(name)[0]) else 256
-    row: dict = {"model": Path(name).stem if name.endswith(".mlmodel") else name, "batch": batch, "threads": threads}
+    row: dict = {"model": Path(name).stem if name.endswith(".mlmodel") else name, "batch": batch, "threads": threads,
+                 "clock": clock}
     for backend in ("numpy", "torch"):
         cmd = [sys.executable, "-m", "harness.bench.executor", "--worker", backend, "--models", name,
-               "--batch", str(batch), "--repeats", str(repeats), "--threads", str(threads)]
+               "--batch", str(batch), "--repeats", str(repeats), "--threads", str(threads), "--clock", clock]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
@@ -208,9 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="samples per predict (default 256; 32 with attention)")
     ap.add_argument("--repeats", type=int, default=7, help="timed runs per model and backend (medians are printed)")
     ap.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and the CPU count)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall time (default) or process CPU time (steadier on a machine shared with other work)")
     ap.add_argument("--json", default=None, help="also write the result rows to this JSON file")
     ap.add_argument("--worker", choices=("numpy", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    global _clock
+    _clock = CLOCKS[args.clock]
     if args.worker:
         name, batch = parse_models(args.models, args.batch)[0]
         print(json.dumps(_worker(args.worker, name, batch, args.repeats, int(args.threads))))
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n_threads in threads:
         for name, batch in models:
-            rows.append(bench_model(name, batch, args.repeats, n_threads))
+            rows.append(bench_model(name, batch, args.repeats, n_threads, args.clock))
             print(table.model_line(rows[-1]), flush=True)
     print()
     print(table.report(rows))
