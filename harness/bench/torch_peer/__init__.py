@@ -35,6 +35,31 @@ from harness.executors.interface import ModelIO
 __all__ = ["TorchPeer", "unsupported", "translate", "TRANSLATORS"]
 
 
+def fuse_layernorms(layers: list, fns: list, outputs: set[str]) -> None:
+    """Replace each ``mvn -> scale`` pair (the converter's ``nn.LayerNorm``) by one affine ``F.layer_norm``,
+    as PyTorch runs it: the fused function takes the mvn's slot and the scale's becomes a no-op.
+
+    Only where the scale alone reads the mvn output and its scale/bias vary over the normalized
+    axes only (so they are layer_norm's weight and bias).
+    """
+    readers: dict[str, int] = {}
+    subs = [s for layer in layers for net in quantizer.walk.sub_networks(layer) for s in quantizer.walk.iter_layers(net)]
+    for layer in layers + subs:
+        for name in layer.input:
+            readers[name] = readers.get(name, 0) + 1
+    for i in range(len(layers) - 1):
+        a, b = layers[i], layers[i + 1]
+        if a.WhichOneof("layer") != "mvn" or b.WhichOneof("layer") != "scale" or not a.mvn.normalizeVariance:
+            continue
+        out = a.output[0]
+        if list(b.input) != [out] or readers.get(out, 0) != 1 or out in outputs:
+            continue
+        k = 3 if a.mvn.acrossChannels else 2
+        fused = _cnn.layernorm(b, a.mvn, k, a.input[0], b.output[0])
+        if fused is not None:
+            fns[i], fns[i + 1] = fused, (lambda blobs: None)
+
+
 def unsupported(spec: Any) -> list[str]:
     """Layer types of ``spec`` (loop bodies included) this peer cannot translate (empty: it can run the model)."""
     bad = []
@@ -56,6 +81,7 @@ class TorchPeer:
         layers = list(self.io.nn.layers)
         self.types = [layer.WhichOneof("layer") for layer in layers]
         self.fns = [translate(layer) for layer in layers]
+        fuse_layernorms(layers, self.fns, set(self.io.output_names) | ({self.io.prob_blob} if self.io.prob_blob else set()))
 
     @torch.inference_mode()
     def run(self, blobs: dict[str, np.ndarray], outputs: list[str],

@@ -194,3 +194,32 @@ def _mvn(layer, p, ins, outs):
     return unary(ins, outs, lambda x: F.layer_norm(x, tuple(x.shape[-k:]), eps=eps))
 
 
+
+
+def layernorm(scale_layer, mvn, k: int, src: str, dst: str):
+    """One ``F.layer_norm`` for ``mvn`` (over the last ``k`` axes) followed by ``scale_layer``; None if the
+    scale's parameters vary along an axis the mvn does not normalize."""
+    p = scale_layer.scale
+    s = _param_3d(scale_layer, p.shapeScale, "scale")
+    b = _param_3d(scale_layer, p.shapeBias, "bias") if p.hasBias else None
+
+    def as_affine(v):
+        if v is None:
+            return None
+        v = v.reshape((1,) * (3 - v.dim()) + tuple(v.shape)) if v.dim() < 3 else v
+        lead = v.shape[: 3 - k]
+        if any(d != 1 for d in lead):
+            return None
+        return v.reshape(tuple(v.shape[3 - k:]))
+    ws, wb = as_affine(s), as_affine(b)
+    if ws is None or (p.hasBias and wb is None):
+        return None
+    eps = float(mvn.epsilon) or 1e-6
+
+    def run(blobs):
+        x = blobs[src]
+        shape = tuple(x.shape[-k:])
+        blobs[dst] = F.layer_norm(x, shape, ws.expand(shape).contiguous() if tuple(ws.shape) != shape else ws,
+                                  None if wb is None else (wb.expand(shape).contiguous() if tuple(wb.shape) != shape else wb),
+                                  eps=eps)
+    return run
