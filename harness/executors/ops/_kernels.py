@@ -96,8 +96,8 @@ def gelu(x: np.ndarray, mode: str = "EXACT") -> np.ndarray:
 
     def run(s: int, e: int) -> None:
         kernel(xf[s:e], yf[s:e])
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # inf/NaN inputs give what the formula gives
-        for_chunks(run, xf.size, 1 << 16)
+    # inf/NaN inputs give what the formula gives
+    for_chunks(run, xf.size, 1 << 16, errstate={"over": "ignore", "under": "ignore", "invalid": "ignore"})
     return out
 
 
@@ -143,8 +143,7 @@ def softmax_last(x: np.ndarray) -> np.ndarray:
             m[low] = F32(1)
         np.divide(_ONE, m, out=m)
         yc *= m[:, None]
-    with np.errstate(under="ignore", invalid="ignore"):
-        for_chunks(run, xr.shape[0], rows_per_chunk(d))
+    for_chunks(run, xr.shape[0], rows_per_chunk(d), errstate={"under": "ignore", "invalid": "ignore"})
     return out
 
 

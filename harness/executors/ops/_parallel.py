@@ -100,29 +100,35 @@ def _in_pool() -> bool:
     return threading.current_thread().name.startswith("qsweep-exec")
 
 
-def for_chunks(fn: Callable[[int, int], None], n: int, grain: int, n_threads: int | None = None) -> None:
+def for_chunks(fn: Callable[[int, int], None], n: int, grain: int, n_threads: int | None = None,
+               errstate: dict | None = None) -> None:
     """Call ``fn(start, stop)`` on consecutive ranges of about ``grain`` items that cover ``range(n)``.
 
     With more than one thread (``n_threads``, default :func:`threads`) and more than one chunk,
     the ranges are taken from a shared counter by the calling thread and pool workers, so a
     core slowed by other load just takes fewer chunks. ``fn`` must only write its own range.
+    ``errstate``: :func:`numpy.errstate` settings for every chunk (numpy's error state is per
+    thread, so the caller's does not reach the workers).
     """
     grain = max(1, int(grain))
     chunks = -(-n // grain)
     k = min(threads() if n_threads is None else n_threads, chunks)
+    state = errstate or {}
     if k <= 1 or _in_pool():
-        for s in range(0, n, grain):
-            fn(s, min(n, s + grain))
+        with np.errstate(**state):
+            for s in range(0, n, grain):
+                fn(s, min(n, s + grain))
         return
     counter = itertools.count()
 
     def worker() -> None:
-        while True:
-            i = next(counter)
-            if i >= chunks:
-                return
-            s = i * grain
-            fn(s, min(n, s + grain))
+        with np.errstate(**state):
+            while True:
+                i = next(counter)
+                if i >= chunks:
+                    return
+                s = i * grain
+                fn(s, min(n, s + grain))
 
     futures = [_get_pool(k - 1).submit(worker) for _ in range(k - 1)]
     worker()
@@ -145,3 +151,29 @@ def scratch(count: int, size: int, dtype=np.float32) -> list[np.ndarray]:
 def rows_per_chunk(row: int, grain: int = GRAIN) -> int:
     """How many rows of ``row`` elements make a chunk of about ``grain`` elements (at least 1)."""
     return max(1, grain // max(1, row))
+
+
+#: Elementwise results smaller than this many elements are computed in one ufunc call.
+PARALLEL_MIN = 1 << 18
+
+
+def binary(ufunc: Callable, a: np.ndarray, b, errstate: dict | None = None) -> np.ndarray:
+    """``ufunc(a, b)`` with numpy broadcasting (ranks already aligned; ``b`` may be a scalar), split
+    along the sample axis over the thread pool when the result is large and threads allow."""
+    b_arr = np.asarray(b)
+    n = max(a.shape[0], b_arr.shape[0] if b_arr.ndim == a.ndim else 1)
+    k = threads()
+    if k <= 1 or n < 2 or not isinstance(ufunc, np.ufunc):
+        with np.errstate(**(errstate or {})):
+            return ufunc(a, b)
+    shape = np.broadcast_shapes(a.shape, b_arr.shape)
+    if int(np.prod(shape, dtype=np.int64)) < PARALLEL_MIN:
+        with np.errstate(**(errstate or {})):
+            return ufunc(a, b)
+    out = np.empty(shape, np.result_type(a, b))
+    split_b = b_arr.ndim == a.ndim and b_arr.shape[0] > 1
+
+    def run(s: int, e: int) -> None:
+        ufunc(a[s:e] if a.shape[0] > 1 else a, b_arr[s:e] if split_b else b, out=out[s:e])
+    for_chunks(run, n, -(-n // (2 * k)), n_threads=k, errstate=errstate)
+    return out
