@@ -9,7 +9,7 @@ TARGETS = {
 }
 #: Rows that add up several layer types (the converter splits one torch layer into them).
 GROUPS = {
-    "= layernorm (mvn+scale)": ("mvn", "scale", "layerNormalization"),
+    "= layernorm (mvn+scale)": ("mvn", "scale", "layerNormalization"),  # torch: one affine layer_norm
     "= reshape/transpose chain": ("reshapeStatic", "transpose", "squeeze", "expandDims"),
     "= transformer types (all 1.2x)": ("batchedMatmul", "softmaxND", "mvn", "scale", "layerNormalization", "gelu",
                                        "reshapeStatic", "transpose"),
@@ -41,7 +41,9 @@ def _ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:>7.2f}" if theirs > 0 else f"{'-':>7}"
 
 
-def _line(label: str, calls: str, ours: float, theirs: float, target: float | None) -> str:
+def _line(label: str, calls: str, ours: float, theirs: float | str, target: float | None) -> str:
+    if isinstance(theirs, str):  # the peer does this work inside another layer type
+        return f"  {label:<32}{calls:>6}{ours * 1e3:>10.2f}{theirs:>10}{'-':>7}"
     met = "" if target is None else ("yes" if theirs > 0 and ours / theirs <= target else "NO")
     tgt = f"{target:>7.1f}" if target else f"{'':>7}"
     return f"  {label:<32}{calls:>6}{ours * 1e3:>10.2f}{theirs * 1e3:>10.2f}{_ratio(ours, theirs)}{tgt}{met:>5}"
@@ -50,17 +52,24 @@ def _line(label: str, calls: str, ours: float, theirs: float, target: float | No
 def type_table(r: dict) -> list[str]:
     """Per layer type (and group): calls, our ms, torch ms, ratio, target, met."""
     ours, theirs, calls = r["ours_types"], r["torch_types"], r.get("calls", {})
+    fused = r.get("torch_fused", {})
+    hosts = {h: [t for t, g in fused.items() if g == h] for h in set(fused.values())}
     head = f"  {'layer type':<32}{'calls':>6}{'numpy ms':>10}{'torch ms':>10}{'ratio':>7}{'target':>7}{'met':>5}"
     out = [f"{r['model']} (batch {r['batch']}, threads {r['threads']}): per layer type", head, "  " + "-" * (len(head) - 2)]
     tiny = [0.0, 0.0, 0]
     for t in sorted(set(ours) | set(theirs), key=lambda t: -ours.get(t, 0.0)):
         a, b = ours.get(t, 0.0), theirs.get(t, 0.0)
-        if max(a, b) * 1e3 < TINY_MS and t not in TARGETS:
+        if max(a, b) * 1e3 < TINY_MS and t not in TARGETS and t not in fused and t not in hosts:
             tiny[0] += a
             tiny[1] += b
             tiny[2] += calls.get(t, 0)
             continue
-        out.append(_line(t, str(calls.get(t, "")), a, b, TARGETS.get(t)))
+        if t in fused:
+            out.append(_line(t, str(calls.get(t, "")), a, f"in {fused[t]}", None))
+        elif t in hosts:  # its peer time includes the fused types: only the group row is comparable
+            out.append(_line(f"{t} (torch: +{'+'.join(hosts[t])})", str(calls.get(t, "")), a, b, None))
+        else:
+            out.append(_line(t, str(calls.get(t, "")), a, b, TARGETS.get(t)))
     if tiny[2]:
         out.append(_line(f"(other types < {TINY_MS} ms)", str(tiny[2]), tiny[0], tiny[1], None))
     for g, members in GROUPS.items():

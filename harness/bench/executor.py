@@ -160,7 +160,7 @@ def _worker(backend: str, name: str, batch: int, repeats: int, threads: int) -> 
     with threadpool_limits(limits=threads):
         ours = ex.trace(feeds)  # after timing: the two thread pools never compete while timed
     diff = max(float(np.max(np.abs(ours[k] - theirs[k]))) / max(float(np.max(np.abs(theirs[k]))), 1e-6) for k in names)
-    return {"seconds": total, "types": types, "max_diff": diff}
+    return {"seconds": total, "types": types, "max_diff": diff, "fused": peer.fused}
 
 
 def parse_models(text: str, batch: int | None) -> list[tuple[str, int | None]]:
@@ -201,7 +201,7 @@ def bench_model(name: str, batch: int | None, repeats: int, threads: int, clock:
         if backend == "numpy":
             row.update(ours_s=res["seconds"], layers=res["layers"], ours_types=res["types"], calls=res["calls"])
         elif "seconds" in res:
-            row.update(torch_s=res["seconds"], max_diff=res["max_diff"], torch_types=res["types"])
+            row.update(torch_s=res["seconds"], max_diff=res["max_diff"], torch_types=res["types"], torch_fused=res["fused"])
         else:
             row["torch_note"] = res["note"]
     return row

@@ -35,13 +35,14 @@ from harness.executors.interface import ModelIO
 __all__ = ["TorchPeer", "unsupported", "translate", "TRANSLATORS"]
 
 
-def fuse_layernorms(layers: list, fns: list, outputs: set[str]) -> None:
+def fuse_layernorms(layers: list, fns: list, outputs: set[str]) -> int:
     """Replace each ``mvn -> scale`` pair (the converter's ``nn.LayerNorm``) by one affine ``F.layer_norm``,
     as PyTorch runs it: the fused function takes the mvn's slot and the scale's becomes a no-op.
 
     Only where the scale alone reads the mvn output and its scale/bias vary over the normalized
-    axes only (so they are layer_norm's weight and bias).
+    axes only (so they are layer_norm's weight and bias). Returns the number of pairs fused.
     """
+    count = 0
     readers: dict[str, int] = {}
     subs = [s for layer in layers for net in quantizer.walk.sub_networks(layer) for s in quantizer.walk.iter_layers(net)]
     for layer in layers + subs:
@@ -58,6 +59,8 @@ def fuse_layernorms(layers: list, fns: list, outputs: set[str]) -> None:
         fused = _cnn.layernorm(b, a.mvn, k, a.input[0], b.output[0])
         if fused is not None:
             fns[i], fns[i + 1] = fused, (lambda blobs: None)
+            count += 1
+    return count
 
 
 def unsupported(spec: Any) -> list[str]:
@@ -81,7 +84,10 @@ class TorchPeer:
         layers = list(self.io.nn.layers)
         self.types = [layer.WhichOneof("layer") for layer in layers]
         self.fns = [translate(layer) for layer in layers]
-        fuse_layernorms(layers, self.fns, set(self.io.output_names) | ({self.io.prob_blob} if self.io.prob_blob else set()))
+        #: layer types whose work the peer does inside another type's fused layer: {"scale": "mvn"}
+        self.fused: dict[str, str] = {}
+        if fuse_layernorms(layers, self.fns, set(self.io.output_names) | ({self.io.prob_blob} if self.io.prob_blob else set())):
+            self.fused["scale"] = "mvn"
 
     @torch.inference_mode()
     def run(self, blobs: dict[str, np.ndarray], outputs: list[str],

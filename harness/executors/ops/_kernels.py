@@ -19,9 +19,12 @@ per chunk.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from harness.executors.ops._parallel import GRAIN, for_chunks, rows_per_chunk, scratch
+from harness.executors.ops import _parallel as par
+from harness.executors.ops._parallel import for_chunks, rows_per_chunk, scratch
 
 F32 = np.float32
 _ONE, _HALF = F32(1.0), F32(0.5)
@@ -31,6 +34,19 @@ _GELU_C = [F32(c) for c in (-0.00687750578802811, 0.22114286662983018, -0.034736
                             0.454739374928385, -0.13427313603994237)]
 _TANH_C = F32(np.sqrt(2.0 / np.pi))
 _TANH_K = F32(0.044715)
+
+
+_ONES: dict[tuple[int, float], np.ndarray] = {}
+
+
+def _ones(d: int, value: np.float32) -> np.ndarray:
+    """A cached read-only vector of ``d`` copies of ``value`` (row sums as matrix-vector products)."""
+    v = _ONES.get((d, float(value)))
+    if v is None:
+        v = np.full(d, value, F32)
+        v.flags.writeable = False
+        _ONES[(d, float(value))] = v
+    return v
 
 
 def _flat_out(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,7 +113,7 @@ def gelu(x: np.ndarray, mode: str = "EXACT") -> np.ndarray:
     def run(s: int, e: int) -> None:
         kernel(xf[s:e], yf[s:e])
     # inf/NaN inputs give what the formula gives
-    for_chunks(run, xf.size, 1 << 16, errstate={"over": "ignore", "under": "ignore", "invalid": "ignore"})
+    for_chunks(run, xf.size, par.GRAIN, errstate={"over": "ignore", "under": "ignore", "invalid": "ignore"})
     return out
 
 
@@ -118,7 +134,7 @@ def softmax_last(x: np.ndarray) -> np.ndarray:
     x, out, _ = _flat_out(x)
     d = x.shape[-1]
     xr, yr = x.reshape(-1, d), out.reshape(-1, d)
-    ones = np.ones(d, F32)
+    ones = _ones(d, _ONE)
 
     def exact(xc: np.ndarray, yc: np.ndarray) -> None:
         np.subtract(xc, xc.max(axis=1, keepdims=True), out=yc)
@@ -150,10 +166,10 @@ def softmax_last(x: np.ndarray) -> np.ndarray:
 def normalize_rows(x: np.ndarray, k: int, eps: float, variance: bool = True) -> np.ndarray:
     """``(x - mean) / sqrt(var + eps)`` over the last ``k`` axes (biased variance, two passes, float32)."""
     x, out, _ = _flat_out(x)
-    d = int(np.prod(x.shape[x.ndim - k:], dtype=np.int64))
+    d = math.prod(x.shape[x.ndim - k:])
     xr, yr = x.reshape(-1, d), out.reshape(-1, d)
-    inv_d, eps32 = F32(1.0 / d), F32(eps)
-    ones = np.full(d, inv_d, F32)
+    eps32 = F32(eps)
+    ones = _ones(d, F32(1.0 / d))
 
     def run(s: int, e: int) -> None:
         xc, yc = xr[s:e], yr[s:e]
