@@ -18,7 +18,11 @@ class NumpyExecutor(Executor):
     """Run a Core ML ``neuralNetwork`` / classifier / regressor model with numpy.
 
     Built once per model: layers are checked and compiled, weights decoded.
-    ``predict`` runs the whole batch vectorised.
+    ``predict`` runs the whole batch vectorised. It uses as many threads as
+    numpy's BLAS may (``threadpoolctl.threadpool_limits(n)``,
+    ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``): matrix products in BLAS, and
+    the executor's own chunked elementwise, softmax, normalization and LSTM
+    work on a pool of that size (:mod:`harness.executors.ops._parallel`).
 
     Example:
         >>> ex = NumpyExecutor("tests/fixtures/mlp.mlmodel")    # doctest: +SKIP
