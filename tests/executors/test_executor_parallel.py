@@ -191,3 +191,20 @@ def test_lstm_cell_clip_skipped_only_when_provably_idle():
     assert g.cell_clip_needed([c0 + 45], steps=10, clip=50.0, coupled=False)
     g.acts = ("sigmoid", "ReLU", "tanh")  # unbounded block input: always clip
     assert g.cell_clip_needed([c0], steps=1, clip=50.0, coupled=False)
+
+
+@pytest.mark.parametrize("mode,fn", [(1, np.add), (3, np.multiply), (5, np.maximum)])
+def test_scatter_unique_indices_fast_path_equals_accumulation(mode, fn):
+    """Distinct indices take one gather-compute-scatter instead of ufunc.at; the result is the same."""
+    from tests.executors.test_executor_ops_seq import one
+
+    n = 4
+    data = f32(n, 5, 3)
+    idx = np.array([[3.0, 0.0], [1.0, 4.0], [2.0, 1.0], [0.0, 3.0]], np.float32)  # per sample, distinct
+    upd = f32(n, 2, 3)
+    got = one("scatter", {"d": data, "i": idx, "u": upd}, lambda p: (setattr(p, "axis", 0), setattr(p, "mode", mode)))["y"]
+    want = data.astype(np.float64).copy()
+    for s in range(n):
+        for j, t in enumerate(idx[s].astype(int)):
+            want[s, t] = fn(want[s, t], upd[s, j])
+    close(got, want)

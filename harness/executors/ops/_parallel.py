@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -165,19 +166,26 @@ def rows_per_chunk(row: int, grain: int | None = None) -> int:
 PARALLEL_MIN = 1 << 18
 
 
+def _direct(ufunc: Callable, a, b, errstate: dict | None):
+    if errstate is None:
+        return ufunc(a, b)
+    with np.errstate(**errstate):
+        return ufunc(a, b)
+
+
 def binary(ufunc: Callable, a: np.ndarray, b, errstate: dict | None = None) -> np.ndarray:
     """``ufunc(a, b)`` with numpy broadcasting (ranks already aligned; ``b`` may be a scalar), split
     along the sample axis over the thread pool when the result is large and threads allow."""
+    if a.size < PARALLEL_MIN and np.size(b) < PARALLEL_MIN and (a.size + np.size(b)) * 2 < PARALLEL_MIN:
+        return _direct(ufunc, a, b, errstate)  # small: one call, no thread-count lookup
     b_arr = np.asarray(b)
     n = max(a.shape[0], b_arr.shape[0] if b_arr.ndim == a.ndim else 1)
     k = threads()
     if k <= 1 or n < 2 or not isinstance(ufunc, np.ufunc):
-        with np.errstate(**(errstate or {})):
-            return ufunc(a, b)
+        return _direct(ufunc, a, b, errstate)
     shape = np.broadcast_shapes(a.shape, b_arr.shape)
-    if int(np.prod(shape, dtype=np.int64)) < PARALLEL_MIN:
-        with np.errstate(**(errstate or {})):
-            return ufunc(a, b)
+    if math.prod(shape) < PARALLEL_MIN:
+        return _direct(ufunc, a, b, errstate)
     out = np.empty(shape, np.result_type(a, b))
     split_b = b_arr.ndim == a.ndim and b_arr.shape[0] > 1
 
