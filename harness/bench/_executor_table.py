@@ -52,24 +52,30 @@ def _line(label: str, calls: str, ours: float, theirs: float | str, target: floa
 def type_table(r: dict) -> list[str]:
     """Per layer type (and group): calls, our ms, torch ms, ratio, target, met."""
     ours, theirs, calls = r["ours_types"], r["torch_types"], r.get("calls", {})
-    fused = r.get("torch_fused", {})
+    fused, mine = r.get("torch_fused", {}), r.get("ours_fused", {})
+    both = {t: h for t, h in fused.items() if mine.get(t) == h}  # fused alike: the host rows compare directly
+    fused = {t: h for t, h in fused.items() if t not in both}
     hosts = {h: [t for t, g in fused.items() if g == h] for h in set(fused.values())}
     head = f"  {'layer type':<32}{'calls':>6}{'numpy ms':>10}{'torch ms':>10}{'ratio':>7}{'target':>7}{'met':>5}"
     out = [f"{r['model']} (batch {r['batch']}, threads {r['threads']}): per layer type", head, "  " + "-" * (len(head) - 2)]
     tiny = [0.0, 0.0, 0]
-    for t in sorted(set(ours) | set(theirs), key=lambda t: -ours.get(t, 0.0)):
+    for t in sorted(set(ours) | set(theirs) | set(both), key=lambda t: -ours.get(t, 0.0)):
         a, b = ours.get(t, 0.0), theirs.get(t, 0.0)
-        if max(a, b) * 1e3 < TINY_MS and t not in TARGETS and t not in fused and t not in hosts:
+        if max(a, b) * 1e3 < TINY_MS and t not in TARGETS and t not in fused and t not in hosts and t not in both:
             tiny[0] += a
             tiny[1] += b
             tiny[2] += calls.get(t, 0)
             continue
-        if t in fused:
+        if t in both:
+            out.append(f"  {t:<32}{calls.get(t, ''):>6}{'in ' + both[t]:>10}{'in ' + both[t]:>10}")
+        elif t in fused:
             out.append(_line(t, str(calls.get(t, "")), a, f"in {fused[t]}", None))
         elif t in hosts:  # its peer time includes the fused types: only the group row is comparable
             out.append(_line(f"{t} (torch: +{'+'.join(hosts[t])})", str(calls.get(t, "")), a, b, None))
         else:
-            out.append(_line(t, str(calls.get(t, "")), a, b, TARGETS.get(t)))
+            extra = [u for u, h in both.items() if h == t]
+            label = f"{t} (+{'+'.join(extra)})" if extra else t
+            out.append(_line(label, str(calls.get(t, "")), a, b, TARGETS.get(t)))
     if tiny[2]:
         out.append(_line(f"(other types < {TINY_MS} ms)", str(tiny[2]), tiny[0], tiny[1], None))
     for g, members in GROUPS.items():

@@ -142,7 +142,7 @@ def _worker(backend: str, name: str, batch: int, repeats: int, threads: int) -> 
             ex.predict(feeds)
         with threadpool_limits(limits=threads):
             total, types = _runs(run, repeats)
-        return {"seconds": total, "types": types, "calls": calls, "layers": len(ex.network)}
+        return {"seconds": total, "types": types, "calls": calls, "layers": len(ex.io.nn.layers), "fused": ex.fused}
     try:
         import torch
     except ImportError:  # an optional extra: the table says so instead of timing the peer
@@ -199,7 +199,8 @@ def bench_model(name: str, batch: int | None, repeats: int, threads: int, clock:
             raise RuntimeError(f"{backend} worker failed on {name}:\n{proc.stderr[-2000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         if backend == "numpy":
-            row.update(ours_s=res["seconds"], layers=res["layers"], ours_types=res["types"], calls=res["calls"])
+            row.update(ours_s=res["seconds"], layers=res["layers"], ours_types=res["types"], calls=res["calls"],
+                       ours_fused=res["fused"])
         elif "seconds" in res:
             row.update(torch_s=res["seconds"], max_diff=res["max_diff"], torch_types=res["types"], torch_fused=res["fused"])
         else:

@@ -163,8 +163,10 @@ def softmax_last(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def normalize_rows(x: np.ndarray, k: int, eps: float, variance: bool = True) -> np.ndarray:
-    """``(x - mean) / sqrt(var + eps)`` over the last ``k`` axes (biased variance, two passes, float32)."""
+def normalize_rows(x: np.ndarray, k: int, eps: float, variance: bool = True,
+                   gamma: np.ndarray | None = None, beta: np.ndarray | None = None) -> np.ndarray:
+    """``(x - mean) / sqrt(var + eps)`` over the last ``k`` axes (biased variance, two passes, float32),
+    then ``* gamma + beta`` if given (vectors over the flattened normalized axes), in the same pass."""
     x, out, _ = _flat_out(x)
     d = math.prod(x.shape[x.ndim - k:])
     xr, yr = x.reshape(-1, d), out.reshape(-1, d)
@@ -177,6 +179,7 @@ def normalize_rows(x: np.ndarray, k: int, eps: float, variance: bool = True) -> 
         np.matmul(xc, ones, out=m)  # row means (matrix-vector product: one pass, vectorised)
         np.subtract(xc, m[:, None], out=yc)
         if not variance:
+            affine(yc)
             return
         (sq,) = scratch(1, yc.size)
         sq = sq.reshape(yc.shape)
@@ -186,5 +189,12 @@ def normalize_rows(x: np.ndarray, k: int, eps: float, variance: bool = True) -> 
         np.sqrt(v, out=v)
         np.divide(_ONE, v, out=v)
         yc *= v[:, None]
+        affine(yc)
+
+    def affine(yc: np.ndarray) -> None:
+        if gamma is not None:
+            yc *= gamma
+        if beta is not None:
+            yc += beta
     for_chunks(run, xr.shape[0], rows_per_chunk(d))
     return out
