@@ -61,25 +61,37 @@ def threads() -> int:
     return max(1, int(blas.get_num_threads()))
 
 
+_single = {"depth": 0, "before": 1}
+_single_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Limit numpy's BLAS to one thread inside the block (for ops that spread many small products
-    over :func:`for_chunks` themselves); restores the previous count."""
+    over :func:`for_chunks` themselves); restores the previous count when the last block exits
+    (blocks entered from several threads at once nest instead of racing)."""
     blas = _numpy_blas()
     if blas is None:
         yield
         return
-    before = blas.get_num_threads()
-    blas.set_num_threads(1)
+    with _single_lock:
+        if _single["depth"] == 0:
+            _single["before"] = blas.get_num_threads()
+            blas.set_num_threads(1)
+        _single["depth"] += 1
     try:
         yield
     finally:
-        blas.set_num_threads(before)
+        with _single_lock:
+            _single["depth"] -= 1
+            if _single["depth"] == 0:
+                blas.set_num_threads(_single["before"])
 
 
 def _reset_after_fork() -> None:
-    global _pool, _pool_size, _lock
-    _pool, _pool_size, _lock = None, 0, threading.Lock()
+    global _pool, _pool_size, _lock, _single_lock
+    _pool, _pool_size, _lock, _single_lock = None, 0, threading.Lock(), threading.Lock()
+    _single["depth"] = 0
 
 
 if hasattr(os, "register_at_fork"):
