@@ -142,7 +142,7 @@ def _worker(backend: str, name: str, batch: int, repeats: int, threads: int) -> 
             ex.predict(feeds)
         with threadpool_limits(limits=threads):
             total, types = _runs(run, repeats)
-        return {"seconds": total, "types": types, "calls": calls, "layers": len(ex.io.nn.layers), "fused": ex.fused}
+        return {"seconds": total, "types": types, "calls": calls, "layers": len(ex.io.nn.layers), "fused": getattr(ex, "fused", {})}
     try:
         import torch
     except ImportError:  # an optional extra: the table says so instead of timing the peer
