@@ -33,7 +33,8 @@ def _model_table(rows: list[dict]) -> list[str]:
     head = (f"{'model':<18}{'thr':>4}{'layers':>7}{'batch':>7}{'numpy ms':>10}{'numpy/s':>10}"
             f"{'torch ms':>10}{'torch/s':>10}{'ratio':>8}{'max diff':>10}")
     clock = rows[0].get("clock", "wall") if rows else "wall"
-    return [f"per model — ratio = numpy time / torch time ({clock} clock, medians over the repeats)", head, "-" * len(head)] + [
+    stat = rows[0].get("stat", "median") if rows else "median"
+    return [f"per model — ratio = numpy time / torch time ({clock} clock, {stat} over the repeats)", head, "-" * len(head)] + [
         model_line(r) for r in rows]
 
 
