@@ -208,3 +208,48 @@ def test_scatter_unique_indices_fast_path_equals_accumulation(mode, fn):
         for j, t in enumerate(idx[s].astype(int)):
             want[s, t] = fn(want[s, t], upd[s, j])
     close(got, want)
+
+
+def _layernorm_model(scale_shape, across: bool, extra_reader: bool = False):
+    from harness.executors import NumpyExecutor
+    from tests.executors.executor_specs import weights
+
+    C, H, W = 3, 4, 6
+    spec, nn = net({"x": (C, H, W)}, ["y"] + (["n"] if extra_reader else []))
+    m = layer(nn, "mvn", "mvn", ["x"], ["n"])
+    m.acrossChannels, m.normalizeVariance, m.epsilon = across, True, 1e-5
+    p = layer(nn, "scale", "scale", ["n"], ["y"])
+    p.shapeScale.extend(scale_shape)
+    p.shapeBias.extend(scale_shape)
+    p.hasBias = True
+    s = RNG.uniform(0.5, 2, size=scale_shape).astype(np.float32)
+    b = RNG.uniform(-1, 1, size=scale_shape).astype(np.float32)
+    weights(p.scale, s)
+    weights(p.bias, b)
+    return NumpyExecutor(spec), s, b, (C, H, W)
+
+
+@pytest.mark.parametrize("scale_shape,across,folded", [
+    ((1, 4, 6), False, True),   # varies over the normalized (H, W) only: folded into the pass
+    ((1,), False, True),        # one shared value
+    ((3,), False, False),       # per channel, which this mvn does not normalize over: scale runs after
+    ((3, 4, 6), True, True),    # across channels: everything is normalized together
+])
+def test_mvn_scale_fusion_equals_the_two_layers(scale_shape, across, folded):
+    ex, s, b, chw = _layernorm_model(scale_shape, across)
+    assert ex.fused == {"scale": "mvn"} and [op.type for op in ex.network.ops] == ["mvn"]
+    x = RNG.normal(2.0, 3.0, size=(5,) + chw).astype(np.float32)
+    axes = (1, 2, 3) if across else (2, 3)
+    x64 = x.astype(np.float64)
+    d = x64 - x64.mean(axis=axes, keepdims=True)
+    norm = d / np.sqrt((d * d).mean(axis=axes, keepdims=True) + 1e-5)
+    shp = scale_shape if len(scale_shape) == 3 else (scale_shape[0], 1, 1)
+    want = norm * s.reshape(shp) + b.reshape(shp)
+    close(ex.predict({"x": x})["y"], want)
+    assert (ex.network.ops[0]._affine_rows(x) is not None) == folded
+    assert "n" in ex.trace({"x": x})  # trace runs the unfused network: every layer's output is there
+
+
+def test_mvn_output_read_elsewhere_is_not_fused():
+    ex, *_ = _layernorm_model((1, 4, 6), False, extra_reader=True)
+    assert ex.fused == {} and [op.type for op in ex.network.ops] == ["mvn", "scale"]
