@@ -253,3 +253,25 @@ def test_mvn_scale_fusion_equals_the_two_layers(scale_shape, across, folded):
 def test_mvn_output_read_elsewhere_is_not_fused():
     ex, *_ = _layernorm_model((1, 4, 6), False, extra_reader=True)
     assert ex.fused == {} and [op.type for op in ex.network.ops] == ["mvn", "scale"]
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_matmul_writes_the_layout_its_transpose_wants(threads):
+    """attention's (a @ v) -> transpose -> reshapeStatic: the product is laid out so that the reshape
+    copies nothing; values equal the unfused network's."""
+    from harness.executors import NumpyExecutor
+
+    spec, nn = net({"a": (1, 3, 5, 5), "v": (1, 3, 5, 4)}, ["y"])
+    layer(nn, "batchedMatmul", "mm", ["a", "v"], ["p"])
+    layer(nn, "transpose", "tr", ["p"], ["t"]).axes.extend([0, 2, 1, 3])
+    layer(nn, "reshapeStatic", "rs", ["t"], ["y"]).targetShape.extend([1, 5, 12])
+    ex = NumpyExecutor(spec)
+    assert ex.network.ops[0].out_axes == [0, 2, 1, 3]
+    feeds = {"a": f32(6, 1, 3, 5, 5), "v": f32(6, 1, 3, 5, 4)}
+    with threadpool_limits(threads):
+        got = ex.predict(feeds)["y"]
+        blobs = {k: v for k, v in feeds.items()}
+        ex.network.run(blobs)
+    want = np.matmul(feeds["a"], feeds["v"]).transpose(0, 1, 3, 2, 4).reshape(6, 5, 12)
+    close(got, want, 1e-6)
+    assert blobs["t"].flags.c_contiguous and np.shares_memory(blobs["t"], blobs["y"])
