@@ -63,17 +63,12 @@ class SweepResult:
     loop: Any = None
 
 
-def model_bytes(spec: Any) -> bytes:
-    """The ``.mlmodel`` file of ``spec`` as the run directory holds it: protobuf's deterministic
-    serialization (map entries sorted), so the same model gives the same bytes in every process
-    (plain ``SerializeToString``, as :func:`quantizer.save` uses, orders the metadata map by the
-    process's string hash seed)."""
-    return spec.SerializeToString(deterministic=True)
-
-
 def model_sha256(spec: Any) -> str:
-    """The sha256 of the saved model file of ``spec`` (:func:`model_bytes`)."""
-    return hashlib.sha256(model_bytes(spec)).hexdigest()
+    """The sha256 of the saved model file of ``spec`` (:func:`quantizer.io.serialize`, what :func:`quantizer.save`
+    writes: the same bytes in every process)."""
+    import quantizer.io
+
+    return hashlib.sha256(quantizer.io.serialize(spec)).hexdigest()
 
 
 def _cell(v: Any) -> Any:
@@ -287,7 +282,7 @@ def save_front_models(run_dir: Path, front: pd.DataFrame, study: optuna.Study, s
             continue
         rel = rundir.model_file(t.number, cand.label)
         with writing(run_dir / rel) as path:
-            path.write_bytes(model_bytes(qspec))
+            path.write_bytes(quantizer.io.serialize(qspec))
         out[t.number] = (rel, digest)
     return out
 
