@@ -26,7 +26,7 @@ import numpy as np
 
 from harness import rundir, stats
 from harness.errors import ConfigError, DataError
-from harness.metric_choice import MetricRequest, choose_metric, classifies, numeric_outputs
+from harness.metric_choice import CLASSIFYING, MetricRequest, choose_metric, classifies, numeric_outputs
 from harness.scores import REFERENCE_METRICS, Score, SampleMetric, TaskMetric
 
 __all__ = ["Evaluator", "TaskMetric"]
@@ -82,7 +82,8 @@ class Evaluator:
             "agreement": 1.0 if self._agreement else None,
         }
         log.info("metric: %s on %s; 95%% interval: %s", self.metric.name,
-                 f"output {self.metric.head.describe}, chosen as {self.metric.head.chosen}"
+                 f"output {self.metric.head.describe(self.metric.name in CLASSIFYING)}, "
+                 f"chosen as {self.metric.head.chosen}"
                  if self.metric.output is not None else "every numeric output (the worst)", self.interval_description)
 
     # -- what is measured ----------------------------------------------------------------

@@ -38,7 +38,7 @@ from harness.heads import Head, default_output, head_for, output_names
 from harness.scores import (LABEL_METRICS, REFERENCE_METRICS, TOPK, Accuracy, Agreement, Cosine, Fidelity,
                             Regression, TaskMetric, TopK, UserMetric)
 
-__all__ = ["MetricRequest", "choose_metric", "METRIC_NAMES", "MINIMIZE"]
+__all__ = ["MetricRequest", "choose_metric", "METRIC_NAMES", "MINIMIZE", "CLASSIFYING"]
 
 log = logging.getLogger("qsweep")
 
@@ -46,7 +46,7 @@ METRIC_NAMES = ("auto", "accuracy", "top<k>_accuracy", "agreement", "cosine", "s
                 "mae")
 MINIMIZE = ("rmse", "mae")
 _BUILTIN = set(LABEL_METRICS) | set(REFERENCE_METRICS)
-_CLASSIFYING = ("accuracy", "agreement")
+CLASSIFYING = ("accuracy", "agreement")  # the metrics that read a binary output as value > threshold
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def choose_metric(request: MetricRequest | str, spec: Any, float_outputs: Mappin
         metric = Fidelity(name, head, numeric_outputs(float_outputs))
     else:
         metric = Regression(name, head)
-    if name in _CLASSIFYING and head.kind == "binary" and not head.in_unit_range:
+    if name in CLASSIFYING and head.kind == "binary" and not head.in_unit_range:
         vals = head.values(float_outputs)[:, 0]
         log.warning("metric: output %r has values outside [0, 1] (%.3g .. %.3g); %s compares value > "
                     "metric.threshold=%g (for logits set metric.threshold=0)", head.output, vals.min(), vals.max(),
