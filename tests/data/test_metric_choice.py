@@ -89,6 +89,22 @@ def test_integer_labels_on_an_embedding_are_not_its_classes_but_on_logits_they_a
     assert logits.metric.name == "accuracy" and logits.baseline["accuracy"] == 1.0
 
 
+def test_a_model_whose_outputs_are_nan_fails_with_the_output_named():
+    from harness.errors import ExecutorError
+
+    spec, feeds, _ = M.embedding_model()
+    ev = _ev(spec, feeds)
+    broken = type(spec)()
+    broken.CopyFrom(spec)
+    for layer in broken.neuralNetwork.layers:
+        if layer.WhichOneof("layer") == "innerProduct":
+            layer.innerProduct.weights.floatValue[0] = float("nan")
+            break
+    with pytest.raises(ExecutorError, match=r"cosine of this model is not a number: output .* is NaN or infinite "
+                                            r"on \d+ of \d+ samples"):
+        ev.evaluate(broken)
+
+
 def test_class_scores_from_a_softmax_layer_and_from_rows_summing_to_1():
     spec, feeds, _ = M.three_output_model()
     ev = _ev(spec, feeds, output="face_prob")
