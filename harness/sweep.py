@@ -23,7 +23,7 @@ import optuna
 
 from harness.errors import ConfigError, QsweepError
 from harness.evaluate import Evaluator, ModelTask, choose_metric
-from harness.inputs import ModelInput, load_dataset, load_model
+from harness.inputs import CalibrationInput, ModelInput, load_calibration, load_dataset, load_model
 from harness.outputs import SweepResult, write_run
 from harness.progress import Progress
 from harness.search import SearchContext, strategy_class
@@ -84,12 +84,20 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     dataset = load_dataset(cfg.data, model)
     log.info("data: %s, %d samples, %s", dataset.name, dataset.n,
              "with labels" if dataset.labels is not None else "no labels")
+    calib = load_calibration(cfg.calibration, cfg.data, model, dataset)
+    dataset = calib.test
+    if calib.dataset is not None:
+        log.info("calibration: %s, %d samples (test figures on %d samples)", calib.dataset.name, calib.dataset.n,
+                 dataset.n)
     metric = choose_metric(str(cfg.metric), ModelTask.of(model.spec), dataset.labels)
     space = SearchSpace.from_config(cfg.search.space, cfg.selector)
+    stats = calibration_stats(cfg, space, model, calib)
     seed = int(cfg.seed)
     kind = strategy_class(str(cfg.search.kind))
+    gptq = dict(cfg.calibration.gptq)
     ctx = SearchContext(cfg=cfg.search, space=space, model=model.spec, seed=seed,
-                        build_plan=lambda s: build_plan(model.spec, s, space.lut_function, fuse=bool(cfg.search.fuse)),
+                        build_plan=lambda s: build_plan(model.spec, s, space.lut_function, fuse=bool(cfg.search.fuse),
+                                                        calibration=stats, algorithm_options=gptq),
                         runs=load_option_runs(cfg.search, kind.run_options))
     strategy = kind(ctx)
 
@@ -97,6 +105,8 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     experiment = {"model_sha256": model.sha256, "data_sha256": dataset.sha256, "metric": metric.name,
                   "search": strategy.describe(), "seed": seed, "executor": executor_kind,
                   "fuse": bool(cfg.search.fuse)}
+    if stats is not None:  # the plans read these statistics (their digests are in the plan hashes too)
+        experiment["calibration"] = {"sha256": calib.record["sha256"], "stats": stats.digest(), "gptq": gptq}
     name = str(cfg.study.name) if cfg.study.name else _study_name(model, str(cfg.search.kind), experiment)
 
     evaluator = Evaluator(model.spec, dataset, executor=executor_kind, metric=metric.name,
@@ -133,6 +143,49 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
                     "in the queue. Run the same command again to resume.")
 
     # 3. The run directory.
-    return write_run(run_dir, cfg, study=study, storage_url=storage.url, strategy=strategy, evaluator=evaluator,
-                     model=model, dataset=dataset, experiment=experiment, created=created, loop=loop,
-                     t_start=t_start)
+    record = calibration_record(calib, stats)
+    try:
+        return write_run(run_dir, cfg, study=study, storage_url=storage.url, strategy=strategy, evaluator=evaluator,
+                         model=model, dataset=dataset, experiment=experiment, created=created, loop=loop,
+                         t_start=t_start, calibration=record)
+    finally:
+        if stats is not None:
+            stats.close()
+
+
+def calibration_stats(cfg: Any, space: SearchSpace, model: ModelInput, calib: CalibrationInput) -> Any:
+    """The run's calibration statistics (once per run), or None when no point of the space reads them.
+
+    Raises:
+        ConfigError: a calibrated search dimension without calibration data (names ``calibration``).
+    """
+    from harness.calibration import collect_stats
+
+    if not space.calibrated:
+        if calib.dataset is not None:
+            log.info("calibration: search.space has no calibration-aware point (algorithm=[rtn], "
+                     "bias_correction=[false]); no statistics collected")
+        return None
+    if calib.dataset is None:
+        raise ConfigError(
+            f"search.space.algorithm={list(space.algorithms)} / bias_correction={list(space.bias_corrections)} need "
+            "calibration data, but calibration=none: set calibration=split (hold out part of the test data), or "
+            "calibration=npz / calibration=csv with calibration.path=<file> (never the test file).")
+    c = cfg.calibration
+    if c.batch_size < 1 or c.memory_mb < 1:
+        raise ConfigError(f"calibration.batch_size and calibration.memory_mb must be >= 1, got {c.batch_size}, "
+                          f"{c.memory_mb}.")
+    stats = collect_stats(model.spec, calib.dataset.feeds, batch_size=int(c.batch_size),
+                          memory_bytes=int(c.memory_mb) << 20, progress=log.info)
+    log.info("calibration: statistics of %d layer(s) from %d samples in %.1f s (%.1f MiB, %.1f MiB in memory)",
+             len(stats), stats.samples, stats.seconds, stats.nbytes / 2**20, stats.resident_bytes / 2**20)
+    return stats
+
+
+def calibration_record(calib: CalibrationInput, stats: Any) -> dict[str, Any]:
+    """What environment.json and summary.json record about the calibration data and statistics."""
+    record = dict(calib.record)
+    if stats is not None:
+        record["statistics"] = stats.record()
+        record["seconds"] = round(stats.seconds, 3)
+    return record

@@ -67,7 +67,8 @@ def select_tensors(spec: Any, codec: Codec, selector: Any = None, *, algorithm: 
     fp16 take float32 tensors only (as coremltools, which leaves float16 and
     already-quantized tensors alone); ``dequantization`` takes every tensor
     that is not float32. A calibration-aware request gives each selected tensor
-    :func:`~quantizer.algorithms.support.calibrated_codec`.
+    :func:`~quantizer.algorithms.support.calibrated_codec`; with bias correction
+    the bias of a corrected layer is left out (it is stored float32, corrected).
     """
     selector = check_selector(selector)
     calibrated = check_request(algorithm, bias_correction, calibration)
@@ -99,6 +100,9 @@ def select_tensors(spec: Any, codec: Codec, selector: Any = None, *, algorithm: 
 
     for _, nn in model_networks(spec):
         visit(nn)
+    if bias_correction:  # a corrected bias stays float32: re-quantizing it would undo the correction
+        corrected = {k[0] for k, c in entries.items() if c.bias_correction}
+        entries = {k: c for k, c in entries.items() if not (k[1] == "bias" and k[0] in corrected)}
     return QuantPlan(entries)
 
 

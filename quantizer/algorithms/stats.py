@@ -395,10 +395,14 @@ class GramAccumulator:
         for rows in conv_patch_rows(x, geometry):
             self.add(rows)
 
-    def stats(self) -> LayerStats:
-        """The statistics so far (copies: accumulation may go on)."""
+    def stats(self, copy: bool = True) -> LayerStats:
+        """The statistics so far: copies (accumulation may go on), or with ``copy=False`` the
+        accumulator's own ``H`` (no second copy of a large ``H``; the accumulator is finished)."""
         mean = self._sum / max(self.rows, 1)
-        return LayerStats(self._gram.copy(), mean, self.rows, self.block)
+        gram = self._gram.copy() if copy else self._gram
+        if not copy:
+            self._gram = None  # type: ignore[assignment]  # finished: a further add() fails loudly
+        return LayerStats(gram, mean, self.rows, self.block)
 
 
 def matricize(weights: np.ndarray, groups: int = 1) -> np.ndarray:
