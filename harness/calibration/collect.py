@@ -16,9 +16,13 @@ runs, adds its input to that layer's
 
 Accumulators of wide layers keep a block-diagonal ``H``
 (:func:`quantizer.algorithms.block_size_for`). When every accumulator would
-not fit the memory budget at once, layers are collected in several passes
-(each pass stops after its last layer). Finished statistics beyond the budget
-are file-backed (:class:`~harness.calibration.store.CalibrationStats`).
+not fit the memory budget at once, layers are collected in several passes.
+Each pass runs only the part of the network its layers need
+(:func:`prefix_model`: the layers their inputs depend on), and stops at its
+last layer, so a pass over one wide layer of a large model holds that layer's
+accumulator and little else. When the statistics of every layer exceed the
+budget, each finished layer is file-backed
+(:class:`~harness.calibration.store.CalibrationStats`).
 
 Layers inside ``loop``/``branch`` bodies are not observed (listed in
 ``skipped``); a plan falls back to round-to-nearest there, with a note.
@@ -43,6 +47,7 @@ from harness.errors import DataError
 from harness.executors.ops.conv import pair, same_pads, valid_pads
 from quantizer.algorithms import ConvGeometry, GramAccumulator, block_size_for, dense_rows
 from quantizer.algorithms.support import unsupported_reason
+from quantizer.io import source_spec
 
 log = logging.getLogger("qsweep")
 
@@ -123,9 +128,10 @@ def stats_layers(spec: Any, names: Iterable[str] | None = None) -> tuple[list[La
 
     nn = ModelIO(spec).nn
     wanted = None if names is None else set(names)
-    top = {id(layer) for layer in nn.layers}
     targets, skipped, seen = [], {}, set()
-    for layer in quantizer.walk.iter_layers(nn):
+    nested = [(inner, True) for layer in nn.layers for net in quantizer.walk.sub_networks(layer)
+              for inner in quantizer.walk.iter_layers(net)]
+    for layer, inside in [(layer, False) for layer in nn.layers] + nested:
         kind = layer.WhichOneof("layer")
         if unsupported_reason(layer, "weights") is not None or (wanted is not None and layer.name not in wanted):
             continue
@@ -133,7 +139,7 @@ def stats_layers(spec: Any, names: Iterable[str] | None = None) -> tuple[list[La
             raise DataError(f"two layers are named {layer.name!r}: calibration statistics are keyed by layer name; "
                             "give the layers unique names")
         seen.add(layer.name)
-        if id(layer) not in top:
+        if inside:
             skipped[layer.name] = f"{kind} inside a loop/branch body (not observed)"
             continue
         targets.append(LayerTarget(layer))
@@ -143,6 +149,69 @@ def stats_layers(spec: Any, names: Iterable[str] | None = None) -> tuple[list[La
             raise DataError(f"no convolution/innerProduct/batchedMatmul layer(s) named {missing} to collect "
                             "statistics for")
     return targets, skipped
+
+
+def _blobs(layer: Any) -> tuple[set[str], set[str]]:
+    """(blobs read, blobs written) by a top-level layer, its loop/branch bodies included."""
+    reads, writes = set(layer.input), set(layer.output)
+    for net in quantizer.walk.sub_networks(layer):
+        for inner in quantizer.walk.iter_layers(net):
+            reads.update(inner.input)
+            writes.update(inner.output)
+            if inner.WhichOneof("layer") == "loop" and inner.loop.conditionVar:
+                reads.add(inner.loop.conditionVar)
+    return reads, writes
+
+
+def prefix_model(spec: Any, layer_names: Iterable[str]) -> Any:
+    """A plain neuralNetwork model with the named top-level layers and every earlier layer their
+    inputs depend on (the rest of the network is left out); its outputs are the named layers'
+    outputs, its inputs and preprocessing the model's. A named layer no kept layer reads from is
+    replaced by a weightless stand-in of the same name and input (an identity activation): the
+    observer reads its input, so its weights need not be decoded."""
+    from harness.executors.interface import ModelIO
+    from quantizer.coremltools_quiet import coremltools
+
+    nn = ModelIO(spec).nn
+    names = set(layer_names)
+    layers = list(nn.layers)
+    keep = [False] * len(layers)
+    need: set[str] = set()
+    for i in range(len(layers) - 1, -1, -1):
+        reads, writes = _blobs(layers[i])
+        if layers[i].name in names or writes & need:
+            keep[i] = True
+            need |= reads
+    out = coremltools().proto.Model_pb2.Model()
+    out.specificationVersion = spec.specificationVersion
+    out.description.input.extend(spec.description.input)
+    sub = out.neuralNetwork
+    sub.arrayInputShapeMapping = nn.arrayInputShapeMapping
+    sub.imageInputShapeMapping = nn.imageInputShapeMapping
+    sub.preprocessing.extend(nn.preprocessing)
+    produced: list[str] = []
+    later: set[str] = set()  # blobs read by kept layers after the current one
+    real = [False] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        if keep[i]:
+            reads, writes = _blobs(layers[i])
+            real[i] = layers[i].name not in names or bool(writes & later)
+            later |= reads
+    for layer, k, r in zip(layers, keep, real):
+        if not k:
+            continue
+        if r:
+            sub.layers.add().CopyFrom(layer)
+        else:
+            stand_in = sub.layers.add(name=layer.name, input=[layer.input[0]], output=list(layer.output))
+            stand_in.activation.linear.alpha = 1.0
+        if layer.name in names:
+            produced += list(layer.output)
+    for blob in dict.fromkeys(produced):
+        o = out.description.output.add()
+        o.name = blob
+        o.type.multiArrayType.dataType = o.type.multiArrayType.FLOAT32
+    return out
 
 
 def _passes(targets: list[LayerTarget], budget: int) -> list[list[LayerTarget]]:
@@ -168,8 +237,9 @@ def collect_stats(model: Any, feeds: Mapping[str, np.ndarray], *, layers: Iterab
         layers: only these layer names (default: every convolution / innerProduct /
             batchedMatmul-with-weights layer the algorithms handle).
         batch_size: samples per executor call.
-        memory_bytes: bytes of accumulators per pass, and of finished statistics kept in memory
-            (the rest is file-backed in a temporary folder under ``spill_dir``).
+        memory_bytes: bytes of accumulators per pass (a wider layer gets a pass of its own);
+            when every layer's statistics together exceed it, each finished layer is
+            file-backed in a temporary folder under ``spill_dir`` (else all stay in memory).
         progress: called with a short message after each pass (e.g. ``log.info``).
 
     Returns:
@@ -181,24 +251,27 @@ def collect_stats(model: Any, feeds: Mapping[str, np.ndarray], *, layers: Iterab
     from harness.executors.numpy_executor import NumpyExecutor
 
     t0 = time.perf_counter()
-    ex = NumpyExecutor(model)
-    targets, skipped = stats_layers(ex.spec, layers)
+    spec, _ = source_spec(model)  # read, never copied nor modified
+    NumpyExecutor(prefix_model(spec, [])).input_blobs({k: v[:1] for k, v in feeds.items()})  # feeds fit?
+    targets, skipped = stats_layers(spec, layers)
     n = int(next(iter(feeds.values())).shape[0]) if feeds else 0
     if n < 1:
         raise DataError("calibration: no samples to collect statistics from")
-    index = {id(op.layer): i for i, op in enumerate(ex.network.ops)}
-    spill = _Spill(memory_bytes, spill_dir)
+    total = sum(t.nbytes for t in targets)
+    # all in memory when everything fits the budget; otherwise every layer file-backed as soon as it is done
+    spill = _Spill(memory_bytes if total <= memory_bytes else 0, spill_dir)
     out: dict[str, Any] = {}
     passes = _passes(targets, memory_bytes)
     for k, group in enumerate(passes):
-        accs = {id(t.layer): (t, t.accumulator()) for t in group}
-        last = max(index[id(t.layer)] for t in group)
+        ex = NumpyExecutor(prefix_model(spec, [t.name for t in group]))  # its own copy of the part it runs
+        accs = {t.name: (t, t.accumulator()) for t in group}
+        last = max(i for i, op in enumerate(ex.network.ops) if op.name in accs)
 
-        def observe(op: Any, blobs: dict, accs=accs, last=last) -> None:
-            hit = accs.get(id(op.layer))
+        def observe(op: Any, blobs: dict, accs=accs, ops=ex.network.ops, last=last) -> None:
+            hit = accs.get(op.name)
             if hit is not None:
                 hit[0].add(hit[1], blobs[op.inputs[0]])
-                if index[id(op.layer)] == last:
+                if op is ops[last]:
                     raise _PassDone
 
         for a in range(0, n, batch_size):
@@ -207,8 +280,9 @@ def collect_stats(model: Any, feeds: Mapping[str, np.ndarray], *, layers: Iterab
                 ex.network.run(ex.input_blobs(batch), release=True, observer=observe)
             except _PassDone:
                 pass
+        del ex
         for t in group:
-            stats = accs.pop(id(t.layer))[1].stats(copy=False)
+            stats = accs.pop(t.name)[1].stats(copy=False)
             out[t.name] = spill.keep(t.name, stats, len(out))
             del stats
         if progress is not None:
