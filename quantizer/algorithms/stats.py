@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "FULL_GRAM_MAX_COLUMNS",
@@ -382,10 +383,12 @@ class GramAccumulator:
             xc = pad
         xb = xc.reshape(self.groups, -1, nb, b)
         kstep = max(1, (8 << 20) // (8 * b * b))  # blocks per product: temporaries of ~8 MiB
-        for gi in range(self.groups):
-            for k0 in range(0, nb, kstep):
-                blocks = np.ascontiguousarray(xb[gi, :, k0:k0 + kstep].transpose(1, 0, 2))  # (k, n, b)
-                self._gram[gi, k0:k0 + kstep] += np.matmul(blocks.transpose(0, 2, 1), blocks)
+        # a stack of small products: one BLAS thread each (measured 2.2 s vs 40.5 s on 2 threads, 65 536 columns)
+        with threadpool_limits(1, user_api="blas"):
+            for gi in range(self.groups):
+                for k0 in range(0, nb, kstep):
+                    blocks = np.ascontiguousarray(xb[gi, :, k0:k0 + kstep].transpose(1, 0, 2))  # (k, n, b)
+                    self._gram[gi, k0:k0 + kstep] += np.matmul(blocks.transpose(0, 2, 1), blocks)
 
     def add_conv_input(self, x: np.ndarray, geometry) -> None:
         """Add a convolution's input batch ``(..., Cin, H, W)``: its patch rows, chunk by chunk
