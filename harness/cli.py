@@ -13,11 +13,15 @@ the package ``harness.conf``)::
 Errors a user can cause (bad model, data, config or storage) are printed as one
 ``qsweep: error: ...`` message without a traceback and exit with status 2;
 Ctrl-C writes the results of finished trials and exits with status 130.
+
+The metric is a config node (``metric.name``, ``metric.output``, ...); the old
+spelling ``metric=<name>`` is read as ``metric.name=<name>`` with a note.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -61,8 +65,26 @@ def _app(cfg: DictConfig) -> None:
         raise SystemExit(EXIT_INTERRUPTED)
 
 
+_OLD_METRIC = re.compile(r"^\+{0,2}metric=(.*)$")
+
+
+def respell(argv: list[str]) -> list[str]:
+    """``metric=<name>`` (the spelling before the metric became a config node) as ``metric.name=<name>``."""
+    out = []
+    for arg in argv:
+        m = _OLD_METRIC.match(arg)
+        if m:
+            new = f"metric.name={m.group(1)}"
+            print(f"qsweep: note: {arg} is now spelled {new} (the metric is a config node: metric.name, "
+                  f"metric.output, metric.threshold, metric.fn); running with {new}.", file=sys.stderr, flush=True)
+            arg = new
+        out.append(arg)
+    return out
+
+
 def main() -> None:
     """Console-script entry point (``qsweep``)."""
+    sys.argv[1:] = respell(sys.argv[1:])
     _app()
 
 

@@ -16,8 +16,10 @@ composing too (``qsweep search=mixed search.options.greedy_pointz=3``). Numeric
 ranges are checked when the node becomes its dataclass (:func:`search_options`).
 
 Values whose valid set is only known at run time (search kinds, modes, layer
-types, metric names) are checked by :func:`harness.space.SearchSpace.from_config`
-and :func:`harness.sweep.run_sweep` with a :class:`~harness.errors.ConfigError`
+types, metric names, the model's outputs) are checked by
+:func:`harness.space.SearchSpace.from_config`,
+:meth:`harness.metric_choice.MetricRequest.from_config` and
+:func:`harness.sweep.run_sweep` with a :class:`~harness.errors.ConfigError`
 naming the key.
 
 Example:
@@ -323,10 +325,32 @@ class OutputConfig:
 
 
 @dataclass
+class MetricConfig:
+    """The task metric: what every candidate is scored by (see :mod:`harness.metric_choice`).
+
+    name: ``auto`` (accuracy with labels, r2 for real-valued labels or a regressor; without labels
+    agreement for class predictions, cosine for other vector outputs, snr_db for a regressor) or one
+    of accuracy, top<k>_accuracy, agreement, cosine, snr_db, psnr_db, r2, rmse, mae; with ``fn``, the
+    column name of the user metric (``auto``: the function's name).
+    output: the model output scored (null: a classifier's probabilities or a model's only
+    class-score output, a regressor's prediction, else the first output). threshold: a one-value-per-sample output is binary, predicted positive
+    when ``value > threshold``. fn: the import path of ``fn(outputs, labels, float_outputs) -> float``
+    (outputs: output name -> array with N rows); maximize: its direction (default true).
+    bootstrap: resamples of the seeded percentile bootstrap behind the intervals of the metrics
+    that are not proportions.
+    """
+
+    name: str = "auto"
+    output: Optional[str] = None
+    threshold: float = 0.5
+    fn: Optional[str] = None
+    maximize: Optional[bool] = None
+    bootstrap: int = 1000
+
+
+@dataclass
 class QsweepConfig:
-    """The whole experiment. ``metric``: ``auto`` (accuracy with labels on a
-    classifier, r2 on a regressor, agreement / snr_db without labels) or one of
-    accuracy, top<k>_accuracy, agreement, snr_db, psnr_db, r2, rmse, mae."""
+    """The whole experiment (``metric``: :class:`MetricConfig`)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -338,7 +362,7 @@ class QsweepConfig:
     study: StudyConfig = field(default_factory=StudyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    metric: str = "auto"
+    metric: MetricConfig = field(default_factory=MetricConfig)
     seed: int = 0
     progress: bool = True
 

@@ -83,11 +83,12 @@ def trial_row(t: FrozenTrial, retried_as: int | None = None) -> dict[str, Any]:
     return row
 
 
-def trials_frame(trials: Sequence[FrozenTrial], metric: str) -> pd.DataFrame:
-    """Every trial as a row: :func:`harness.rundir.leading_columns`, a strategy's attributes, the tail columns."""
+def trials_frame(trials: Sequence[FrozenTrial], metric: str, outputs: Sequence[str] = ()) -> pd.DataFrame:
+    """Every trial as a row: :func:`harness.rundir.leading_columns` (``outputs``: the numeric outputs, one
+    ``snr_db:<output>`` column each), a strategy's attributes, the tail columns."""
     retried = retried_numbers(trials)
     rows = [trial_row(t, retried.get(t.number)) for t in trials]
-    lead = rundir.leading_columns(metric)
+    lead = rundir.leading_columns(metric, outputs)
     tail = rundir.TAIL_COLUMNS
     extra = sorted({k for r in rows for k in r} - set(lead) - set(tail) - {"skipped"})
     df = pd.DataFrame(rows, columns=lead + extra + tail)
@@ -172,12 +173,22 @@ def _kb(n: Any) -> str:
     return "" if n is None or pd.isna(n) else f"{n / 1024:.1f}"
 
 
+def _ci(row: Mapping[str, Any], metric: str) -> str:
+    lo, hi = (row.get(c) for c in rundir.ci_columns(metric))
+    return "" if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f"{lo:.4f}..{hi:.4f}"
+
+
+def _p(v: Any) -> str:
+    return "" if v is None or pd.isna(v) else f"{v:.3g}"
+
+
 def front_table(front: pd.DataFrame, baseline: Mapping[str, Any], metric: str) -> str:
-    """The Pareto front as a text table, float baseline first."""
-    drop = rundir.drop_column(metric)
+    """The Pareto front as a text table, float baseline first (``ci95``: the metric's 95% interval;
+    ``drop_p``: the paired test against the float model, for metrics that have one)."""
+    drop, drop_p = rundir.drop_column(metric), rundir.drop_p_column(metric)
     rows = [{"trial": "float", "setting": "float32 (baseline)", "size_kb": _kb(baseline["size_bytes"]),
-             "ratio": "1.00", metric: f"{baseline[metric]:.4f}", drop: "", "agreement": "",
-             "snr_db": ""}]
+             "ratio": "1.00", metric: f"{baseline[metric]:.4f}", "ci95": _ci(baseline, metric), drop: "",
+             "drop_p": "", **{k: "" for k in ("agreement", "snr_db") if k != metric}}]
     for _, r in front.iterrows():
         sel = []
         for k, short in (("skip_layer_types", "skip"), ("minimum_conv_kernel_channels", "conv_ch>="),
@@ -196,11 +207,15 @@ def front_table(front: pd.DataFrame, baseline: Mapping[str, Any], metric: str) -
                 setting += " +bias-corr"
         rows.append({
             "trial": str(r["trial"]), "setting": " ".join([setting] + sel), "size_kb": _kb(r["size_bytes"]),
-            "ratio": f"{r['compression_ratio']:.2f}", metric: f"{r[metric]:.4f}",
-            drop: f"{r[drop]:+.4f}", "agreement": "" if pd.isna(r["agreement"]) else f"{r['agreement']:.4f}",
-            "snr_db": "" if pd.isna(r["snr_db"]) else f"{r['snr_db']:.1f}",
+            "ratio": f"{r['compression_ratio']:.2f}", metric: f"{r[metric]:.4f}", "ci95": _ci(r, metric),
+            drop: f"{r[drop]:+.4f}", "drop_p": _p(r[drop_p]),
+            **{k: "" if pd.isna(r[k]) else f"{r[k]:{fmt}}" for k, fmt in (("agreement", ".4f"), ("snr_db", ".1f"))
+               if k != metric},  # the metric's own column keeps its format (and the float model's value)
         })
-    return pd.DataFrame(rows).to_string(index=False)
+    table = pd.DataFrame(rows)
+    if front.empty or front[drop_p].isna().all():  # a metric without a drop test (agreement, cosine, SNR)
+        table = table.drop(columns="drop_p")
+    return table.to_string(index=False)
 
 
 # ------------------------------------------------------------------------------- the run directory
@@ -255,21 +270,18 @@ def write_strategy_result(run_dir: Path, result: StrategyResult, summary: dict[s
     return files
 
 
-def _target(complete: pd.DataFrame, metric: Any, baseline: Mapping[str, Any], max_drop: float | None) -> dict[str, Any]:
-    """summary.json ``target``: the smallest complete trial within ``max_drop`` (:func:`harness.pareto.best_within`)."""
+def _target(complete: pd.DataFrame, metric: Any, baseline: Mapping[str, Any], max_drop: float | None, n: int
+            ) -> dict[str, Any]:
+    """summary.json ``target``: the smallest complete trial within ``max_drop``, its evidence and the message
+    (:func:`harness.pareto.target`)."""
     target: dict[str, Any] = {"max_accuracy_drop": max_drop, "metric": metric.name}
     if max_drop is None:
         return target
-    best = pareto.best_within(complete, metric.drop_name, float(max_drop))
-    if best is None:
-        target["best"] = None
-        target["message"] = (f"No trial is within {metric.name} drop {max_drop:g} of the float model "
-                             f"({baseline[metric.name]:.4f}); the most accurate trial is on the Pareto front.")
-    else:
-        target["best"] = records(best.to_frame().T)[0]
-        target["message"] = (f"Smallest model within {metric.name} drop {max_drop:g}: trial {best['trial']}, "
-                             f"{best['size_bytes']} bytes ({best['compression_ratio']:.2f}x smaller), "
-                             f"{metric.name} {best[metric.name]:.4f}.")
+    best, evidence, message = pareto.target(complete, metric.name, baseline, float(max_drop), n=n,
+                                            drop_test=metric.drop_test)
+    target["best"] = None if best is None else records(best.to_frame().T)[0]
+    target["evidence"] = evidence
+    target["message"] = message
     return target
 
 
@@ -291,7 +303,7 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     metric = evaluator.metric
     baseline = evaluator.baseline
     trials = study.get_trials(deepcopy=False)
-    table = trials_frame(trials, metric.name)
+    table = trials_frame(trials, metric.name, evaluator.snr_outputs)
     complete = table[table["state"] == rundir.COMPLETE]
     front = pareto.front(complete, metric.name, maximize=metric.maximize)
     files: dict[str, Path] = {}
@@ -312,7 +324,7 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     files["trials"], files["pareto"] = write_tables(run_dir, table, front)
 
     max_drop = cfg.search.max_accuracy_drop
-    target = _target(complete, metric, baseline, max_drop)
+    target = _target(complete, metric, baseline, max_drop, dataset.n)
     states = table["state"].value_counts().to_dict()
     summary: rundir.Summary = {
         "study": {"name": study.study_name, "storage": masked_url(storage_url), "created_by_this_run": created},
@@ -320,6 +332,7 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
         "data": {"name": dataset.name, "n": dataset.n, "sha256": dataset.sha256},
         "metric": metric.name,
         "direction": metric.direction,
+        "evaluation": evaluator.evaluation_entry(),
         "search": {**strategy.describe(), "total": strategy.total(),
                    "dropped": [vars(d) for d in getattr(strategy, "dropped", [])]},
         "baseline": baseline,

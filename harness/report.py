@@ -50,7 +50,10 @@ TABLE_COLUMNS = (
     "size_bytes",
     "compression_ratio",
     "{metric}",
+    "{metric}_ci_low",
+    "{metric}_ci_high",
     "{metric}_drop",
+    "{metric}_drop_p",
     "agreement",
     "snr_db",
     "psnr_db",
@@ -185,10 +188,21 @@ def _best_section(run: analysis.RunData) -> str:
         return ""
     best = run.best_within(run.max_accuracy_drop)
     head = f"<h2>Best within the target ({metric} drop &le; {run.max_accuracy_drop:g})</h2>"
+    target = run.summary["target"]
+    evidence = target.get("evidence")
+    resolution = ""
+    if evidence is not None and not evidence["resolves_max_drop"]:
+        resolution = (f'<p class="warn">The test set ({run.summary["evaluation"]["n"]} samples) is too small to '
+                      f'resolve a drop of {run.max_accuracy_drop:g}: the 95% interval of {html.escape(metric)} is '
+                      f'{evidence["ci_width"]:.3g} wide.</p>')
     if best is None:
-        return head + f'<p class="warn">No candidate met the target: every trial lost more than {run.max_accuracy_drop:g} {html.escape(metric)}.</p>'
+        return head + f'<p class="warn">No candidate met the target: every trial lost more than {run.max_accuracy_drop:g} {html.escape(metric)}.</p>' + resolution
     items = [(k, best[k]) for k in best.index if k in [c.format(metric=metric) for c in TABLE_COLUMNS] and pd.notna(best[k])]
-    return head + _kv_table(items)
+    if evidence is not None:
+        items.append(("distinguishable from the float model", "yes" if evidence["distinguishable"] else
+                      "no (the drop may be chance on this test set)"))
+    message = f'<p>{html.escape(str(target.get("message", "")))}</p>'
+    return head + message + _kv_table(items) + resolution
 
 
 def _hypervolume_section(run: analysis.RunData) -> str:
@@ -241,6 +255,15 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
 
     items: list[tuple[str, Any]] = [("run directory", str(run.path.resolve())), ("model", run.model_name),
                                     ("search", analysis.search_kind(run))]
+    ev = run.summary["evaluation"]
+    scored = (f"output {ev['output']!r} ({ev['output_kind']}: {ev['output_reason']})" if ev["output"] else
+              ev["output_reason"])
+    items += [("metric", f"{metric} on {scored}" + (f", value > {ev['threshold']:g}" if ev["threshold"] is not None
+                                                      else "") + (f", metric.fn={ev['fn']}" if ev["fn"] else "")),
+              ("95% intervals", "Wilson score" if ev["interval"] == "wilson" else
+               f"percentile bootstrap ({ev['bootstrap_resamples']} resamples)"),
+              ("drop test", ev["drop_test"] or "none (measured against the float model, whose figure is exact)"),
+              ("test samples", ev["n"])]
     items += [(f"float {k}", v) for k, v in run.baseline.items() if isinstance(v, (int, float, str))]
     if not run.trials.empty:
         items.append(("trials (complete / all)", f"{len(run.complete)} / {len(run.trials)}"))

@@ -9,8 +9,10 @@ A run directory holds:
 
 * ``config.yaml`` — the composed config, interpolations resolved (:data:`CONFIG`);
 * ``environment.json`` — package versions, model/data sha256, seed, machine (:data:`ENVIRONMENT`);
-* ``trials.csv`` — one row per trial (:data:`TRIALS`): :func:`leading_columns`, then the
-  attributes a search strategy adds in name order, then :data:`TAIL_COLUMNS`;
+* ``trials.csv`` — one row per trial (:data:`TRIALS`): :func:`leading_columns` (the task metric
+  with its 95% interval :func:`ci_columns`, its drop and the drop's p-value :func:`drop_p_column`,
+  one :func:`snr_column` per numeric output), then the attributes a search strategy adds in name
+  order, then :data:`TAIL_COLUMNS`;
 * ``pareto.csv`` — the Pareto-optimal trials sorted by size, same columns (:data:`PARETO`);
 * ``summary.json`` — :class:`Summary` (:data:`SUMMARY`);
 * ``<name>.csv`` — each table a search strategy returns (``StrategyResult.tables``), e.g.
@@ -23,6 +25,8 @@ Example:
     ['trial', 'state', 'nbits', 'mode']
     >>> drop_column("accuracy"), table_file("sensitivity"), model_file(12, "linear-8bit")
     ('accuracy_drop', 'sensitivity.csv', 'models/trial_0012_linear-8bit.mlmodel')
+    >>> ci_columns("accuracy"), drop_p_column("accuracy"), snr_column("probs")
+    (('accuracy_ci_low', 'accuracy_ci_high'), 'accuracy_drop_p', 'snr_db:probs')
 """
 from __future__ import annotations
 
@@ -77,16 +81,46 @@ def drop_column(metric: str) -> str:
     return f"{metric}_drop"
 
 
-def figure_columns(metric: str) -> list[str]:
-    """The measured figures of a trial, in column order."""
-    figures = ["size_bytes", "compression_ratio", metric, drop_column(metric), "agreement", "snr_db", "psnr_db"]
+def ci_columns(metric: str) -> tuple[str, str]:
+    """The columns of the metric's 95% interval on the test set: ``<metric>_ci_low``, ``<metric>_ci_high``."""
+    return f"{metric}_ci_low", f"{metric}_ci_high"
+
+
+def drop_p_column(metric: str) -> str:
+    """The column of the two-sided p-value that the trial's metric differs from the float model's
+    (paired on the same samples; empty for metrics measured against the float model): ``<metric>_drop_p``."""
+    return f"{metric}_drop_p"
+
+
+#: The prefix of the per-output SNR columns (``snr_db:<output>``); ``snr_db`` is the worst output's.
+SNR_PREFIX = "snr_db:"
+
+
+def snr_column(output: str) -> str:
+    """The column of one output's mean SNR in dB against the float model: ``snr_db:<output>``."""
+    return f"{SNR_PREFIX}{output}"
+
+
+def figure_columns(metric: str, outputs: Iterable[str] = ()) -> list[str]:
+    """The measured figures of a trial, in column order (``outputs``: the numeric outputs, one
+    :func:`snr_column` each)."""
+    figures = ["size_bytes", "compression_ratio", metric, *ci_columns(metric), drop_column(metric),
+               drop_p_column(metric), "agreement", "snr_db", "psnr_db", *(snr_column(o) for o in outputs)]
     return list(dict.fromkeys(figures))
 
 
-def leading_columns(metric: str) -> list[str]:
-    """The first columns of trials.csv / pareto.csv for task metric ``metric`` (always present)."""
-    return (["trial", "state"] + SETTING_COLUMNS + figure_columns(metric)
+def leading_columns(metric: str, outputs: Iterable[str] = ()) -> list[str]:
+    """The first columns of trials.csv / pareto.csv for task metric ``metric`` (always present);
+    ``outputs``: the model's numeric outputs (``summary["evaluation"]["snr_outputs"]``)."""
+    return (["trial", "state"] + SETTING_COLUMNS + figure_columns(metric, outputs)
             + ["plan_hash", "reused_from", "model_file", "quantize_s", "evaluate_s", "encodings", "error"])
+
+
+def fixed_columns() -> set[str]:
+    """The trials.csv columns whose names do not derive from the metric or the outputs (a user metric
+    may not take one of these names)."""
+    marker = "\0"
+    return {c for c in leading_columns(marker) + TAIL_COLUMNS if marker not in c}
 
 
 def sensitivity_columns(metric: str) -> list[str]:
@@ -133,12 +167,27 @@ class _TargetFields(TypedDict):
     metric: str
 
 
+class Evidence(TypedDict):
+    """What the test set says about a trial's drop (:func:`harness.pareto.evidence`)."""
+
+    trial: int
+    drop: float  # the point drop from the float model (positive = worse)
+    ci_low: float  # the trial's 95% interval of the metric
+    ci_high: float
+    ci_width: float
+    drop_p: float | None  # paired test against the float model (label metrics), else None
+    distinguishable: bool  # drop_p < 0.05, or (reference metrics) the float value outside the interval
+    resolves_max_drop: bool  # the interval is at most max_accuracy_drop wide
+
+
 class Target(_TargetFields, total=False):
     """The accuracy target: ``best`` is :func:`harness.pareto.best_within` of the complete trials
-    (a trials.csv row, or None when no trial met it); ``best`` and ``message`` are absent when no
-    target was set."""
+    (a trials.csv row, or None when no trial met it); ``evidence`` is what the test set says about
+    ``best`` (or, when none met the target, the trial of smallest drop); ``best``, ``evidence`` and
+    ``message`` are absent when no target was set."""
 
     best: dict[str, Any] | None
+    evidence: Evidence | None
     message: str
     best_effort: dict[str, Any]  # a mixed run that missed the target: its most accurate front row
 
@@ -155,6 +204,26 @@ class CalibrationEntry(TypedDict, total=False):
     split: dict[str, Any]
 
 
+class EvaluationEntry(TypedDict):
+    """``summary["evaluation"]``: what the task metric measures and how sure its figures are."""
+
+    metric: str  # the task-metric column
+    output: str | None  # the scored output (None: every numeric output, snr_db / psnr_db)
+    output_kind: str  # labels | class_scores | binary | vector (harness.heads.KINDS)
+    output_reason: str  # how the kind was decided
+    output_default: bool  # the output was not chosen with metric.output
+    output_choice: str | None  # why it is the scored one ("metric.output", "the classifier's probabilities", ...)
+    threshold: float | None  # binary outputs: prediction = value > threshold
+    fn: str | None  # metric.fn's import path
+    labels: bool  # the test set has labels
+    n: int  # test samples
+    confidence: float  # of every interval (0.95)
+    interval: str  # wilson | bootstrap
+    bootstrap_resamples: int | None  # of the percentile bootstrap (seeded with the run's seed)
+    drop_test: str | None  # mcnemar | paired_t | paired_bootstrap | None
+    snr_outputs: list[str]  # numeric outputs, one snr_db:<output> column each
+
+
 class WorkerEntry(TypedDict):
     id: str
     trials_started: int
@@ -168,8 +237,9 @@ class _SummaryFields(TypedDict):
     data: DataEntry
     metric: str  # the task-metric column of trials.csv
     direction: str  # "maximize" or "minimize": the direction of ``metric``
+    evaluation: EvaluationEntry  # the scored output, intervals and tests
     search: dict[str, Any]  # the strategy's describe(): at least ``kind``; plus total, dropped
-    baseline: dict[str, Any]  # the float model: size_bytes, compression_ratio, <metric>, <metric>_drop, ...
+    baseline: dict[str, Any]  # the float model: size_bytes, compression_ratio, <metric>, its interval, <metric>_drop, ...
     trials: dict[str, int]  # total, one count per state (lower case), reused
     pareto_front: list[dict[str, Any]]  # the rows of pareto.csv
     target: Target

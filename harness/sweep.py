@@ -22,8 +22,9 @@ from typing import Any
 import optuna
 
 from harness.errors import ConfigError, QsweepError
-from harness.evaluate import Evaluator, ModelTask, choose_metric
+from harness.evaluate import Evaluator
 from harness.inputs import CalibrationInput, ModelInput, load_calibration, load_dataset, load_model
+from harness.metric_choice import MetricRequest
 from harness.outputs import SweepResult, write_run
 from harness.progress import Progress
 from harness.search import SearchContext, strategy_class
@@ -89,11 +90,20 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     if calib.dataset is not None:
         log.info("calibration: %s, %d samples (test figures on %d samples)", calib.dataset.name, calib.dataset.n,
                  dataset.n)
-    metric = choose_metric(str(cfg.metric), ModelTask.of(model.spec), dataset.labels)
+    request = MetricRequest.from_config(cfg.metric)
     space = SearchSpace.from_config(cfg.search.space, cfg.selector)
-    stats = calibration_stats(cfg, space, model, calib)
+    check_calibration(space, calib)
     seed = int(cfg.seed)
     kind = strategy_class(str(cfg.search.kind))
+    # The float model on the test set: binds the metric to an output (refusals happen here, before the storage).
+    evaluator = Evaluator(model.spec, dataset, executor=executor_kind, metric=request,
+                          batch_size=int(cfg.executor.batch_size), seed=seed)
+    metric = evaluator.metric
+    baseline = evaluator.baseline
+    lo, hi = evaluator.ci_names
+    log.info("float baseline: %s %.4f (95%% interval %.4f .. %.4f on %d samples), %d bytes", metric.name,
+             baseline[metric.name], baseline[lo], baseline[hi], dataset.n, baseline["size_bytes"])
+    stats = calibration_stats(cfg, space, model, calib)  # once per run; every calibrated plan reads them
     gptq = dict(cfg.calibration.gptq)
     ctx = SearchContext(cfg=cfg.search, space=space, model=model.spec, seed=seed,
                         build_plan=lambda s: build_plan(model.spec, s, space.lut_function, fuse=bool(cfg.search.fuse),
@@ -102,17 +112,12 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     strategy = kind(ctx)
 
     storage = open_storage(cfg.storage)
-    experiment = {"model_sha256": model.sha256, "data_sha256": dataset.sha256, "metric": metric.name,
+    experiment = {"model_sha256": model.sha256, "data_sha256": dataset.sha256, "metric": evaluator.record(),
                   "search": strategy.describe(), "seed": seed, "executor": executor_kind,
                   "fuse": bool(cfg.search.fuse)}
     if stats is not None:  # the plans read these statistics (their digests are in the plan hashes too)
         experiment["calibration"] = {"sha256": calib.record["sha256"], "stats": stats.digest(), "gptq": gptq}
     name = str(cfg.study.name) if cfg.study.name else _study_name(model, str(cfg.search.kind), experiment)
-
-    evaluator = Evaluator(model.spec, dataset, executor=executor_kind, metric=metric.name,
-                          batch_size=int(cfg.executor.batch_size))
-    baseline = evaluator.baseline
-    log.info("float baseline: %s %.4f, %d bytes", metric.name, baseline[metric.name], baseline["size_bytes"])
 
     db, created = open_study(storage, name, ["minimize", metric.direction], experiment=experiment,
                              sampler=strategy.sampler(), metric_names=["size_bytes", metric.name])
@@ -153,6 +158,15 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
             stats.close()
 
 
+def check_calibration(space: SearchSpace, calib: CalibrationInput) -> None:
+    """Raise :class:`ConfigError` naming ``calibration`` for a calibrated search dimension without data."""
+    if space.calibrated and calib.dataset is None:
+        raise ConfigError(
+            f"search.space.algorithm={list(space.algorithms)} / bias_correction={list(space.bias_corrections)} need "
+            "calibration data, but calibration=none: set calibration=split (hold out part of the test data), or "
+            "calibration=npz / calibration=csv with calibration.path=<file> (never the test file).")
+
+
 def calibration_stats(cfg: Any, space: SearchSpace, model: ModelInput, calib: CalibrationInput) -> Any:
     """The run's calibration statistics (once per run), or None when no point of the space reads them.
 
@@ -161,16 +175,12 @@ def calibration_stats(cfg: Any, space: SearchSpace, model: ModelInput, calib: Ca
     """
     from harness.calibration import collect_stats
 
+    check_calibration(space, calib)
     if not space.calibrated:
         if calib.dataset is not None:
             log.info("calibration: search.space has no calibration-aware point (algorithm=[rtn], "
                      "bias_correction=[false]); no statistics collected")
         return None
-    if calib.dataset is None:
-        raise ConfigError(
-            f"search.space.algorithm={list(space.algorithms)} / bias_correction={list(space.bias_corrections)} need "
-            "calibration data, but calibration=none: set calibration=split (hold out part of the test data), or "
-            "calibration=npz / calibration=csv with calibration.path=<file> (never the test file).")
     c = cfg.calibration
     if c.batch_size < 1 or c.memory_mb < 1:
         raise ConfigError(f"calibration.batch_size and calibration.memory_mb must be >= 1, got {c.batch_size}, "

@@ -25,7 +25,8 @@ from harness.study import FAILURE_ATTR, StudyDB, reap
 
 log = logging.getLogger("qsweep")
 
-#: User attributes a trial copies from the trial whose plan it shares (besides the task metric and its drop).
+#: User attributes a trial copies from the trial whose plan it shares (besides every figure of
+#: ``Evaluator.figure_keys``: the task metric, its interval, drop and p-value, the per-output SNR).
 COPIED_ATTRS = ("size_bytes", "compression_ratio", "agreement", "snr_db", "psnr_db", "encodings", "layer_encodings")
 
 
@@ -143,7 +144,7 @@ class TrialRunner:
         self._tell(trial, values=[figures["size_bytes"], figures[self.metric.name]])
 
     def _copy(self, trial: optuna.Trial, other: Any) -> None:
-        for k in COPIED_ATTRS + (self.metric.name, self.metric.drop_name):
+        for k in dict.fromkeys(COPIED_ATTRS + tuple(self.evaluator.figure_keys)):  # + interval, p, snr_db:<out>
             if k in other.user_attrs:
                 self._set(trial, k, other.user_attrs[k])
         self._set(trial, "reused_from", other.number)

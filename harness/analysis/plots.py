@@ -1,4 +1,4 @@
-"""Plots of loaded runs on a caller's matplotlib axes: size vs metric, metric vs nbits, heatmaps.
+"""Plots of loaded runs on a caller's matplotlib axes: size vs metric (with 95% intervals), metric vs nbits, heatmaps.
 
 Each ``plot_*`` draws on the ``ax`` it is given and returns the image (for a
 colour bar) where there is one; :mod:`harness.report` and the notebooks make
@@ -34,9 +34,23 @@ def _mode_colors(modes: Iterable[str]) -> dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(sorted(set(modes)))}
 
 
+def _yerr(rows: Any, metric: str) -> np.ndarray | None:
+    """Error bars (below, above) of the metric's 95% interval (:func:`harness.rundir.ci_columns`), or None."""
+    lo_col, hi_col = rundir.ci_columns(metric)
+    get = rows.get if hasattr(rows, "get") else (lambda k: None)
+    lo, hi, v = get(lo_col), get(hi_col), get(metric)
+    if lo is None or hi is None or v is None:
+        return None
+    lo, hi, v = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (lo, hi, v))
+    if not np.isfinite(lo).any():
+        return None
+    return np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
+
+
 def plot_pareto(ax: Any, run: RunData, *, label_prefix: str = "", front_color: str = "black", show_trials: bool = True) -> None:
     """Size (KB, log axis) vs task metric: trials coloured by mode and shaped by
-    nbits, the Pareto front as a step line, the float baseline and the target."""
+    nbits with their 95% intervals as error bars, the Pareto front as a step line,
+    the float baseline (with its interval) and the target."""
     from matplotlib.lines import Line2D
 
     metric = run.metric
@@ -47,6 +61,10 @@ def plot_pareto(ax: Any, run: RunData, *, label_prefix: str = "", front_color: s
         nbits = done["nbits"]
         colors = _mode_colors(modes)
         for (mode, nb), grp in done.groupby([modes, nbits.fillna(-1)], sort=True):
+            err = _yerr(grp, metric)
+            if err is not None:
+                ax.errorbar(grp["size_bytes"] / 1024, grp[metric], yerr=err, fmt="none", ecolor=colors[mode],
+                            elinewidth=0.8, alpha=0.45, capsize=0)
             ax.scatter(
                 grp["size_bytes"] / 1024,
                 grp[metric],
@@ -70,6 +88,15 @@ def plot_pareto(ax: Any, run: RunData, *, label_prefix: str = "", front_color: s
         ys.append(ys[-1])
         (line,) = ax.step(xs, ys, where="post", color=front_color, lw=1.5, label=f"{label_prefix}Pareto front")
         handles.append(line)
+        err = _yerr(f, metric)
+        if err is not None:
+            bars = ax.errorbar(f["size_bytes"] / 1024, f[metric], yerr=err, fmt="none", ecolor=front_color,
+                               elinewidth=1.0, capsize=3, label=f"{label_prefix}95% interval (front)")
+            handles.append(bars)
+    err = _yerr(run.baseline, metric)
+    if err is not None and err.any():
+        ax.errorbar([base_s / 1024], [base_m], yerr=err, fmt="none", ecolor="darkgoldenrod", elinewidth=1.2,
+                    capsize=4, zorder=4)
     h = ax.scatter([base_s / 1024], [base_m], marker="*", s=220, color="gold", edgecolors="black", zorder=5,
                    label=f"{label_prefix}float baseline")
     handles.append(h)

@@ -167,7 +167,7 @@ def load_run(path: str | Path) -> RunData:
     metric = str(summary["metric"])
     if summary["direction"] not in ("maximize", "minimize"):
         raise QsweepError(f"{p / rundir.SUMMARY}: direction is {summary['direction']!r}, not maximize or minimize")
-    columns = rundir.leading_columns(metric)
+    columns = rundir.leading_columns(metric, summary["evaluation"]["snr_outputs"])
     target = summary["target"]["max_accuracy_drop"]
     own = {rundir.TRIALS, rundir.PARETO}
     return RunData(

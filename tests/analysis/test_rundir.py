@@ -37,9 +37,10 @@ def test_summary_has_the_schema_keys(fixture: str, added: tuple[str, ...], reque
 @pytest.mark.parametrize("fixture", ["grid_dir", "mixed_dir", "sensitivity_dir"])
 def test_tables_have_the_schema_columns(fixture: str, request):
     d = request.getfixturevalue(fixture)
-    metric = _summary(d)["metric"]
+    summary = _summary(d)
     trials = pd.read_csv(d / rundir.TRIALS)
-    lead = rundir.leading_columns(metric)
+    lead = rundir.leading_columns(summary["metric"], summary["evaluation"]["snr_outputs"])
+    assert summary["evaluation"]["snr_outputs"] == ["probs"] and "snr_db:probs" in lead
     assert list(trials.columns[:len(lead)]) == lead
     assert list(trials.columns[-len(rundir.TAIL_COLUMNS):]) == rundir.TAIL_COLUMNS
     assert list(pd.read_csv(d / rundir.PARETO).columns) == list(trials.columns)
@@ -170,7 +171,8 @@ def test_the_writer_writes_what_a_strategy_returns(tmp_path: Path, monkeypatch):
     res = run(*TINY_GRID, "search.max_accuracy_drop=0.01", "report.enabled=false", "output.save_models=false",
               root=tmp_path)
     d = Path(res.run_dir)
-    assert seen["columns"][:len(rundir.leading_columns("accuracy"))] == rundir.leading_columns("accuracy")
+    lead = rundir.leading_columns("accuracy", ["probs"])  # digits_mlp: one numeric output
+    assert seen["columns"][:len(lead)] == lead
     assert res.files["extra"] == d / "extra.csv"
     assert pd.read_csv(d / "extra.csv")["value"].tolist() == [0.5, 0.25]
     summary = _summary(d)

@@ -107,10 +107,10 @@ def test_own_model_with_the_zoo_test_set(tmp_path, mlp, capsys, monkeypatch):
 
 
 def test_metric_the_model_cannot_give(tmp_path, capsys, monkeypatch):
-    code, err = _qsweep(["model=digits_mlp", "metric=r2"], capsys, tmp_path, monkeypatch)
-    _check(code, err, "metric=r2", "classifier")
-    code, err = _qsweep(["model=digits_mlp", "metric=f1"], capsys, tmp_path, monkeypatch)
-    _check(code, err, "metric='f1' is not a task metric")
+    code, err = _qsweep(["model=digits_mlp", "metric=r2"], capsys, tmp_path, monkeypatch)  # the old spelling
+    _check(code, err, "metric=r2 is now spelled metric.name=r2", "metric.name=r2", "classifier")
+    code, err = _qsweep(["model=digits_mlp", "metric.name=f1"], capsys, tmp_path, monkeypatch)
+    _check(code, err, "metric.name='f1' is not a task metric")
     _no_sweep_started(tmp_path)
 
 
