@@ -162,13 +162,17 @@ def coremltools_time(spec: Any) -> tuple[float | None, str]:
 
 
 def run_case(case: Case, modes: Sequence[str], bits: Sequence[int], stats_kinds: Sequence[str],
-             log: Callable[[str], None]) -> dict[str, Any]:
-    """Every cell of one model's table, with its timings."""
+             log: Callable[[str], None], skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Every cell of one model's table, with its timings (``skip``: layer types kept in float, as
+    coremltools' ``AdvancedQuantizedLayerSelector(skip_layer_types=...)``)."""
     import quantizer
     from harness.calibration import collect_stats, sequential_stats
 
+    selector = quantizer.AdvancedQuantizedLayerSelector(skip_layer_types=list(skip), minimum_conv_kernel_channels=0,
+                                                       minimum_conv_weight_count=0) if skip else None
     scorer = Scorer(case)
-    res: dict[str, Any] = {"model": case.label, "output": case.output, "split": case.split, "source": case.source,
+    res: dict[str, Any] = {"model": case.label + (f" (float {'+'.join(skip)})" if skip else ""), "output": case.output,
+                           "split": case.split, "source": case.source, "skip": list(skip),
                            "float": scorer.accuracy(scorer.ref), "rows": []}
     res["stats_s"], stats = _timed(lambda: collect_stats(case.spec, case.calibration.feeds))
     res["stats_layers"] = len(stats)
@@ -186,9 +190,9 @@ def run_case(case: Case, modes: Sequence[str], bits: Sequence[int], stats_kinds:
                 seq_s = 0.0
                 if kind == "sequential":
                     plan_for = (lambda s, nb=nb, mode=mode, algo=algo, bc=bc: quantizer.build_plan(
-                        case.spec, nb, mode, algorithm=algo, bias_correction=bc, calibration=s))
+                        case.spec, nb, mode, selector, algorithm=algo, bias_correction=bc, calibration=s))
                     seq_s, cal = _timed(lambda: sequential_stats(case.spec, case.calibration.feeds, plan_for))
-                t, q = _timed(lambda: quantizer.quantize_weights(case.spec, nb, mode, algorithm=algo,
+                t, q = _timed(lambda: quantizer.quantize_weights(case.spec, nb, mode, selector=selector, algorithm=algo,
                                                                  bias_correction=bc, calibration=cal))
                 acc, snr = scorer.score(q)
                 row["cells"][name] = {"accuracy": acc, "snr_db": snr, "seconds": round(t, 3),
@@ -213,6 +217,7 @@ def run_grid(case: Case, model_arg: str, data_arg: str | None, fraction: float, 
         "calibration=split", f"calibration.fraction={fraction}", f"calibration.seed={seed}", "calibration.limit=null",
         "search.space.nbits=[8,6,4,3,2]", "search.space.mode=[linear,kmeans_lut]",
         "search.space.algorithm=[rtn,gptq]", "search.space.bias_correction=[false,true]", "selector=all",
+        "selector.skip_layer_types=[[],[batchnorm]]",
         f"storage.url=sqlite:///{out / 'bench.db'}", f"study.name=bench-calibrated-{case.label}-{int(time.time())}",
         "progress=false", "report.enabled=false"]
     with initialize_config_dir(config_dir=cli.config_dir(), version_base="1.3"):
@@ -297,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bits", default="4,3,2")
     ap.add_argument("--stats", choices=("float", "both"), default="float",
                     help="statistics from the float model only (qsweep's choice), or also sequentially collected")
+    ap.add_argument("--skip", default="", help="layer types kept in float in every cell (e.g. batchnorm), as "
+                    "coremltools' skip_layer_types")
     ap.add_argument("--grid", default="crepe_tiny", help="model (a --model label) for the calibrated grid, or none")
     ap.add_argument("--large", default="20M", help="size of the synthetic large model, or none")
     ap.add_argument("--large-samples", type=int, default=256, help="calibration inputs of the large model")
@@ -322,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         case = load_case(m, data_of.get(m), args.fraction, args.seed)
         cases[case.label] = (case, m)
         results.append(run_case(case, args.modes.split(","), [int(b) for b in args.bits.split(",")], stats_kinds,
-                                log))
+                                log, [t for t in args.skip.split(",") if t]))
     out: dict[str, Any] = {"models": results}
     print(format_table(results))
     print("cells: accuracy on the test part (output SNR vs float); GPTQ s: seconds of quantize_weights with GPTQ "
