@@ -298,18 +298,20 @@ class LayerStats:
         mm = np.load(gram_path, mmap_mode="r")
         if list(mm.shape) != header["gram"] or mm.dtype != np.dtype("<f8"):
             raise ValueError(f"{gram_path} holds {mm.dtype}{list(mm.shape)}, the header says <f8{header['gram']}")
-        del mm
-        # validate the shapes once, on a zero-size stand-in of H
+        # the shape rules of __init__, checked on a zero-filled H of the recorded shape's first axes
         block = header["block"]
         mean = np.load(_part(base, "mean.npy"))
-        stand_in = np.zeros(header["gram"][:2] + ([0, 0] if block is None else [block, block]))
+        probe = mm[..., :0, :0] if block is None else mm[:, :, :0, :0]
+        del mm
+        if (mean.ndim != 2 or mean.shape[0] != header["gram"][0] or probe.ndim != (3 if block is None else 4)
+                or (block is not None and header["gram"][1] != -(-mean.shape[1] // block))
+                or (block is None and header["gram"][1] != mean.shape[1])):
+            raise ValueError(f"{_part(base, 'json')}: inconsistent shapes gram {header['gram']}, mean {list(mean.shape)}")
         obj = cls.__new__(cls)
         obj._gram, obj._path = None, gram_path
         obj._gram_shape = tuple(header["gram"])
         obj._mean = _readonly(np.ascontiguousarray(mean, dtype="<f8"))
         obj._rows, obj._block, obj._digest = int(header["rows"]), block, str(header["digest"])
-        if obj._mean.ndim != 2 or obj._mean.shape[0] != obj._gram_shape[0] or stand_in.ndim not in (3, 4):
-            raise ValueError(f"{_part(base, 'json')}: inconsistent shapes gram {header['gram']}, mean {list(mean.shape)}")
         return obj
 
 

@@ -183,3 +183,20 @@ def test_memory_mapped_statistics_are_not_copied(tmp_path):
     mm = np.load(tmp_path / "g.npy", mmap_mode="r")
     st2 = LayerStats(mm, st.mean, st.rows)
     assert np.shares_memory(st2.gram, mm) and st2.digest() == st.digest()
+
+
+@pytest.mark.parametrize("block", [None, 4])
+def test_saved_statistics_reopen_file_backed(tmp_path, block):
+    acc = GramAccumulator(10, groups=2, block=block, dtype=np.float64)
+    acc.add(rng.normal(size=(2, 60, 10)))
+    st = acc.stats()
+    header = st.save(tmp_path / "layer")
+    back = LayerStats.open(header)
+    assert back.file_backed and not st.file_backed and back.digest() == st.digest()
+    assert isinstance(back.gram, np.memmap) and back.nbytes == st.nbytes and back.block == block
+    np.testing.assert_array_equal(back.dense(), st.dense())
+    np.testing.assert_array_equal(back.centered().dense(), st.centered().dense())
+    assert LayerStats.open(tmp_path / "layer").digest() == st.digest()  # the base path works too
+    (tmp_path / "layer.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="not a LayerStats header"):
+        LayerStats.open(header)
