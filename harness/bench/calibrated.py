@@ -284,11 +284,13 @@ def format_grid(g: dict[str, Any]) -> str:
         return "none" if not s else f"{s['size_bytes'] / 1024:.1f} KB ({g['metric']} {s[g['metric']]:.4f})"
 
     ok = a.get("hypervolume", 0) > r.get("hypervolume", 0)
+    dom = hv.get("round_to_nearest_front", {})
     return (f"grid on {g['model']} ({g['seconds']} s, statistics {g['calibration_s']:.1f} s): hypervolume "
             f"{a.get('hypervolume', float('nan')):.4f} (all {a.get('trials')} trials) vs "
             f"{r.get('hypervolume', float('nan')):.4f} (its {r.get('trials')} round-to-nearest trials): "
-            f"{'dominates' if ok else 'does NOT dominate'}; smallest within 1 point {small(a)} vs {small(r)}\n"
-            f"  run: {g['run_dir']}")
+            f"{'larger' if ok else 'NOT larger'}; {dom.get('dominated_by_calibrated')} of the "
+            f"{dom.get('points')} round-to-nearest front points are strictly dominated by calibrated trials; "
+            f"smallest within 1 point {small(a)} vs {small(r)}\n  run: {g['run_dir']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -125,4 +125,29 @@ def algorithm_hypervolumes(table: pd.DataFrame, metric: Any, baseline: Mapping[s
     a, r = out["all_algorithms"], out["round_to_nearest"]
     if "hypervolume" in a and "hypervolume" in r:
         out["all_minus_round_to_nearest"] = round(a["hypervolume"] - r["hypervolume"], 6)
+    out["round_to_nearest_front"] = dominated_points(pareto.front(rtn, metric.name, maximize=metric.maximize),
+                                                     complete.drop(rtn.index), metric)
     return out
+
+
+def dominated_points(front: pd.DataFrame, others: pd.DataFrame, metric: Any) -> dict[str, Any]:
+    """How many points of ``front`` some row of ``others`` dominates (at most as large and at least as
+    good, one of the two strictly), and which trials dominate them."""
+    sign = 1.0 if metric.maximize else -1.0
+    o = others[others["size_bytes"].notna() & others[metric.name].notna()]
+    size, good = o["size_bytes"].astype(float).to_numpy(), sign * o[metric.name].astype(float).to_numpy()
+    by: dict[str, int] = {}
+    for _, row in front.iterrows():
+        s, g = float(row["size_bytes"]), sign * float(row[metric.name])
+        hit = (size <= s) & (good >= g) & ((size < s) | (good > g))
+        if hit.any():
+            best = o.iloc[int(np_argmax(hit, good))]
+            by[str(int(row["trial"]))] = int(best["trial"])
+    return {"points": int(len(front)), "dominated_by_calibrated": len(by), "dominating_trial": by}
+
+
+def np_argmax(mask: Any, values: Any) -> int:
+    """Index of the largest ``values`` entry where ``mask`` holds."""
+    import numpy as np
+
+    return int(np.flatnonzero(mask)[np.argmax(np.asarray(values)[mask])])

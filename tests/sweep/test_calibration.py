@@ -39,6 +39,10 @@ def test_calibrated_grid_columns_summary_and_environment(calibrated_grid):
     hv = summary["hypervolume"]
     assert hv["all_algorithms"]["trials"] == 20 and hv["round_to_nearest"]["trials"] == 4
     assert hv["all_algorithms"]["hypervolume"] >= hv["round_to_nearest"]["hypervolume"]
+    front = hv["round_to_nearest_front"]
+    assert front["points"] >= 1 and 0 <= front["dominated_by_calibrated"] <= front["points"]
+    calibrated = set(df[(df["algorithm"] != "rtn") | df["bias_correction"]]["trial"])
+    assert set(front["dominating_trial"].values()) <= calibrated
     env = json.loads((res.run_dir / "environment.json").read_text())
     assert env["calibration"]["statistics"]["layers"].keys() == {"dense1", "dense2", "dense3"}
     assert env["calibration"]["samples"] == 256 and env["calibration"]["available"] > 256
