@@ -252,7 +252,9 @@ class Summary(_SummaryFields, total=False):
     """``summary.json``: the keys of the run, then those a strategy adds (``StrategyResult.summary``)."""
 
     sensitivity: dict[str, Any]  # search=sensitivity: the table's file, counts and ranking
-    hypervolume: dict[str, Any]  # search=mixed, or a calibrated grid: a HypervolumeBlock per set (HYPERVOLUME_SETS)
+    # search=mixed, or a calibrated uniform sweep: a HypervolumeBlock per set (HYPERVOLUME_SETS); a calibrated
+    # sweep adds all_minus_round_to_nearest and round_to_nearest_front (its points dominated by calibrated trials)
+    hypervolume: dict[str, Any]
     mixed: dict[str, Any]  # search=mixed: trials by seed, units, codecs, probe codec
 
 
