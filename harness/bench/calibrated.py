@@ -10,8 +10,9 @@ by name, labels ``y``) the data is split reproducibly (seeded, as
 into calibration samples and the test samples every figure is computed on, so
 nothing is calibrated on a test sample. It prints, for ``linear`` and
 ``kmeans_lut`` at 4, 3 and 2 bits, the task metric (accuracy: argmax of the
-model's class output, or ``p > 0.5`` for a one-value output; the output is the
-zoo record's ``output`` or the first) and the output SNR of:
+model's class output, or ``p > threshold`` for a one-value output; the output
+and threshold are the model record's ``metric.output`` / ``metric.threshold``,
+else the first output and 0.5) and the output SNR of:
 
 * the float model; round-to-nearest (``quantizer.quantize_weights``, today's
   codec, = coremltools' bytes); RTN + bias correction; GPTQ; GPTQ + bias
@@ -53,7 +54,7 @@ import numpy as np
 
 from harness.bench.calibrated_large import format_large, run_large
 
-DEFAULT_MODELS = ("silero_vad", "crepe_tiny", "mtcnn_onet", "resemblyzer")
+DEFAULT_MODELS = ("silero_vad", "silero_vad_8k", "crepe_tiny", "mtcnn_onet", "resemblyzer")
 #: (column, algorithm, bias correction, statistics) of the table; awkm only for kmeans_lut.
 CELLS = (("RTN", "rtn", False, "float"), ("RTN+BC", "rtn", True, "float"), ("GPTQ", "gptq", False, "float"),
          ("GPTQ+BC", "gptq", True, "float"), ("AWKM", "awkm", False, "float"),
@@ -71,17 +72,21 @@ class Case:
     output: str
     split: dict[str, Any]
     source: dict[str, str] = field(default_factory=dict)
+    threshold: float = 0.5
 
 
-def _record_output(path: Path | None, spec: Any) -> str:
-    """The class output: the model record's ``output`` (``<name>.json`` beside the file), else the first."""
+def _record_output(path: Path | None, spec: Any) -> tuple[str, float]:
+    """The scored output and binary threshold: the model record's (``<name>.json`` beside the file:
+    ``metric.output`` / ``metric.threshold``, or a top-level ``output``), else the first output and 0.5."""
     if path is not None:
         meta = path.with_suffix(".json")
         if meta.is_file():
-            out = json.loads(meta.read_text()).get("output")
+            rec = json.loads(meta.read_text())
+            metric = rec.get("metric") if isinstance(rec.get("metric"), dict) else {}
+            out = metric.get("output") or rec.get("output")
             if out in [o.name for o in spec.description.output]:
-                return str(out)
-    return spec.description.output[0].name
+                return str(out), float(metric.get("threshold", 0.5))
+    return spec.description.output[0].name, 0.5
 
 
 def load_case(model: str, data: str | None, fraction: float, seed: int) -> Case:
@@ -109,7 +114,8 @@ def load_case(model: str, data: str | None, fraction: float, seed: int) -> Case:
     if ds.labels is None:
         raise ConfigError(f"{label}: the data has no labels (y); the benchmark reports accuracy")
     cal, test, split = split_dataset(ds, fraction, seed)
-    return Case(label, spec, cal, test, _record_output(path, spec), split, source)
+    output, threshold = _record_output(path, spec)
+    return Case(label, spec, cal, test, output, split, source, threshold)
 
 
 class Scorer:
@@ -130,7 +136,7 @@ class Scorer:
         return np.concatenate(parts).reshape(n, -1)
 
     def accuracy(self, out: np.ndarray) -> float:
-        pred = (out[:, 0] > 0.5).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
+        pred = (out[:, 0] > self.case.threshold).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
         return float((pred == self.y).mean())
 
     def score(self, spec: Any) -> tuple[float, float]:
