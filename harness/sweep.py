@@ -103,8 +103,8 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     lo, hi = evaluator.ci_names
     log.info("float baseline: %s %.4f (95%% interval %.4f .. %.4f on %d samples), %d bytes", metric.name,
              baseline[metric.name], baseline[lo], baseline[hi], dataset.n, baseline["size_bytes"])
+    gptq = gptq_options(cfg.calibration.gptq)
     stats = calibration_stats(cfg, space, model, calib)  # once per run; every calibrated plan reads them
-    gptq = dict(cfg.calibration.gptq)
     ctx = SearchContext(cfg=cfg.search, space=space, model=model.spec, seed=seed,
                         build_plan=lambda s: build_plan(model.spec, s, space.lut_function, fuse=bool(cfg.search.fuse),
                                                         calibration=stats, algorithm_options=gptq),
@@ -156,6 +156,19 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     finally:
         if stats is not None:
             stats.close()
+
+
+def gptq_options(node: Any) -> dict[str, Any]:
+    """``calibration.gptq`` as GPTQ's options, checked (ConfigError naming the key)."""
+    from quantizer.algorithms.calibrated import resolve_options
+    from quantizer.errors import QuantizerError
+
+    options = dict(node)
+    try:
+        resolve_options("gptq", False, options)
+    except QuantizerError as e:
+        raise ConfigError(f"calibration.gptq: {e}") from None
+    return options
 
 
 def check_calibration(space: SearchSpace, calib: CalibrationInput) -> None:

@@ -116,6 +116,8 @@ def test_sensitivity_and_mixed_units_carry_their_algorithm(tmp_path):
     (["calibration=split", "search.space.algorithm=[adaround]"], r"search.space.algorithm has \['adaround'\]"),
     (["calibration=split", "calibration.fraction=1.5", "search.space.algorithm=[gptq]"], r"calibration.fraction"),
     (["calibration=zoo", "model.path=MODEL", "data=npz", "data.path=DATA"], r"calibration=zoo reads a zoo model"),
+    (["calibration=zoo", "calibration.gptq.lut=sorted", "search.space.algorithm=[gptq]"], r"calibration.gptq: .*lut"),
+    (["calibration=zoo", "calibration.gptq.damp=0", "search.space.algorithm=[gptq]"], r"calibration.gptq: .*damp"),
 ])
 def test_config_errors_name_calibration(tmp_path, overrides, match):
     overrides = [o.replace("MODEL", str(_mlp_file(tmp_path))).replace("DATA", str(_test_npz(tmp_path)))
