@@ -147,7 +147,7 @@ def test_statistics_of_a_model_with_two_layers_of_one_name_are_refused():
 
 
 def test_calibrated_files_are_plain_models_equal_to_their_dequantized_network(tmp_path):
-    """coremltools constructs them, quantizer.load decodes them, and the executor's outputs equal those of the
+    """coremltools loads the saved files, quantizer.load decodes them, and the executor's outputs equal those of the
     same network with the dequantized weights written as float32."""
     from harness import zoo
     from quantizer.coremltools_quiet import coremltools
@@ -160,9 +160,12 @@ def test_calibrated_files_are_plain_models_equal_to_their_dequantized_network(tm
                                   (2, "kmeans_lut", "gptq", True), (3, "kmeans_lut", "awkm", False),
                                   (4, "linear_lut", "rtn", True)]:
         q = quantizer.quantize_weights(spec, nbits, mode, algorithm=algo, bias_correction=bc, calibration=stats)
-        coremltools().models.MLModel(q)  # constructs
         path = quantizer.save(q, tmp_path / f"{mode}-{algo}.mlmodel")
+        loaded = coremltools().models.MLModel(str(path), skip_model_load=True)  # coremltools reads the file
+        assert loaded.get_spec() == q
         back = quantizer.load(path)
+        assert back == q and path.read_bytes() == quantizer.io.serialize(back)
+        assert {t.encoding for t in quantizer.weight_tensors(back)} - {"float32"}  # stored quantized
         deq = quantizer.load(path)
         for lay in iter_layers(deq):
             for field, (wp, shape, axis) in layer_weights(lay).items():

@@ -129,6 +129,8 @@ def test_layers_no_algorithm_handles_fall_back_with_a_note(nn_model, name, reaso
     record = applied_algorithms(plan)
     assert record and all(v.startswith("rtn (fallback: gptq: ") and reason in v for v in record.values())
     assert quantizer.apply_plan(spec, plan).SerializeToString() == quantizer.apply_plan(spec, rtn).SerializeToString()
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("quantizer")]
+    assert any("round-to-nearest" in m and reason in m for m in logged), logged
 
 
 def test_missing_and_mismatched_statistics(nn_model):
