@@ -83,6 +83,22 @@ def test_round_to_nearest_spaces_keep_todays_parameters(small_grid_dir):
     assert df["layer_algorithms"].isna().all()
 
 
+def test_round_to_nearest_with_calibration_data_is_todays_run(small_grid_dir, tmp_path):
+    """algorithm=[rtn], bias_correction=[false] with calibration data configured: no statistics are collected,
+    the trials have today's parameters, plans and figures."""
+    import optuna
+
+    from tests.sweep.support import SMALL_GRID
+
+    res = run(tmp_path, [*SMALL_GRID, "calibration=zoo"])
+    a, b = pd.read_csv(small_grid_dir / "trials.csv"), pd.read_csv(res.run_dir / "trials.csv")
+    keys = ["plan_hash", "size_bytes", "accuracy", "model_sha256"]
+    pd.testing.assert_frame_equal(a[keys], b[keys])
+    assert res.summary["calibration_s"] == 0 and "hypervolume" not in res.summary
+    study = optuna.load_study(study_name=res.study_name, storage=f"sqlite:///{tmp_path / 'qsweep.db'}")
+    assert not any({"algorithm", "bias_correction"} & set(t.params) for t in study.trials)
+
+
 def test_split_holds_samples_out_of_the_test_set(tmp_path):
     res = run(tmp_path, ["model=digits_mlp", "selector=all", "calibration=split", "calibration.fraction=0.2",
                          "search.space.nbits=[4]", "search.space.mode=[linear]", "search.space.algorithm=[gptq]",
