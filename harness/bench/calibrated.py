@@ -1,10 +1,10 @@
 """Calibration-aware quantization on real models: round-to-nearest vs GPTQ, bias correction and activation-weighted k-means.
 
 Run ``python -m harness.bench calibrated [--model NAME ...] [--model PATH --data NPZ ...]
-[--fraction 0.25] [--stats float|sequential|both] [--grid NAME|none] [--large 20M|none]``.
+[--fraction 0.25] [--stats float|both] [--skip batchnorm] [--grid NAME|none] [--large 20M|none]``.
 
-For each model (default: the zoo's real models ``silero_vad``, ``crepe_tiny``,
-``mtcnn_onet``, ``resemblyzer``; or an ``.mlmodel`` with its ``.npz``: inputs
+For each model (default: the zoo's real models ``silero_vad``, ``silero_vad_8k``,
+``crepe_tiny``, ``mtcnn_onet``, ``resemblyzer``; or an ``.mlmodel`` with its ``.npz``: inputs
 by name, labels ``y``) the data is split reproducibly (seeded, as
 ``calibration=split`` does: :func:`harness.data.calibration.split_dataset`)
 into calibration samples and the test samples every figure is computed on, so
@@ -17,7 +17,7 @@ else the first output and 0.5) and the output SNR of:
 * the float model; round-to-nearest (``quantizer.quantize_weights``, today's
   codec, = coremltools' bytes); RTN + bias correction; GPTQ; GPTQ + bias
   correction; activation-weighted k-means (``awkm``, kmeans_lut only);
-* with ``--stats sequential|both``: GPTQ / GPTQ + bias correction on statistics
+* with ``--stats both``: GPTQ / GPTQ + bias correction on statistics
   collected sequentially (each layer from the model whose earlier layers are
   quantized, as the GPTQ paper does) instead of from the float model;
 
