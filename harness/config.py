@@ -1,7 +1,7 @@
 """Structured configs: the schema every qsweep config is validated against.
 
-The YAML tree in ``conf/`` (Hydra groups ``model``, ``data``, ``executor``,
-``search``, ``selector``, ``storage``) is merged over :class:`QsweepConfig`,
+The YAML tree in ``conf/`` (Hydra groups ``model``, ``data``, ``calibration``,
+``executor``, ``search``, ``selector``, ``storage``) is merged over :class:`QsweepConfig`,
 registered in Hydra's ConfigStore as ``qsweep_schema`` (the first entry of the
 defaults list in ``conf/config.yaml``). OmegaConf therefore rejects an unknown
 key or a value of the wrong type while the config is composed, before any work,
@@ -84,6 +84,43 @@ class DataConfig:
 
 
 @dataclass
+class GptqConfig:
+    """Options of ``algorithm=gptq`` (see :func:`quantizer.algorithms.gptq.gptq`): dampening as a
+    fraction of the mean diagonal of H, columns per lazy batch, act-order, and for kmeans_lut the
+    table GPTQ rounds to (``plain`` k-means or ``weighted``, the activation-weighted one)."""
+
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = True
+    lut: str = "plain"
+
+
+@dataclass
+class CalibrationConfig:
+    """Unlabelled samples the calibration-aware algorithms read (never the test set).
+
+    kind: ``none`` (no calibration-aware algorithm can run), ``npz`` / ``csv``
+    (``path``: a file with the test data's conventions -- ``inputs`` /
+    ``feature_columns`` as in ``data`` --, labels ignored), ``split`` (a seeded
+    ``fraction`` of the configured test data is held out; the test figures are
+    computed on the rest) or ``zoo`` (a zoo model's own training split).
+    ``limit``: most calibration samples used (the first ones). Statistics of
+    more than ``memory_mb`` MiB are kept file-backed in a temporary folder.
+    """
+
+    kind: str = "none"
+    path: Optional[str] = None
+    inputs: Dict[str, str] = field(default_factory=dict)
+    feature_columns: Optional[List[str]] = None
+    fraction: float = 0.25
+    seed: int = 0
+    limit: Optional[int] = 256
+    batch_size: int = 32
+    memory_mb: int = 256
+    gptq: GptqConfig = field(default_factory=GptqConfig)
+
+
+@dataclass
 class ExecutorConfig:
     """How models are run: ``numpy`` (everywhere), ``coreml`` (macOS), ``auto``."""
 
@@ -103,6 +140,11 @@ class SpaceConfig:
     nbits: List[int] = field(default_factory=lambda: list(ALL_NBITS))
     mode: List[str] = field(default_factory=lambda: list(ALL_MODES))
     lut_function: Optional[Any] = None
+    #: How the stored values are chosen: rtn (round-to-nearest), gptq, awkm (kmeans_lut); all but rtn
+    #: need calibration data (the ``calibration`` group).
+    algorithm: List[str] = field(default_factory=lambda: ["rtn"])
+    #: Shift each output channel's bias by the mean error of its quantized weights (needs calibration data).
+    bias_correction: List[bool] = field(default_factory=lambda: [False])
 
 
 @dataclass
@@ -319,6 +361,7 @@ class QsweepConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     selector: SelectorSpace = field(default_factory=SelectorSpace)

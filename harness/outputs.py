@@ -225,6 +225,11 @@ def front_table(front: pd.DataFrame, baseline: Mapping[str, Any], metric: str) -
             setting = str(r.get("setting", ""))
         else:
             setting = "fp16" if r["nbits"] == 16 else f"{r['mode']} {r['nbits']}-bit"
+            algo, bc = r.get("algorithm"), str(r.get("bias_correction")).lower() == "true"
+            if isinstance(algo, str) and algo != "rtn":
+                setting += f" {algo}"
+            if bc:
+                setting += " +bias-corr"
         rows.append({
             "trial": str(r["trial"]), "setting": " ".join([setting] + sel), "size_kb": _kb(r["size_bytes"]),
             "ratio": f"{r['compression_ratio']:.2f}", metric: f"{r[metric]:.4f}", "ci95": _ci(r, metric),
@@ -325,9 +330,21 @@ def _target(complete: pd.DataFrame, metric: Any, baseline: Mapping[str, Any], ma
     return target
 
 
+def _calibration_entry(calibration: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """summary.json ``calibration``: the source, samples used and statistics digest (None without)."""
+    if not calibration or calibration.get("kind") == "none":
+        return None
+    stats = calibration.get("statistics") or {}
+    out = {k: calibration[k] for k in ("kind", "samples", "available", "name", "sha256", "path", "split")
+           if k in calibration}
+    out.update({k: stats[k] for k in ("source", "digest", "bytes") if k in stats})
+    return out
+
+
 def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str, strategy: SearchStrategy,
               evaluator: Any, model: Any, dataset: Any, experiment: dict[str, Any], created: bool,
-              loop: Any, t_start: float, strict_models: bool = False) -> SweepResult:
+              loop: Any, t_start: float, strict_models: bool = False,
+              calibration: dict[str, Any] | None = None) -> SweepResult:
     """Write the run directory (see module docstring), print the front and write the report (if enabled).
 
     ``evaluator`` needs ``metric``, ``baseline`` and ``executor_name``; ``dataset`` ``name``,
@@ -359,7 +376,8 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
         model={"name": model.label, "path": str(model.path), "sha256": model.sha256, "zoo": model.zoo},
         data={"name": dataset.name, "description": dataset.description, "n": dataset.n, "sha256": dataset.sha256},
         seed=int(cfg.seed), executor=evaluator.executor_name,
-        storage=mask(storage_url), study=study.study_name, worker=worker_id()))
+        storage=mask(storage_url), study=study.study_name, worker=worker_id(),
+        calibration=calibration or {"kind": "none"}))
     files["trials"], files["pareto"] = write_tables(run_dir, table, front)
 
     max_drop = cfg.search.max_accuracy_drop
@@ -381,6 +399,8 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
         "target": target,  # type: ignore[typeddict-item]
         "worker": {"id": worker_id(), "trials_started": len(loop.started), "stopped_by": loop.stopped_by,
                    "elapsed_s": round(time.time() - t_start, 2)},
+        "calibration": _calibration_entry(calibration),
+        "calibration_s": float((calibration or {}).get("seconds", 0.0)),
     }
     # A strategy's tables and summary entries (e.g. sensitivity.csv), before summary.json is written. It gets
     # copies: what it returns is what is written.

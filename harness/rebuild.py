@@ -14,7 +14,10 @@ parameters and must match the recorded plan hash, size and sha256 byte for byte
 (a mismatch is an error naming the trial). It needs the float model: the file
 must still exist at the recorded path, or be given with ``model_path``
 (``--model``); its sha256 is checked against the study's. The test data is not
-needed (the baseline is recorded).
+needed (the baseline is recorded), except by a calibration-aware run: its
+plans read calibration statistics, which are collected again from the
+recorded calibration data (``calibration=split`` reads the test data it was
+split from) and must have the study's digest.
 
 Example:
     >>> rebuild("digits_mlp-grid-0123abcd", "sqlite:///outputs/qsweep.db", "rebuilt/")  # doctest: +SKIP
@@ -34,6 +37,7 @@ from omegaconf import OmegaConf
 from harness.config import QsweepConfig, StorageConfig
 from harness.errors import ConfigError, StorageError
 from harness import rundir
+from harness.scores import TaskMetric
 from harness.inputs import ModelInput
 from harness.outputs import SweepResult, config_record, write_run
 from harness.secrets import install_log_masking, mask
@@ -60,6 +64,8 @@ class RecordedMetric:
     @property
     def drop_name(self) -> str:
         return rundir.drop_column(self.name)
+
+    drop = TaskMetric.drop  # the one rule (reads ``maximize`` only)
 
 
 @dataclass
@@ -138,7 +144,41 @@ def _model(record: dict[str, Any], expected_sha: str, model_path: str | Path | N
     return ModelInput(quantizer.load(path), str(record["name"]), path.resolve(), sha, record.get("zoo"))
 
 
-def _strategy(cfg: Any, spec: Any) -> Any:
+def _calibration(cfg: Any, model: ModelInput, experiment: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
+    """``(statistics, GPTQ options, calibration record)`` of a calibration-aware run, collected again from the
+    recorded calibration data (``(None, {}, None)`` for a round-to-nearest run).
+
+    Raises:
+        ConfigError: the calibration data cannot be read again, or gives other statistics (names ``calibration``).
+    """
+    recorded = experiment.get("calibration")
+    if not recorded:
+        return None, {}, None
+    from harness.errors import QsweepError
+    from harness.inputs import load_calibration, load_dataset
+    from harness.space import SearchSpace
+    from harness.sweep import calibration_record, calibration_stats
+
+    log.info("the study's plans read calibration statistics: collecting them again from the recorded calibration "
+             "data (calibration=%s)", cfg.calibration.kind)
+    try:
+        calib = load_calibration(cfg.calibration, cfg.data, model, load_dataset(cfg.data, model))
+    except QsweepError as e:
+        raise ConfigError(f"This study's models were made with calibration statistics, which a rebuild collects "
+                          f"again from the recorded calibration data (calibration={cfg.calibration.kind}), but it "
+                          f"cannot be read: {e}") from None
+    stats = calibration_stats(cfg, SearchSpace.from_config(cfg.search.space, cfg.selector), model, calib)
+    if stats is None or stats.digest() != recorded["stats"]:
+        got = stats.digest() if stats is not None else "none"
+        if stats is not None:
+            stats.close()
+        raise ConfigError(f"calibration: the recorded calibration data gives statistics {got}, but the study's "
+                          f"plans read {recorded['stats']} (the calibration file or the data it was split from "
+                          "changed): give the same calibration data.")
+    return stats, dict(recorded.get("gptq") or {}), calibration_record(calib, stats)
+
+
+def _strategy(cfg: Any, spec: Any, stats: Any = None, gptq: dict[str, Any] | None = None) -> Any:
     from harness.search import SearchContext, strategy_class
     from harness.space import SearchSpace, build_plan
     from harness.sweep import load_option_runs
@@ -146,7 +186,8 @@ def _strategy(cfg: Any, spec: Any) -> Any:
     kind = strategy_class(str(cfg.search.kind))
     space = SearchSpace.from_config(cfg.search.space, cfg.selector)
     ctx = SearchContext(cfg=cfg.search, space=space, model=spec, seed=int(cfg.seed),
-                        build_plan=lambda s: build_plan(spec, s, space.lut_function, fuse=bool(cfg.search.fuse)),
+                        build_plan=lambda s: build_plan(spec, s, space.lut_function, fuse=bool(cfg.search.fuse),
+                                                        calibration=stats, algorithm_options=gptq or {}),
                         runs=load_option_runs(cfg.search, kind.run_options))
     return kind(ctx)
 
@@ -178,7 +219,8 @@ def rebuild(study_name: str, storage_url: str, out_dir: str | Path, *, model_pat
     cfg.report.enabled = bool(report)
     cfg.output.save_models = True
     model = _model(record["model"], str(experiment["model_sha256"]), model_path)
-    strategy = _strategy(cfg, model.spec)
+    stats, gptq, calibration = _calibration(cfg, model, experiment)
+    strategy = _strategy(cfg, model.spec, stats, gptq)
     m = record["metric"]
     metric = RecordedMetric(str(m["name"]), bool(m["maximize"]), m.get("drop_test"))
     evaluation = RecordedEvaluation(metric, dict(record["baseline"]), str(record["executor"]),
@@ -186,6 +228,10 @@ def rebuild(study_name: str, storage_url: str, out_dir: str | Path, *, model_pat
     data = RecordedData(**record["data"])
     log.info("rebuilding study %r of %s into %s from the study alone", study_name, mask(storage.url), out_dir)
     loop = LoopState(stopped_by="rebuilt from the study")
-    return write_run(out_dir, cfg, study=study, storage_url=storage.url, strategy=strategy, evaluator=evaluation,
-                     model=model, dataset=data, experiment=experiment, created=False, loop=loop, t_start=t_start,
-                     strict_models=True)
+    try:
+        return write_run(out_dir, cfg, study=study, storage_url=storage.url, strategy=strategy,
+                         evaluator=evaluation, model=model, dataset=data, experiment=experiment, created=False,
+                         loop=loop, t_start=t_start, strict_models=True, calibration=calibration)
+    finally:
+        if stats is not None:
+            stats.close()

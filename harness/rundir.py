@@ -68,9 +68,10 @@ COMPLETE, FAIL, PRUNED, RUNNING, WAITING = "COMPLETE", "FAIL", "PRUNED", "RUNNIN
 
 #: The parameters of a uniform setting (empty for a trial that is not one, e.g. mixed or sensitivity).
 SETTING_COLUMNS = ["nbits", "mode", "skip_layer_types", "minimum_conv_kernel_channels",
-                   "minimum_conv_weight_count", "minimum_matrix_weight_count"]
-#: The last columns of trials.csv / pareto.csv.
-TAIL_COLUMNS = ["retry_of", "worker", "datetime_start", "datetime_complete", "layer_encodings"]
+                   "minimum_conv_weight_count", "minimum_matrix_weight_count", "algorithm", "bias_correction"]
+#: The last columns of trials.csv / pareto.csv. ``layer_algorithms``: per layer, what chose its
+#: stored values (``gptq``, ``gptq+bc``, ``rtn``, ``rtn (fallback: <why>)``...).
+TAIL_COLUMNS = ["retry_of", "worker", "datetime_start", "datetime_complete", "layer_encodings", "layer_algorithms"]
 #: Integer columns (nullable ``Int64`` when written).
 INTEGER_COLUMNS = ("trial", "reused_from", "retry_of", "size_bytes", "nbits")
 
@@ -192,6 +193,18 @@ class Target(_TargetFields, total=False):
     best_effort: dict[str, Any]  # a mixed run that missed the target: its most accurate front row
 
 
+class CalibrationEntry(TypedDict, total=False):
+    """``summary["calibration"]``: where the calibration samples came from and what was collected
+    (``kind`` none/split/npz/csv/zoo; ``samples`` used; the statistics' ``source`` -- float
+    activations --, ``digest``, ``bytes``; per-layer ``layers``), or None without calibration."""
+
+    kind: str
+    samples: int
+    source: str
+    digest: str
+    split: dict[str, Any]
+
+
 class EvaluationEntry(TypedDict):
     """``summary["evaluation"]``: what the task metric measures and how sure its figures are."""
 
@@ -232,13 +245,17 @@ class _SummaryFields(TypedDict):
     pareto_front: list[dict[str, Any]]  # the rows of pareto.csv
     target: Target
     worker: WorkerEntry
+    calibration: CalibrationEntry | None  # the calibration data and statistics (None: no calibration)
+    calibration_s: float  # seconds spent collecting calibration statistics (0 without)
 
 
 class Summary(_SummaryFields, total=False):
     """``summary.json``: the keys of the run, then those a strategy adds (``StrategyResult.summary``)."""
 
     sensitivity: dict[str, Any]  # search=sensitivity: the table's file, counts and ranking
-    hypervolume: dict[str, Any]  # search=mixed: a HypervolumeBlock per set of trials (HYPERVOLUME_SETS)
+    # search=mixed, or a calibrated uniform sweep: a HypervolumeBlock per set (HYPERVOLUME_SETS); a calibrated
+    # sweep adds all_minus_round_to_nearest and round_to_nearest_front (its points dominated by calibrated trials)
+    hypervolume: dict[str, Any]
     mixed: dict[str, Any]  # search=mixed: trials by seed, units, codecs, probe codec
 
 
@@ -262,4 +279,5 @@ SUMMARY_KEYS = tuple(_SummaryFields.__annotations__)
 STRATEGY_SUMMARY_KEYS = tuple(k for k in Summary.__annotations__ if k not in SUMMARY_KEYS)
 #: ``summary["hypervolume"]`` entries, with the labels the report gives them.
 HYPERVOLUME_SETS = {"mixed": "this run (all trials)", "uniform_seeds_in_this_run": "its uniform settings",
-                    "compare_to": "compared run"}
+                    "compare_to": "compared run", "all_algorithms": "this run (every algorithm)",
+                    "round_to_nearest": "its round-to-nearest trials (rtn, no bias correction)"}

@@ -1,13 +1,17 @@
 """The search space of a uniform sweep: lists of codec and selector values -> settings -> plans.
 
-A :class:`Setting` is one point: global ``nbits`` and ``mode`` plus the layer
-selector thresholds. :meth:`SearchSpace.from_config` validates the lists
+A :class:`Setting` is one point: global ``nbits`` and ``mode``, how the
+values are chosen (``algorithm``: rtn, gptq, awkm; ``bias_correction``), plus
+the layer selector thresholds. :meth:`SearchSpace.from_config` validates the lists
 (``search.space`` and ``selector`` in the config; a wrong value raises a
 :class:`~harness.errors.ConfigError` naming the key), :meth:`SearchSpace.grid`
 enumerates the valid points and reports the invalid combinations it dropped,
 and :func:`build_plan` compiles a setting to a :class:`quantizer.QuantPlan` for
 a model. Trial parameters are scalars (Optuna categorical choices):
-``skip_layer_types`` is written ``none`` or ``batchnorm+bias``.
+``skip_layer_types`` is written ``none`` or ``batchnorm+bias``. ``algorithm`` and
+``bias_correction`` are search dimensions (trial parameters) only when the
+space lists more than plain ``rtn`` / ``false``, so a round-to-nearest space
+has exactly the parameters, grid points and plans it always had.
 
 Example:
     >>> space = SearchSpace(nbits=(8, 1), modes=("linear", "linear_symmetric"))
@@ -25,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import quantizer
+from quantizer.codecs import ALGORITHM_MODES, ALGORITHMS
 
 from harness.errors import ConfigError
 
@@ -35,6 +40,15 @@ VALID_NBITS = quantizer.VALID_NBITS
 SKIPPABLE_LAYER_TYPES = quantizer.SKIPPABLE_LAYER_TYPES
 SELECTOR_KEYS = ("skip_layer_types", "minimum_conv_kernel_channels", "minimum_conv_weight_count",
                  "minimum_matrix_weight_count")
+#: How stored values may be chosen (quantizer's one list).
+SWEEP_ALGORITHMS = ALGORITHMS
+
+
+def _as_bool(v: Any) -> bool:
+    """A trial parameter or config value as a bool (``True``/``"true"``/``1``)."""
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes")
+    return bool(v)
 
 
 def encode_skip(types: Sequence[str]) -> str:
@@ -57,12 +71,20 @@ class Setting:
     minimum_conv_kernel_channels: int = 0
     minimum_conv_weight_count: int = 0
     minimum_matrix_weight_count: int = 0
+    algorithm: str = "rtn"
+    bias_correction: bool = False
 
-    def params(self) -> dict[str, int | str]:
-        """Optuna parameters (scalars)."""
+    def params(self) -> dict[str, int | str | bool]:
+        """Every field as a scalar (the trial's columns; :meth:`SearchSpace.params` keeps the
+        ones that are search dimensions)."""
         d = asdict(self)
         d["skip_layer_types"] = encode_skip(self.skip_layer_types)
         return d
+
+    @property
+    def calibrated(self) -> bool:
+        """True when the setting's plan reads calibration statistics."""
+        return self.algorithm != "rtn" or self.bias_correction
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "Setting":
@@ -73,12 +95,15 @@ class Setting:
             minimum_conv_kernel_channels=int(params.get("minimum_conv_kernel_channels", 0)),
             minimum_conv_weight_count=int(params.get("minimum_conv_weight_count", 0)),
             minimum_matrix_weight_count=int(params.get("minimum_matrix_weight_count", 0)),
+            algorithm=str(params.get("algorithm", "rtn")),
+            bias_correction=_as_bool(params.get("bias_correction", False)),
         )
 
     @property
     def label(self) -> str:
-        """A short file-name-safe description, e.g. ``kmeans_lut-4bit`` or ``fp16``."""
-        base = quantizer.codec_label(self.mode, self.nbits)
+        """A short file-name-safe description, e.g. ``kmeans_lut-4bit``, ``linear-4bit-gptq-bc`` or ``fp16``."""
+        base = quantizer.codec_label(self.mode, self.nbits, self.algorithm if self.nbits < 16 else "rtn",
+                                     self.bias_correction and self.nbits < 16)
         sel = []
         if self.skip_layer_types:
             sel.append("skip-" + "+".join(self.skip_layer_types))
@@ -104,16 +129,28 @@ class Dropped:
     nbits: int
     mode: str
     reason: str
+    algorithm: str = "rtn"
+    bias_correction: bool = False
 
 
-def codec_problem(nbits: int, mode: str, lut_function: Callable | None) -> str | None:
-    """Why ``(nbits, mode)`` cannot be used, or None when it can.
+def codec_problem(nbits: int, mode: str, lut_function: Callable | None, algorithm: str = "rtn",
+                  bias_correction: bool = False) -> str | None:
+    """Why ``(nbits, mode, algorithm, bias_correction)`` cannot be used, or None when it can.
 
-    16 bits means float16 whatever the mode (as in coremltools). The quantizer's
-    :class:`quantizer.Codec` is asked too, so its own rules apply.
+    16 bits means float16 whatever the mode (as in coremltools); the
+    calibration-aware algorithms and bias correction apply below 16 bits, and
+    each algorithm to its modes. The quantizer's :class:`quantizer.Codec` is
+    asked too, so its own rules apply.
     """
     if mode == "custom_lut" and lut_function is None:
         return "custom_lut needs search.space.lut_function (the import path of a LUT function)"
+    if algorithm != "rtn" or bias_correction:
+        what = algorithm if algorithm != "rtn" else "bias correction"
+        if nbits == 16:
+            return f"{what} applies below 16 bits (float16 is not quantized)"
+        modes = ALGORITHM_MODES.get(algorithm)
+        if modes is not None and mode not in modes:
+            return f"{algorithm} handles {', '.join(modes)}"
     if nbits == 16:
         return None
     if mode == "linear_symmetric" and nbits < 2:
@@ -208,6 +245,13 @@ class SearchSpace:
     minimum_matrix_weight_count: tuple[int, ...] = (0,)
     lut_function: Callable | None = field(default=None, compare=False)
     lut_function_name: str | None = None
+    algorithms: tuple[str, ...] = ("rtn",)
+    bias_corrections: tuple[bool, ...] = (False,)
+
+    @property
+    def calibrated(self) -> bool:
+        """True when some point of the space reads calibration statistics."""
+        return any(a != "rtn" for a in self.algorithms) or any(self.bias_corrections)
 
     @classmethod
     def from_config(cls, space: Any, selector: Any) -> "SearchSpace":
@@ -243,6 +287,15 @@ class SearchSpace:
                 raise ConfigError(f"selector.{k} is empty: list at least one value "
                                   f"({'[[]] to skip nothing' if k == 'skip_layer_types' else '[0] for no minimum'}).")
         fn, name = resolve_lut_function(space.lut_function)
+        algorithms = [str(a) for a in space.get("algorithm", ["rtn"])]
+        if not algorithms:
+            raise ConfigError(f"search.space.algorithm is empty: list at least one of {', '.join(ALGORITHMS)}.")
+        bad_algos = [a for a in algorithms if a not in ALGORITHMS]
+        if bad_algos:
+            raise ConfigError(f"search.space.algorithm has {bad_algos}; valid algorithms are {', '.join(ALGORITHMS)}.")
+        bcs = [v for v in space.get("bias_correction", [False])]
+        if not bcs or any(not isinstance(v, bool) for v in bcs):
+            raise ConfigError(f"search.space.bias_correction must list true and/or false, got {list(bcs)}.")
         return cls(
             nbits=tuple(dict.fromkeys(int(n) for n in nbits)),
             modes=tuple(dict.fromkeys(modes)),
@@ -253,11 +306,13 @@ class SearchSpace:
             minimum_matrix_weight_count=_int_list(lists["minimum_matrix_weight_count"],
                                                   "selector.minimum_matrix_weight_count"),
             lut_function=fn, lut_function_name=name,
+            algorithms=tuple(dict.fromkeys(algorithms)), bias_corrections=tuple(dict.fromkeys(bcs)),
         )
 
-    def dimensions(self) -> dict[str, list[int | str]]:
-        """Optuna categorical choices per parameter."""
-        return {
+    def dimensions(self) -> dict[str, list[int | str | bool]]:
+        """Optuna categorical choices per parameter (``algorithm`` and ``bias_correction`` only
+        when the space has more than plain rtn / no bias correction)."""
+        dims: dict[str, list[int | str | bool]] = {
             "nbits": list(self.nbits),
             "mode": list(self.modes),
             "skip_layer_types": [encode_skip(s) for s in self.skip_layer_types],
@@ -265,6 +320,16 @@ class SearchSpace:
             "minimum_conv_weight_count": list(self.minimum_conv_weight_count),
             "minimum_matrix_weight_count": list(self.minimum_matrix_weight_count),
         }
+        if self.algorithms != ("rtn",):
+            dims["algorithm"] = list(self.algorithms)
+        if self.bias_corrections != (False,):
+            dims["bias_correction"] = list(self.bias_corrections)
+        return dims
+
+    def params(self, setting: Setting) -> dict[str, int | str | bool]:
+        """The trial parameters of ``setting``: its values of :meth:`dimensions`."""
+        dims = self.dimensions()
+        return {k: v for k, v in setting.params().items() if k in dims}
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (recorded with the study)."""
@@ -274,29 +339,35 @@ class SearchSpace:
 
     def problem(self, setting: Setting) -> str | None:
         """Why ``setting`` is invalid, or None."""
-        return codec_problem(setting.nbits, setting.mode, self.lut_function)
+        return codec_problem(setting.nbits, setting.mode, self.lut_function, setting.algorithm,
+                             setting.bias_correction)
 
     def grid(self) -> tuple[list[Setting], list[Dropped]]:
-        """Every valid combination (in list order) and the dropped (nbits, mode) pairs with reasons."""
+        """Every valid combination (in list order) and the dropped (nbits, mode[, algorithm,
+        bias correction]) combinations with reasons."""
         dropped: list[Dropped] = []
         ok_codecs = []
-        for nbits, mode in itertools.product(self.nbits, self.modes):
-            why = codec_problem(nbits, mode, self.lut_function)
+        for nbits, mode, algo, bc in itertools.product(self.nbits, self.modes, self.algorithms, self.bias_corrections):
+            why = codec_problem(nbits, mode, self.lut_function, algo, bc)
             if why is None:
-                ok_codecs.append((nbits, mode))
+                ok_codecs.append((nbits, mode, algo, bc))
             else:
-                dropped.append(Dropped(nbits, mode, why))
+                dropped.append(Dropped(nbits, mode, why, algo, bc))
         points = [
-            Setting(n, m, skip, ch, cw, mw)
-            for (n, m), skip, ch, cw, mw in itertools.product(
+            Setting(n, m, skip, ch, cw, mw, algo, bc)
+            for (n, m, algo, bc), skip, ch, cw, mw in itertools.product(
                 ok_codecs, self.skip_layer_types, self.minimum_conv_kernel_channels,
                 self.minimum_conv_weight_count, self.minimum_matrix_weight_count)
         ]
         return points, dropped
 
+    def codec_count(self) -> int:
+        """Combinations of the codec dimensions (nbits, mode, algorithm, bias correction)."""
+        return len(self.nbits) * len(self.modes) * len(self.algorithms) * len(self.bias_corrections)
+
     def grid_size(self) -> int:
         """Number of combinations before invalid ones are dropped."""
-        return (len(self.nbits) * len(self.modes) * len(self.skip_layer_types) * len(self.minimum_conv_kernel_channels)
+        return (self.codec_count() * len(self.skip_layer_types) * len(self.minimum_conv_kernel_channels)
                 * len(self.minimum_conv_weight_count) * len(self.minimum_matrix_weight_count))
 
 
@@ -340,14 +411,28 @@ def make_selector(setting: Setting) -> Any:
     )
 
 
-def build_plan(model: Any, setting: Setting, lut_function: Callable | None = None, *, fuse: bool = True) -> Any:
+def build_plan(model: Any, setting: Setting, lut_function: Callable | None = None, *, fuse: bool = True,
+               calibration: Mapping[str, Any] | None = None, algorithm_options: Mapping[str, Any] | None = None) -> Any:
     """Compile ``setting`` to a :class:`quantizer.QuantPlan` for ``model``.
 
     With ``fuse`` (coremltools' behaviour below 16 bits) the plan addresses the
     tensors of the fused model, the one :func:`quantizer.apply_plan` quantizes.
+    A calibrated setting reads ``calibration`` (layer name -> statistics) and,
+    for gptq, ``algorithm_options``.
+
+    Raises:
+        ConfigError: a calibrated setting without calibration statistics (names ``calibration``).
     """
     import quantizer
 
     mode = setting.mode
+    if setting.calibrated and setting.nbits < 16 and calibration is None:
+        raise ConfigError(f"{setting.label} needs calibration data: set calibration=split (or calibration=npz / csv "
+                          "with calibration.path=...).")
+    calibrated = setting.calibrated and setting.nbits < 16
     return quantizer.build_plan(model, setting.nbits, mode, selector=make_selector(setting),
-                                lut_function=lut_function if mode == "custom_lut" else None, fuse=fuse)
+                                lut_function=lut_function if mode == "custom_lut" else None, fuse=fuse,
+                                algorithm=setting.algorithm if calibrated else "rtn",
+                                bias_correction=setting.bias_correction and calibrated,
+                                algorithm_options=algorithm_options if setting.algorithm == "gptq" else None,
+                                calibration=calibration if calibrated else None)

@@ -27,8 +27,8 @@ import optuna
 from harness import secrets
 from harness.errors import ConfigError, QsweepError
 from harness.evaluate import Evaluator
+from harness.inputs import CalibrationInput, ModelInput, load_calibration, load_dataset, load_model
 from harness.metric_choice import MetricRequest
-from harness.inputs import ModelInput, load_dataset, load_model
 from harness.outputs import SweepResult, write_run
 from harness.progress import Progress
 from harness.rebuild import record_run
@@ -92,14 +92,16 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     dataset = load_dataset(cfg.data, model)
     log.info("data: %s, %d samples, %s", dataset.name, dataset.n,
              "with labels" if dataset.labels is not None else "no labels")
+    calib = load_calibration(cfg.calibration, cfg.data, model, dataset)
+    dataset = calib.test
+    if calib.dataset is not None:
+        log.info("calibration: %s, %d samples (test figures on %d samples)", calib.dataset.name, calib.dataset.n,
+                 dataset.n)
     request = MetricRequest.from_config(cfg.metric)
     space = SearchSpace.from_config(cfg.search.space, cfg.selector)
+    check_calibration(space, calib)
     seed = int(cfg.seed)
     kind = strategy_class(str(cfg.search.kind))
-    ctx = SearchContext(cfg=cfg.search, space=space, model=model.spec, seed=seed,
-                        build_plan=lambda s: build_plan(model.spec, s, space.lut_function, fuse=bool(cfg.search.fuse)),
-                        runs=load_option_runs(cfg.search, kind.run_options))
-    strategy = kind(ctx)
     # The float model on the test set: binds the metric to an output (refusals happen here, before the storage).
     evaluator = Evaluator(model.spec, dataset, executor=executor_kind, metric=request,
                           batch_size=int(cfg.executor.batch_size), seed=seed)
@@ -108,11 +110,20 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     lo, hi = evaluator.ci_names
     log.info("float baseline: %s %.4f (95%% interval %.4f .. %.4f on %d samples), %d bytes", metric.name,
              baseline[metric.name], baseline[lo], baseline[hi], dataset.n, baseline["size_bytes"])
+    gptq = gptq_options(cfg.calibration.gptq)
+    stats = calibration_stats(cfg, space, model, calib)  # once per run; every calibrated plan reads them
+    ctx = SearchContext(cfg=cfg.search, space=space, model=model.spec, seed=seed,
+                        build_plan=lambda s: build_plan(model.spec, s, space.lut_function, fuse=bool(cfg.search.fuse),
+                                                        calibration=stats, algorithm_options=gptq),
+                        runs=load_option_runs(cfg.search, kind.run_options))
+    strategy = kind(ctx)
 
     storage = open_storage(cfg.storage)
     experiment = {"model_sha256": model.sha256, "data_sha256": dataset.sha256, "metric": evaluator.record(),
                   "search": strategy.describe(), "seed": seed, "executor": executor_kind,
                   "fuse": bool(cfg.search.fuse)}
+    if stats is not None:  # the plans read these statistics (their digests are in the plan hashes too)
+        experiment["calibration"] = {"sha256": calib.record["sha256"], "stats": stats.digest(), "gptq": gptq}
     name = str(cfg.study.name) if cfg.study.name else _study_name(model, str(cfg.search.kind), experiment)
 
     db, created = open_study(storage, name, ["minimize", metric.direction], experiment=experiment,
@@ -149,8 +160,69 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
                     loop.stopped_by, back)
 
     # 3. The run directory (a disk problem seen mid-run is reported once it is written, or fails to be).
-    result = write_run(run_dir, cfg, study=study, storage_url=storage.url, strategy=strategy, evaluator=evaluator,
-                       model=model, dataset=dataset, experiment=experiment, created=created, loop=loop,
-                       t_start=t_start)
+    record = calibration_record(calib, stats)
+    try:
+        result = write_run(run_dir, cfg, study=study, storage_url=storage.url, strategy=strategy,
+                           evaluator=evaluator, model=model, dataset=dataset, experiment=experiment,
+                           created=created, loop=loop, t_start=t_start, calibration=record)
+    finally:
+        if stats is not None:
+            stats.close()
     disk.raise_problem()
     return result
+
+
+def gptq_options(node: Any) -> dict[str, Any]:
+    """``calibration.gptq`` as GPTQ's options, checked (ConfigError naming the key)."""
+    from quantizer.algorithms.calibrated import resolve_options
+    from quantizer.errors import QuantizerError
+
+    options = dict(node)
+    try:
+        resolve_options("gptq", False, options)
+    except QuantizerError as e:
+        raise ConfigError(f"calibration.gptq: {e}") from None
+    return options
+
+
+def check_calibration(space: SearchSpace, calib: CalibrationInput) -> None:
+    """Raise :class:`ConfigError` naming ``calibration`` for a calibrated search dimension without data."""
+    if space.calibrated and calib.dataset is None:
+        raise ConfigError(
+            f"search.space.algorithm={list(space.algorithms)} / bias_correction={list(space.bias_corrections)} need "
+            "calibration data, but calibration=none: set calibration=split (hold out part of the test data), or "
+            "calibration=npz / calibration=csv with calibration.path=<file> (never the test file).")
+
+
+def calibration_stats(cfg: Any, space: SearchSpace, model: ModelInput, calib: CalibrationInput) -> Any:
+    """The run's calibration statistics (once per run), or None when no point of the space reads them.
+
+    Raises:
+        ConfigError: a calibrated search dimension without calibration data (names ``calibration``).
+    """
+    from harness.calibration import collect_stats
+
+    check_calibration(space, calib)
+    if not space.calibrated:
+        if calib.dataset is not None:
+            log.info("calibration: search.space has no calibration-aware point (algorithm=[rtn], "
+                     "bias_correction=[false]); no statistics collected")
+        return None
+    c = cfg.calibration
+    if c.batch_size < 1 or c.memory_mb < 1:
+        raise ConfigError(f"calibration.batch_size and calibration.memory_mb must be >= 1, got {c.batch_size}, "
+                          f"{c.memory_mb}.")
+    stats = collect_stats(model.spec, calib.dataset.feeds, batch_size=int(c.batch_size),
+                          memory_bytes=int(c.memory_mb) << 20, progress=log.info)
+    log.info("calibration: statistics of %d layer(s) from %d samples in %.1f s (%.1f MiB, %.1f MiB in memory)",
+             len(stats), stats.samples, stats.seconds, stats.nbytes / 2**20, stats.resident_bytes / 2**20)
+    return stats
+
+
+def calibration_record(calib: CalibrationInput, stats: Any) -> dict[str, Any]:
+    """What environment.json and summary.json record about the calibration data and statistics."""
+    record = dict(calib.record)
+    if stats is not None:
+        record["statistics"] = stats.record()
+        record["seconds"] = round(stats.seconds, 3)
+    return record

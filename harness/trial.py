@@ -45,6 +45,16 @@ def encoding_summary(spec: Any) -> tuple[str, dict[str, str]]:
     return ", ".join(f"{k} x{n}" for k, n in counts.items()), per
 
 
+def layer_algorithms(plan: Any) -> dict[str, str] | None:
+    """Per layer, what chose its stored values (:func:`quantizer.algorithms.support.applied_algorithms`),
+    or None for a plan without any calibration-aware codec or fallback note (plain round-to-nearest)."""
+    from quantizer.algorithms.support import applied_algorithms
+
+    if not any(c is not None and (c.calibrated or c.note) for c in plan.values()):
+        return None
+    return applied_algorithms(plan)
+
+
 class TrialRunner:
     """Evaluate one trial (or reuse the result of the trial that owns its plan) and tell the study."""
 
@@ -87,6 +97,9 @@ class TrialRunner:
             self._fail(trial, e)
             return
         self._set(trial, "plan_hash", digest)
+        algorithms = layer_algorithms(cand.plan)
+        if algorithms is not None:
+            self._set(trial, "layer_algorithms", algorithms)
         owner = self.db.claim_plan(digest, trial.number)
         last_reap = time.monotonic()
         while owner != trial.number:

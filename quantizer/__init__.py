@@ -19,6 +19,9 @@ branch bodies included), :mod:`quantizer.tensors` (weight slots of a layer:
 (n-bit packing), :mod:`quantizer.io` (``parse`` and model copying),
 :mod:`quantizer.fusion`, :mod:`quantizer.codecs` and
 :mod:`quantizer.coremltools_quiet` (coremltools, imported without its noise).
+Calibration-aware algorithms (GPTQ, bias correction, activation-weighted
+k-means) and their layer statistics are in :mod:`quantizer.algorithms`
+(``quantize_weights(..., algorithm="gptq", calibration=stats)``).
 """
 from .api import quantize_weights
 from .apply import apply_plan

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .apply import apply_plan, bump_spec_version
 from .cache import CodecCache
@@ -39,6 +39,10 @@ def quantize_weights(
     lut_function: Callable | None = None,
     fuse: bool = True,
     cache: CodecCache | None = None,
+    algorithm: str = "rtn",
+    calibration: Mapping[str, Any] | None = None,
+    bias_correction: bool = False,
+    algorithm_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Quantize the weights of a Core ML neuralnetwork model; return a new model.
 
@@ -92,6 +96,27 @@ def quantize_weights(
     cache:
         The :class:`~quantizer.CodecCache` to use (default: the process-wide
         ``quantizer.codec_cache``).
+    algorithm:
+        How the stored values are chosen (not in coremltools): ``rtn``
+        (round-to-nearest / plain k-means, the default: coremltools' bytes),
+        ``gptq`` (GPTQ error feedback through each layer's input Gram matrix;
+        linear, linear_symmetric, linear_lut, kmeans_lut) or ``awkm``
+        (activation-weighted k-means; kmeans_lut). Layers an algorithm cannot
+        handle (recurrent gates, embeddings, deconvolution) are rounded to
+        nearest, with a logged note.
+    calibration:
+        Layer name -> :class:`quantizer.algorithms.LayerStats` of the layer's
+        inputs, e.g. ``harness.calibration.collect_stats(model, feeds)`` on a
+        few hundred unlabelled samples (never the test set). Required by
+        ``gptq``, ``awkm`` and ``bias_correction``.
+    bias_correction:
+        Shift each output channel's bias by the mean error the quantized
+        weights introduce on the calibration inputs, ``b += (W - W_hat) E[x]``
+        (a layer without a bias gets one), after any algorithm.
+    algorithm_options:
+        ``gptq`` options: ``damp`` (0.01), ``block_size`` (128), ``act_order``
+        (True), ``centered`` (default: ``bias_correction``), ``lut``
+        (``plain`` or ``weighted`` for kmeans_lut).
 
     Only float32 tensors are quantized (as coremltools: float16 or already
     quantized tensors are left alone; use :func:`quantizer.apply_plan` to
@@ -113,7 +138,8 @@ def quantize_weights(
         )
     if should_fuse(src, fuse=fuse, quantizes=codec.quantizes):
         src = fuse_model(src)  # fold once: the plan is built on, and applied to, this private copy
-    plan = build_plan(src, codec.nbits, codec.mode, selector, codec.lut_function, fuse=False)
+    plan = build_plan(src, codec.nbits, codec.mode, selector, codec.lut_function, fuse=False, algorithm=algorithm,
+                      bias_correction=bias_correction, algorithm_options=algorithm_options, calibration=calibration)
     spec = apply_plan(src, plan, fuse=False, cache=cache)
     bump_spec_version(spec, codec.min_spec_version)
     return as_kind_of(full_precision_model, spec)

@@ -7,6 +7,12 @@ copying the source (the float payloads that get replaced are read, never
 copied); otherwise it folds a private copy (:func:`quantizer.fuse`) and applies
 the plan to that in place.
 
+A bias-correcting codec (``Codec(..., bias_correction=True)``) returns, with
+the encoded weights, a per-output-channel delta: the layer's bias becomes
+``bias + delta`` (read from the source, before its own codec, if any, encodes
+it; a layer without a bias gets a float32 one and ``hasBias``). A bias that is
+not in the plan is written as float32.
+
 >>> import quantizer                                               # doctest: +SKIP
 >>> plan = quantizer.build_plan("model.mlmodel", 4, "kmeans_lut")    # doctest: +SKIP
 >>> small = quantizer.apply_plan("model.mlmodel", plan)            # doctest: +SKIP
@@ -26,7 +32,7 @@ from .io import as_kind_of, fresh_spec, source_spec
 from .plan import Key, QuantPlan, as_plan
 from .tensors import WeightSlot, encoding_of, get_weight_params, layer_slots
 from .walk import iter_layers, model_networks
-from .weightparams import decode_weights
+from .weightparams import decode_weights, write_float32
 
 __all__ = ["apply_plan", "apply_in_place", "apply_copying", "bump_spec_version"]
 
@@ -93,6 +99,34 @@ def _check_missing(plan: QuantPlan, found: set[Key], known: set[Key] | None) -> 
         )
 
 
+def _correct_biases(spec: Any, deltas: dict[str, np.ndarray], plan: QuantPlan, cache: CodecCache) -> None:
+    """``bias += delta`` for every layer named in ``deltas`` (its bias is still the source's): the
+    sum is encoded with the plan's codec for the bias, else stored as float32."""
+    if not deltas:
+        return
+    for _, nn in model_networks(spec):
+        for layer in iter_layers(nn):
+            delta = deltas.get(layer.name)
+            if delta is None:
+                continue
+            p = _layer_params(layer)
+            n = int(delta.size)
+            where = _where(layer, "bias")
+            if p.hasBias and encoding_of(p.bias)[0] != "empty":
+                old = decode_weights(p.bias, (n,), 0, name=where, exact=True).astype(np.float64)
+            else:
+                old = np.zeros(n)
+            p.hasBias = True
+            new = (old + delta).astype(np.float32)
+            codec = plan.get((layer.name, "bias"))
+            if codec is None or codec.mode == "dequantization":
+                write_float32(p.bias, new)
+                continue
+            digest = tensor_digest(new, (n,), 0)
+            enc = cache.get_or_encode(digest, codec, lambda: codec.encode(new, (n,), 0, where=where))
+            enc.write(p.bias)
+
+
 def apply_in_place(spec: Any, plan: QuantPlan, *, cache: CodecCache | None = None, known: set[Key] | None = None) -> int:
     """Apply ``plan`` to ``spec`` (modified in place, no fusion); return the tensors changed.
 
@@ -103,23 +137,27 @@ def apply_in_place(spec: Any, plan: QuantPlan, *, cache: CodecCache | None = Non
     cache = codec_cache if cache is None else cache
     wanted = {k: c for k, c in plan.items() if c is not None}
     found: set[Key] = set()
+    deltas: dict[str, np.ndarray] = {}
     changed = 0
     for layer, slot in _all_slots(spec):
         key = (layer.name, slot.field)
         if key in plan:
             found.add(key)
         codec = wanted.get(key)
-        if codec is None:
-            continue
+        if codec is None or (slot.field == "bias" and layer.name in deltas):
+            continue  # a corrected bias is encoded after the correction
         wp = get_weight_params(layer, slot.field)
         encoded, was_int8 = _encode_tensor(wp, layer, slot, codec, cache)
         if encoded is None:
             continue
         encoded.write(wp)
+        if encoded.bias_delta is not None:
+            deltas[layer.name] = encoded.bias_delta
         if was_int8 and hasattr(_layer_params(layer), "int8DynamicQuantize"):
             _layer_params(layer).int8DynamicQuantize = False
         changed += 1
     _check_missing(plan, found, known)
+    _correct_biases(spec, deltas, plan, cache)
     return changed
 
 
@@ -160,6 +198,7 @@ class _CopyApplier:
         self.wanted = {k: c for k, c in plan.items() if c is not None}
         self.cache = cache
         self.found: set[Key] = set()
+        self.deltas: dict[str, np.ndarray] = {}
 
     def copy(self, src: Any, dst: Any, layer: Any = None, slots: dict | None = None, path: str = "") -> bool:
         """Copy ``src`` into ``dst``; returns True if an int8 tensor was replaced inside."""
@@ -229,11 +268,13 @@ class _CopyApplier:
         slot = slots.get(field)
         encoded = None
         int8 = False
-        if codec is not None and slot is not None:
+        if codec is not None and slot is not None and not (field == "bias" and layer.name in self.deltas):
             encoded, int8 = _encode_tensor(src, layer, slot, codec, self.cache)
         if encoded is None:
             _copy_whole(src, dst)
             return False
+        if encoded.bias_delta is not None:
+            self.deltas[layer.name] = encoded.bias_delta
         for fd, val in src.ListFields():
             if fd.name not in _PAYLOAD:
                 setattr(dst, fd.name, val)
@@ -247,6 +288,7 @@ def apply_copying(src: Any, plan: QuantPlan, *, cache: CodecCache | None = None)
     out = coremltools().proto.Model_pb2.Model()
     applier.copy(src, out)
     _check_missing(plan, applier.found, None)
+    _correct_biases(out, applier.deltas, plan, applier.cache)
     return out
 
 

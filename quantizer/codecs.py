@@ -18,6 +18,14 @@ coremltools 9's ``quantization_utils`` exactly, so the bytes are identical:
 - ``dequantization``: back to float32 (applied by :mod:`quantizer.apply`, which
   decodes whatever encoding the tensor has).
 
+How the stored values are *chosen* is the codec's ``algorithm``: ``rtn``
+(round-to-nearest / plain k-means: everything above), ``gptq`` (error
+feedback through the layer's input Gram matrix) or ``awkm``
+(activation-weighted k-means), optionally with ``bias_correction``. Every
+algorithm but plain ``rtn`` reads the layer's calibration statistics
+(:class:`quantizer.algorithms.LayerStats`), and their digest is part of the
+codec's identity (:meth:`Codec.token`); see :mod:`quantizer.algorithms`.
+
 Deliberate differences from coremltools (it is wrong in these cases): a channel
 whose scale is tiny but not zero (coremltools maps every value of a channel to
 ``q = 0`` when ``scale <= 1e-6``, e.g. an 8-bit channel with a range below
@@ -40,6 +48,10 @@ import numpy as np
 from .errors import InvalidArgumentError, InvalidWeightsError
 from .fingerprint import function_token
 from .kmeans import kmeans_lut
+from .labels import (
+    ALGORITHM_MODES, ALGORITHMS, LUT_MODES, MODE_ALIASES, MODES, QUANTIZATION_MODES, VALID_NBITS, algorithm_suffix,
+    check_nbits, codec_label, normalize_mode,
+)
 from .packing import pack_bits
 from .weightparams import clear_payload, write_float32, write_quantized
 
@@ -48,6 +60,7 @@ __all__ = [
     "MODE_ALIASES",
     "QUANTIZATION_MODES",
     "VALID_NBITS",
+    "ALGORITHMS",
     "Codec",
     "codec_label",
     "Encoded",
@@ -60,64 +73,23 @@ __all__ = [
     "validate_custom_lut",
 ]
 
-#: The modes that compress a tensor to n bits, as coremltools names them (at 16 bits any of
-#: them means float16, as in coremltools).
-QUANTIZATION_MODES = ("linear", "linear_symmetric", "kmeans_lut", "linear_lut", "custom_lut")
-#: Every codec mode: fp16, the n-bit modes, and dequantization (``kmeans`` is an alias of ``kmeans_lut``).
-MODES = ("fp16",) + QUANTIZATION_MODES + ("dequantization",)
-MODE_ALIASES = {"kmeans": "kmeans_lut"}
-#: Valid bit widths: 16 (float16) and 1..8.
-VALID_NBITS = (16, 8, 7, 6, 5, 4, 3, 2, 1)
-LUT_MODES = ("kmeans_lut", "linear_lut", "custom_lut")
-
 _FP16_OVERFLOW = 65520.0  # the smallest magnitude float16 rounds to infinity
 _CHUNK = 1 << 22  # elements per block in the linear math (bounds temporary memory)
 
 
-def normalize_mode(mode: Any) -> str:
-    """Canonical mode name; raises :class:`InvalidArgumentError` listing the valid ones."""
-    if isinstance(mode, str):
-        m = MODE_ALIASES.get(mode, mode)
-        if m in MODES:
-            return m
-    valid = ", ".join(repr(m) for m in MODES[1:]) + " (or 'kmeans' for kmeans_lut)"
-    raise InvalidArgumentError(f"unknown quantization_mode {mode!r}: use one of {valid}")
-
-
-def check_nbits(nbits: Any) -> int:
-    """Validate ``nbits`` (1-8 or 16) and return it as an int."""
-    if isinstance(nbits, bool) or not isinstance(nbits, (int, np.integer)) or int(nbits) not in VALID_NBITS:
-        raise InvalidArgumentError(
-            f"nbits must be 16 (float16) or an integer from 1 to 8, got {nbits!r}"
-        )
-    return int(nbits)
-
-
-def codec_label(mode: str, nbits: int | None = None) -> str:
-    """The one text label of a codec: ``fp16`` for 16 bits (whatever the mode, as in
-    coremltools), ``<mode>-<n>bit`` otherwise, ``dequantization`` for that mode.
-
-    >>> codec_label("kmeans", 4), codec_label("linear", 16), codec_label("linear_symmetric", 8)
-    ('kmeans_lut-4bit', 'fp16', 'linear_symmetric-8bit')
-    """
-    mode = normalize_mode(mode)
-    if mode == "dequantization":
-        return mode
-    if mode == "fp16" and nbits is None:
-        return "fp16"
-    nbits = check_nbits(nbits)
-    if mode == "fp16" and nbits != 16:
-        raise InvalidArgumentError(f"mode 'fp16' stores 16 bits, got nbits={nbits!r}")
-    return "fp16" if nbits == 16 else f"{mode}-{nbits}bit"
-
-
 @dataclass(frozen=True)
 class Codec:
-    """How to compress one weight tensor: ``(mode, nbits, lut_function)``.
+    """How to compress one weight tensor: ``(mode, nbits, lut_function)`` and how the values are
+    chosen (``algorithm``, ``bias_correction``, ``options``, the layer's ``stats``).
 
     Frozen and hashable. ``nbits=16`` with any quantizing mode is ``fp16``;
     ``dequantization`` has no nbits. ``lut_function`` is only for
-    ``custom_lut`` (required there).
+    ``custom_lut`` (required there). A calibration-aware codec (``algorithm``
+    other than ``rtn``, or ``bias_correction``) needs an n-bit mode and the
+    layer's :class:`~quantizer.algorithms.LayerStats` as ``stats``; equality,
+    the hash and :meth:`token` include the algorithm, its resolved options and
+    ``stats_digest`` (never the arrays). ``note`` says why a requested
+    algorithm fell back to ``rtn`` (not part of the identity).
 
     >>> Codec("linear", 16) == Codec("fp16")
     True
@@ -128,6 +100,12 @@ class Codec:
     mode: str
     nbits: int | None = None
     lut_function: Callable | None = field(default=None, repr=False)
+    algorithm: str = "rtn"
+    bias_correction: bool = False
+    options: Any = ()
+    stats: Any = field(default=None, compare=False, repr=False)
+    stats_digest: str | None = field(default=None, repr=False)
+    note: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         mode = normalize_mode(self.mode)
@@ -167,24 +145,69 @@ class Codec:
         object.__setattr__(self, "mode", mode)
         object.__setattr__(self, "nbits", nbits)
         object.__setattr__(self, "lut_function", fn)
+        self._check_algorithm()
+
+    def _check_algorithm(self) -> None:
+        algo, bc = self.algorithm, self.bias_correction
+        if algo not in ALGORITHMS:
+            raise InvalidArgumentError(f"unknown algorithm {algo!r}: use one of {', '.join(ALGORITHMS)}")
+        if not isinstance(bc, (bool, np.bool_)):
+            raise InvalidArgumentError(f"bias_correction must be True or False, got {bc!r}")
+        object.__setattr__(self, "bias_correction", bool(bc))
+        if not self.calibrated:
+            if self.options or self.stats is not None or self.stats_digest is not None:
+                raise InvalidArgumentError("options and stats are for calibration-aware codecs (algorithm gptq or "
+                                           "awkm, or bias_correction=True); plain rtn takes neither")
+            object.__setattr__(self, "options", ())
+            return
+        if not self.quantizes or self.mode == "dequantization":
+            raise InvalidArgumentError(f"algorithm {algo!r}{' with bias correction' if bc else ''} needs an n-bit "
+                                       f"mode (1-8 bits); {self.label} is not quantized")
+        modes = ALGORITHM_MODES.get(algo)
+        if modes is not None and self.mode not in modes:
+            raise InvalidArgumentError(f"algorithm {algo!r} handles the modes {', '.join(modes)}, not {self.mode!r}")
+        if self.stats is None or not callable(getattr(self.stats, "digest", None)):
+            raise InvalidArgumentError(f"{self.label}{algorithm_suffix(algo, bc)} needs the layer's calibration "
+                                       "statistics (a quantizer.algorithms.LayerStats) as stats")
+        from .algorithms.calibrated import resolve_options  # the algorithms package imports this module
+
+        object.__setattr__(self, "options", resolve_options(algo, bc, self.options))
+        digest = self.stats.digest()
+        if self.stats_digest is not None and self.stats_digest != digest:
+            raise InvalidArgumentError(f"stats_digest {self.stats_digest[:12]} does not match the stats given "
+                                       f"({digest[:12]})")
+        object.__setattr__(self, "stats_digest", digest)
+
+    @property
+    def calibrated(self) -> bool:
+        """True when the codec reads calibration statistics (gptq, awkm, or bias correction)."""
+        return self.algorithm != "rtn" or bool(self.bias_correction)
 
     # -- identity ---------------------------------------------------------------------------
     def token(self) -> str:
-        """Stable text form, e.g. ``linear:8``, ``fp16:16``, ``custom_lut:4:mod.fn#3f2a...``."""
+        """Stable text form, e.g. ``linear:8``, ``fp16:16``, ``custom_lut:4:mod.fn#3f2a...``; a
+        calibration-aware codec appends ``|gptq(act_order=1,...)+bc@<stats digest>``."""
         base = f"{self.mode}:{self.nbits}" if self.nbits is not None else self.mode
         if self.lut_function is not None:
             base += ":" + function_token(self.lut_function)
+        if self.calibrated:
+            inner = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in self.options)
+            base += f"|{self.algorithm}({inner}){'+bc' if self.bias_correction else ''}@{self.stats_digest}"
         return base
 
     @property
     def label(self) -> str:
-        """:func:`codec_label` of this codec, e.g. ``kmeans_lut-4bit`` or ``fp16`` (the
-        LUT function is not part of it; :meth:`token` is the full identity)."""
-        return codec_label(self.mode, self.nbits)
+        """:func:`codec_label` of this codec, e.g. ``kmeans_lut-4bit``, ``fp16`` or
+        ``linear-4bit-gptq-bc`` (the LUT function, options and statistics are not part of it;
+        :meth:`token` is the full identity)."""
+        return codec_label(self.mode, self.nbits, self.algorithm, self.bias_correction)
 
     def __repr__(self) -> str:
         extra = f", lut_function={function_token(self.lut_function)}" if self.lut_function else ""
         nb = f", nbits={self.nbits}" if self.nbits is not None else ""
+        if self.calibrated:
+            extra += f", algorithm={self.algorithm!r}" + (", bias_correction=True" if self.bias_correction else "")
+            extra += f", stats={self.stats_digest[:12]}"
         return f"Codec(mode={self.mode!r}{nb}{extra})"
 
     @property
@@ -219,6 +242,10 @@ class Codec:
             raise InvalidWeightsError(
                 f"{where or 'tensor'} holds {w.size} values but its shape {shape} needs {int(np.prod(shape))}"
             )
+        if self.calibrated:
+            from .algorithms.calibrated import encode_calibrated  # the algorithms package imports this module
+
+            return encode_calibrated(self, w, shape, channel_axis, where)
         if self.mode not in ("linear", "linear_symmetric"):  # linear checks its channel min/max instead
             _check_finite(w, where)
         if self.mode == "dequantization":
@@ -246,7 +273,10 @@ class Encoded:
 
     ``encoding`` is ``float32`` (``data`` = little-endian float32 bytes),
     ``float16`` (``float16Value``), ``linear`` (``rawValue`` + per-channel
-    ``scale``/``bias``) or ``lut`` (``rawValue`` + ``lut``).
+    ``scale``/``bias``) or ``lut`` (``rawValue`` + ``lut``). ``bias_delta``
+    (bias-correcting codecs): the float64 per-output-channel delta to add to
+    the layer's bias (:func:`quantizer.apply_plan` does); ``info``: what the
+    algorithm did (for records).
     """
 
     encoding: str
@@ -255,11 +285,13 @@ class Encoded:
     scale: np.ndarray | None = None
     bias: np.ndarray | None = None
     lut: np.ndarray | None = None
+    bias_delta: np.ndarray | None = None
+    info: dict | None = None
 
     @property
     def nbytes(self) -> int:
         """Memory this value holds (for the cache's bound)."""
-        extra = sum(a.nbytes for a in (self.scale, self.bias, self.lut) if a is not None)
+        extra = sum(a.nbytes for a in (self.scale, self.bias, self.lut, self.bias_delta) if a is not None)
         return len(self.data) + extra + 200
 
     def write(self, wp: Any) -> None:

@@ -1,7 +1,9 @@
 """The quantization plan: which codec each weight tensor of a model gets.
 
 A :class:`QuantPlan` maps ``(layer name, field)`` to a :class:`~quantizer.Codec`
-or ``None`` (keep the tensor as it is). It is an immutable value: equal plans
+(mode, nbits and, for a calibration-aware codec, the algorithm with its options
+and the digest of the layer statistics it reads) or ``None`` (keep the tensor
+as it is). It is an immutable value: equal plans
 (same effective entries) hash equal and share a stable :meth:`QuantPlan.digest`,
 so a sweep can recognise two trials that are the same experiment.
 :func:`quantizer.build_plan` compiles a global setting into a plan and
@@ -104,11 +106,15 @@ class QuantPlan(Mapping):
         return QuantPlan(merged)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """Entries as JSON-friendly rows ``{layer, field, mode, nbits}`` (keep entries omitted)."""
-        return [
-            {"layer": layer, "field": field, "mode": c.mode, "nbits": c.nbits}
-            for (layer, field), c in sorted(self._effective, key=lambda kv: kv[0])
-        ]
+        """Entries as JSON-friendly rows ``{layer, field, mode, nbits}`` (keep entries omitted);
+        a calibration-aware entry adds ``algorithm``, ``bias_correction`` and ``stats_digest``."""
+        out = []
+        for (layer, field), c in sorted(self._effective, key=lambda kv: kv[0]):
+            row: dict[str, Any] = {"layer": layer, "field": field, "mode": c.mode, "nbits": c.nbits}
+            if c.calibrated:
+                row.update(algorithm=c.algorithm, bias_correction=c.bias_correction, stats_digest=c.stats_digest)
+            out.append(row)
+        return out
 
 
 def _as_codec(value: Any, key: Key) -> Codec | None:

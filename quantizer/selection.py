@@ -6,14 +6,20 @@ the arguments of coremltools' ``quantize_weights`` -- into a
 (:func:`select_tensors`). The selector protocol and the selector classes are
 in :mod:`quantizer.selectors`.
 
+With ``algorithm`` (``gptq``, ``awkm``) or ``bias_correction`` and the
+layers' calibration statistics, each weight matrix an algorithm handles gets a
+calibration-aware codec; the rest fall back to round-to-nearest with a note
+(:mod:`quantizer.algorithms.support`).
+
 >>> import quantizer                                               # doctest: +SKIP
 >>> plan = quantizer.build_plan("model.mlmodel", 4, "kmeans_lut",
 ...                             selector=quantizer.AdvancedQuantizedLayerSelector())  # doctest: +SKIP
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from .algorithms.support import calibrated_codec, check_request
 from .codecs import Codec
 from .errors import InvalidArgumentError, UnsupportedModelError
 from .fusion import fuse_in_place, should_fuse
@@ -50,7 +56,9 @@ def check_selector(selector: Any) -> Any:
     return selector
 
 
-def select_tensors(spec: Any, codec: Codec, selector: Any = None) -> QuantPlan:
+def select_tensors(spec: Any, codec: Codec, selector: Any = None, *, algorithm: str = "rtn",
+                   bias_correction: bool = False, options: Mapping[str, Any] | None = None,
+                   calibration: Mapping[str, Any] | None = None) -> QuantPlan:
     """The plan coremltools' ``_quantize_nn_spec`` would carry out on ``spec`` (already fused).
 
     Walks each network in order; a layer the selector rejects is skipped
@@ -58,9 +66,12 @@ def select_tensors(spec: Any, codec: Codec, selector: Any = None) -> QuantPlan:
     biases are also asked with ``weight_param="bias"``. Quantizing codecs and
     fp16 take float32 tensors only (as coremltools, which leaves float16 and
     already-quantized tensors alone); ``dequantization`` takes every tensor
-    that is not float32.
+    that is not float32. A calibration-aware request gives each selected tensor
+    :func:`~quantizer.algorithms.support.calibrated_codec`; with bias correction
+    the bias of a corrected layer is left out (it is stored float32, corrected).
     """
     selector = check_selector(selector)
+    calibrated = check_request(algorithm, bias_correction, calibration)
     entries: dict[Key, Codec] = {}
     decided: dict[Key, bool] = {}
 
@@ -83,10 +94,15 @@ def select_tensors(spec: Any, codec: Codec, selector: Any = None) -> QuantPlan:
                     wanted = _ask(selector, layer, weight_param=slot.selector_param)
                 _note(decided, key, wanted)
                 if wanted:
-                    entries[key] = codec
+                    entries[key] = codec if not calibrated else calibrated_codec(
+                        layer, slot.field, codec, algorithm=algorithm, bias_correction=bias_correction,
+                        options=options, calibration=calibration, shape=slot.shape)
 
     for _, nn in model_networks(spec):
         visit(nn)
+    if bias_correction:  # a corrected bias stays float32: re-quantizing it would undo the correction
+        corrected = {k[0] for k, c in entries.items() if c.bias_correction}
+        entries = {k: c for k, c in entries.items() if not (k[1] == "bias" and k[0] in corrected)}
     return QuantPlan(entries)
 
 
@@ -106,6 +122,10 @@ def build_plan(
     lut_function: Callable | None = None,
     *,
     fuse: bool = True,
+    algorithm: str = "rtn",
+    bias_correction: bool = False,
+    algorithm_options: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> QuantPlan:
     """Compile a global setting into a per-tensor :class:`QuantPlan`.
 
@@ -113,10 +133,20 @@ def build_plan(
     Below 16 bits (and with ``fuse=True``) the plan addresses the tensors of
     the *fused* model -- the one :func:`~quantizer.apply_plan` quantizes -- so a
     convolution that gains a bias from a folded batchnorm gets an entry for it.
+
+    ``algorithm`` (``rtn``, ``gptq``, ``awkm``), ``bias_correction`` and
+    ``algorithm_options`` (gptq: ``damp``, ``block_size``, ``act_order``,
+    ``centered``, ``lut``) choose how the stored values are computed; anything
+    but plain ``rtn`` needs ``calibration``: layer name -> statistics of the
+    layer's inputs (:class:`quantizer.algorithms.LayerStats`, e.g. from
+    ``harness.calibration.collect_stats``). The statistics' digests are part of
+    the plan's digest.
     """
     codec = Codec(quantization_mode, nbits, lut_function)
+    check_request(algorithm, bias_correction, calibration)
     spec, owned = source_spec(model)
     if should_fuse(spec, fuse=fuse, quantizes=codec.quantizes):
         spec = spec if owned else fresh_spec(spec)
         fuse_in_place(spec)
-    return select_tensors(spec, codec, selector)
+    return select_tensors(spec, codec, selector, algorithm=algorithm, bias_correction=bias_correction,
+                          options=algorithm_options, calibration=calibration)

@@ -8,6 +8,8 @@
   executors; :func:`check_feeds` reports name/shape/dtype mismatches before any
   evaluation, stating what the model expects.
 * :func:`match_labels` — labels as a classifier's class labels or their indices.
+* :mod:`~harness.data.calibration` — calibration samples (a seeded split, or a file read with
+  the test data's conventions) and the check that none of them is a test sample.
 
 Example:
     >>> from harness import zoo

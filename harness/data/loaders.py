@@ -152,7 +152,7 @@ def load_npz(path: str | os.PathLike, model: Any, *, keys: Mapping[str, str] | N
                 used.add(label_key)
             elif label_key != "y":
                 raise DataError(f"{source} has no label array {label_key!r}. Keys in the file: {present}.")
-        ignored = [k for k in present if k not in used]
+        ignored = [k for k in present if k not in used and not (label_key is None and k == "y")]  # y: ignored labels
         if ignored:
             log.warning("%s: arrays %s are not used (not model inputs or labels)", p, ignored)
     feeds = conform_feeds(spec, feeds, source)

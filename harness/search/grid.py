@@ -18,15 +18,20 @@ import optuna
 
 from harness.search.base import Candidate
 from harness.search.queued import QueuedSearch
-from harness.search.uniform import setting_candidate, suggest_setting
+from harness.search.uniform import algorithm_result, setting_candidate, suggest_setting
 from harness.space import Setting
 
 log = logging.getLogger(__name__)
 
 
-def point_key(setting: Setting) -> str:
-    """A stable text key of a grid point, e.g. ``nbits=4,mode=kmeans_lut,skip_layer_types=none,...``."""
-    return ",".join(f"{k}={v}" for k, v in setting.params().items())
+def point_key(params: Mapping[str, Any]) -> str:
+    """A stable text key of a grid point's parameters, e.g. ``nbits=4,mode=kmeans_lut,skip_layer_types=none,...``."""
+    return ",".join(f"{k}={v}" for k, v in params.items())
+
+
+def _dropped_name(d: Any) -> str:
+    extra = ("" if d.algorithm == "rtn" else f"/{d.algorithm}") + ("/bc" if d.bias_correction else "")
+    return f"{d.mode}/{d.nbits}{extra}"
 
 
 class GridSearch(QueuedSearch):
@@ -40,11 +45,11 @@ class GridSearch(QueuedSearch):
         points, dropped = space.grid()
         self.dropped = dropped
         if dropped:
-            per_pair = space.grid_size() // (len(space.nbits) * len(space.modes))
+            per_codec = space.grid_size() // space.codec_count()
             reasons = Counter(d.reason for d in dropped)
-            log.info("grid: dropped %d of %d point(s), invalid (nbits, mode) combinations: %s",
-                     len(dropped) * per_pair, space.grid_size(),
-                     "; ".join(", ".join(f"{d.mode}/{d.nbits}" for d in dropped if d.reason == r) + f" ({r})"
+            log.info("grid: dropped %d of %d point(s), invalid (nbits, mode%s) combinations: %s",
+                     len(dropped) * per_codec, space.grid_size(), ", algorithm" if space.calibrated else "",
+                     "; ".join(", ".join(_dropped_name(d) for d in dropped if d.reason == r) + f" ({r})"
                                for r in reasons))
         self.settings: list[Setting] = points
         n_trials = self.ctx.cfg.n_trials
@@ -66,10 +71,15 @@ class GridSearch(QueuedSearch):
                 continue
             (repeats if digest in seen else first).append(s)
             seen.add(digest)
-        return [(point_key(s), s.params()) for s in first + repeats]
+        space = self.ctx.space
+        return [(point_key(space.params(s)), space.params(s)) for s in first + repeats]
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
         return self.candidate(suggest_setting(trial, self.ctx.space).params())
 
     def candidate(self, params: Mapping[str, Any]) -> Candidate:
         return setting_candidate(self.ctx, params)
+
+    def finish(self, table: Any, summary: Any, evaluator: Any) -> Any:
+        """With calibration-aware points: the hypervolume of every trial vs the round-to-nearest ones."""
+        return algorithm_result(self.ctx, table, evaluator)

@@ -127,7 +127,8 @@ class MixedSearch(SearchStrategy):
                                   f"({', '.join(c.label for c in self.codecs)}).")
             return wanted
         quantizing = [c for c in self.codecs if c.nbits < 16] or self.codecs
-        return min(quantizing, key=lambda c: (abs(c.nbits - 4), c.mode != "kmeans_lut", -c.nbits)).label
+        return min(quantizing, key=lambda c: (abs(c.nbits - 4), c.mode != "kmeans_lut", -c.nbits,
+                                              c.algorithm != "rtn", c.bias_correction)).label
 
     def _constraints(self, trial: optuna.trial.FrozenTrial) -> list[float]:
         d = _drop_of(trial)
@@ -347,9 +348,13 @@ class MixedSearch(SearchStrategy):
         mean_bits /= total
         uniform = len(set(a.values())) == 1
         ch = self.units.by_label.get(next(iter(a.values()))) if uniform else None
+        used = [self.units.by_label[c] for c in a.values() if c in self.units.by_label]
+        algos, bcs = {c.algorithm for c in used}, {c.bias_correction for c in used}
         attrs: dict[str, Any] = {
             "mode": ch.mode if ch is not None else ("float" if uniform else "mixed"),
             "nbits": ch.nbits if ch is not None else None,
+            "algorithm": algos.pop() if len(algos) == 1 else ("mixed" if algos else None),
+            "bias_correction": bcs.pop() if len(bcs) == 1 else None,
             "mean_bits": round(mean_bits, 3),
             "setting": (ch.label if ch is not None else
                         "fp32" if uniform else f"mixed, {mean_bits:.2f} bits/weight on average"),

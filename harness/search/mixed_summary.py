@@ -1,11 +1,13 @@
-"""What a mixed-precision run adds to summary.json: hypervolumes, and the accuracy-target note.
+"""What a mixed-precision run (or a calibrated uniform sweep) adds to summary.json: hypervolumes, and the accuracy-target note.
 
 ``hypervolume`` holds the 2-D hypervolume (size normalised by the float
 model's size; reference point: float size, zero metric) and the smallest model
 within 1 point of the float metric, for this run's trials, for its uniform
 seeds, and -- with ``search.options.compare_to`` -- for that run's trials.
 When no trial met ``search.max_accuracy_drop``, the target's message names the
-best-effort model instead (:func:`target_note`).
+best-effort model instead (:func:`target_note`). A uniform sweep whose space
+has calibration-aware points records the same blocks for all its trials and
+for its round-to-nearest trials alone (:func:`algorithm_hypervolumes`).
 """
 from __future__ import annotations
 
@@ -105,3 +107,47 @@ def target_note(summary: Mapping[str, Any], metric: Any) -> dict[str, Any] | Non
                f"{best['size_bytes']} bytes, {metric.name} {best[metric.name]:.4f} "
                f"(drop {best.get(metric.drop_name, float('nan')):.4f}){where}.")
     return {**target, "best_effort": best, "message": message}
+
+
+def algorithm_hypervolumes(table: pd.DataFrame, metric: Any, baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``hypervolume`` block of a uniform sweep with calibration-aware points: every complete
+    trial (``all_algorithms``) and its round-to-nearest ones (``round_to_nearest``: algorithm rtn,
+    no bias correction), and the difference."""
+    complete = table[table["state"] == "COMPLETE"]
+    bc = complete["bias_correction"].map(lambda v: str(v).strip().lower() in ("true", "1"))
+    rtn = complete[(complete["algorithm"].astype(str) == "rtn") & ~bc]
+    out: dict[str, Any] = {
+        "reference": {"size_bytes": int(baseline["size_bytes"]), metric.name: 0.0,
+                      "size": "normalised by the float model's size"},
+        "all_algorithms": hv_block(complete, metric, baseline),
+        "round_to_nearest": hv_block(rtn, metric, baseline),
+    }
+    a, r = out["all_algorithms"], out["round_to_nearest"]
+    if "hypervolume" in a and "hypervolume" in r:
+        out["all_minus_round_to_nearest"] = round(a["hypervolume"] - r["hypervolume"], 6)
+    out["round_to_nearest_front"] = dominated_points(pareto.front(rtn, metric.name, maximize=metric.maximize),
+                                                     complete.drop(rtn.index), metric)
+    return out
+
+
+def dominated_points(front: pd.DataFrame, others: pd.DataFrame, metric: Any) -> dict[str, Any]:
+    """How many points of ``front`` some row of ``others`` dominates (at most as large and at least as
+    good, one of the two strictly), and which trials dominate them."""
+    sign = 1.0 if metric.maximize else -1.0
+    o = others[others["size_bytes"].notna() & others[metric.name].notna()]
+    size, good = o["size_bytes"].astype(float).to_numpy(), sign * o[metric.name].astype(float).to_numpy()
+    by: dict[str, int] = {}
+    for _, row in front.iterrows():
+        s, g = float(row["size_bytes"]), sign * float(row[metric.name])
+        hit = (size <= s) & (good >= g) & ((size < s) | (good > g))
+        if hit.any():
+            best = o.iloc[int(np_argmax(hit, good))]
+            by[str(int(row["trial"]))] = int(best["trial"])
+    return {"points": int(len(front)), "dominated_by_calibrated": len(by), "dominating_trial": by}
+
+
+def np_argmax(mask: Any, values: Any) -> int:
+    """Index of the largest ``values`` entry where ``mask`` holds."""
+    import numpy as np
+
+    return int(np.flatnonzero(mask)[np.argmax(np.asarray(values)[mask])])

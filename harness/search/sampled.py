@@ -15,7 +15,7 @@ import optuna
 
 from harness.errors import ConfigError
 from harness.search.base import Candidate, SearchStrategy, SkipTrial
-from harness.search.uniform import setting_candidate, suggest_setting
+from harness.search.uniform import algorithm_result, setting_candidate, suggest_setting
 from harness.study import StudyDB
 
 SAMPLERS = {
@@ -58,3 +58,6 @@ class SamplerSearch(SearchStrategy):
     def candidate(self, params: Mapping[str, Any]) -> Candidate:
         return setting_candidate(self.ctx, params)
 
+    def finish(self, table: Any, summary: Any, evaluator: Any) -> Any:
+        """With calibration-aware points: the hypervolume of every trial vs the round-to-nearest ones."""
+        return algorithm_result(self.ctx, table, evaluator)

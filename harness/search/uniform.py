@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import optuna
 
-from harness.search.base import Candidate, SearchContext
+from harness.search.base import Candidate, SearchContext, StrategyResult
 from harness.space import SearchSpace, Setting
 
 
@@ -18,6 +18,16 @@ def suggest_setting(trial: optuna.Trial, space: SearchSpace) -> Setting:
     """Read (queued trial) or sample (sampler) every dimension of ``space`` on ``trial``."""
     params = {name: trial.suggest_categorical(name, choices) for name, choices in space.dimensions().items()}
     return Setting.from_params(params)
+
+
+def algorithm_result(ctx: SearchContext, table: Any, evaluator: Any) -> StrategyResult:
+    """summary.json ``hypervolume`` of a uniform sweep with calibration-aware points (all trials vs its
+    round-to-nearest trials, :func:`harness.search.mixed_summary.algorithm_hypervolumes`); nothing otherwise."""
+    from harness.search.mixed_summary import algorithm_hypervolumes
+
+    if not ctx.space.calibrated or table.empty:
+        return StrategyResult()
+    return StrategyResult(summary={"hypervolume": algorithm_hypervolumes(table, evaluator.metric, evaluator.baseline)})
 
 
 def setting_candidate(ctx: SearchContext, params: Mapping[str, Any]) -> Candidate:
