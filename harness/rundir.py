@@ -71,6 +71,11 @@ SETTING_COLUMNS = ["nbits", "mode", "skip_layer_types", "minimum_conv_kernel_cha
                    "minimum_conv_weight_count", "minimum_matrix_weight_count"]
 #: The last columns of trials.csv / pareto.csv.
 TAIL_COLUMNS = ["retry_of", "worker", "datetime_start", "datetime_complete", "layer_encodings"]
+#: A trial's size in KB: a user attribute for browsing the study (optuna-dashboard), not a column
+#: (``size_bytes`` is).
+SIZE_KB_ATTR = "size_kb"
+#: User attributes of a trial that are not trials.csv columns.
+STUDY_ONLY_ATTRS = ("grid_point", "failure", SIZE_KB_ATTR)
 #: Integer columns (nullable ``Int64`` when written).
 INTEGER_COLUMNS = ("trial", "reused_from", "retry_of", "size_bytes", "nbits")
 
