@@ -14,7 +14,7 @@ import pandas as pd
 from harness import analysis, rundir
 
 #: Columns of the HTML Pareto table, in this order, when present (``{metric}``: the task metric).
-TABLE_COLUMNS = ("trial", "setting", "mode", "nbits", "mean_bits", "size_kb", "compression_ratio", "{metric}",
+TABLE_COLUMNS = ("trial", "setting", "mean_bits", "size_kb", "compression_ratio", "{metric}",
                  "95% interval", "{metric}_drop", "{metric}_drop_p", "agreement", "snr_db", "evaluated_samples",
                  "plan_hash", "model_file")
 
@@ -185,6 +185,9 @@ def hypervolume_section(run: analysis.RunData) -> str:
 
 
 _LEFT = ' class="l"'
+#: Shorter table headers.
+HEADERS = {"size_kb": "size (KB)", "compression_ratio": "ratio", "evaluated_samples": "samples", "quantize_s":
+           "quantize (s)", "evaluate_s": "evaluate (s)", "plan_hash": "plan"}
 
 
 def _table(df: pd.DataFrame, metric: str, columns: Iterable[str], best_trial: Any = None) -> str:
@@ -196,7 +199,7 @@ def _table(df: pd.DataFrame, metric: str, columns: Iterable[str], best_trial: An
     cols = [c.format(metric=metric) for c in columns]
     cols = [c for c in cols if c in t.columns and not t[c].isna().all()]
     left = {"setting", "mode", "plan_hash", "model_file", "state", "note", "encodings"}
-    head = "".join(f'<th{_LEFT if c in left else ""}>{html.escape(c)}</th>' for c in cols)
+    head = "".join(f'<th{_LEFT if c in left else ""}>{html.escape(HEADERS.get(c, c))}</th>' for c in cols)
     body = []
     for _, r in t.iterrows():
         cells = []
