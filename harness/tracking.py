@@ -58,6 +58,8 @@ PARETO_TABLE = "pareto_table.json"
 EXTRA_METRICS = ("quantize_s", "evaluate_s")
 #: Trial columns logged as tags of a child run.
 TRIAL_TAGS = ("plan_hash", "state", "reused_from", "model_file", "encodings", "worker", "setting")
+#: MLflow's request settings as the user set them before this module was imported.
+_USER_ENV = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
 _MAX_BATCH = 100  # MLflow's limit of params per log_batch call (metrics: 1000)
 
 
@@ -149,10 +151,12 @@ class MlflowTracker(Tracker):
         self.cfg, self.study_name, self.key = cfg, study_name, study_key(study_name)
         self.uri = str(t.uri) if t.uri else default_uri()
         self.experiment_name = str(t.experiment)
-        # An unreachable server fails in about timeout_s, not after MLflow's minutes of retries (a user's
-        # own MLFLOW_HTTP_REQUEST_* settings win).
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1.0, float(t.timeout_s)))))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        # An unreachable server fails in about timeout_s, not after MLflow's minutes of retries (the user's
+        # own MLFLOW_HTTP_REQUEST_* settings, made before qsweep started, win).
+        for name, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1.0, float(t.timeout_s))))),
+                            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")):
+            if _USER_ENV.get(name) is None:
+                os.environ[name] = value
         self.client: Any = None  # opened by start() (MLflow creates a new store's tables there)
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
