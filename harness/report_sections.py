@@ -199,7 +199,11 @@ def _table(df: pd.DataFrame, metric: str, columns: Iterable[str], best_trial: An
     cols = [c.format(metric=metric) for c in columns]
     cols = [c for c in cols if c in t.columns and not t[c].isna().all()]
     left = {"setting", "mode", "plan_hash", "model_file", "state", "note", "encodings"}
-    head = "".join(f'<th{_LEFT if c in left else ""}>{html.escape(HEADERS.get(c, c))}</th>' for c in cols)
+    lo, hi = rundir.ci_columns(metric)
+    titles = {"95% interval": f"{lo} – {hi}"}  # the trials.csv columns, on hover
+    head = "".join(f'<th{_LEFT if c in left else ""}'
+                   + (f' title="{html.escape(titles.get(c, c))}"' if HEADERS.get(c, c) != c or c in titles else "")
+                   + f">{html.escape(HEADERS.get(c, c))}</th>" for c in cols)
     body = []
     for _, r in t.iterrows():
         cells = []
