@@ -25,8 +25,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from harness import rundir, stats
-from harness.errors import ConfigError, DataError
-from harness.metric_choice import MetricRequest, choose_metric, classifies, numeric_outputs
+from harness.errors import ConfigError, DataError, ExecutorError
+from harness.metric_choice import CLASSIFYING, MetricRequest, choose_metric, classifies, numeric_outputs
 from harness.scores import REFERENCE_METRICS, Score, SampleMetric, TaskMetric
 
 __all__ = ["Evaluator", "TaskMetric"]
@@ -82,7 +82,8 @@ class Evaluator:
             "agreement": 1.0 if self._agreement else None,
         }
         log.info("metric: %s on %s; 95%% interval: %s", self.metric.name,
-                 f"output {self.metric.head.describe}, chosen as {self.metric.head.chosen}"
+                 f"output {self.metric.head.describe(self.metric.name in CLASSIFYING)}, "
+                 f"chosen as {self.metric.head.chosen}"
                  if self.metric.output is not None else "every numeric output (the worst)", self.interval_description)
 
     # -- what is measured ----------------------------------------------------------------
@@ -172,6 +173,9 @@ class Evaluator:
             raise DataError(f"The quantized model lacks output(s) {missing} of the float model.")
         m = self.metric
         score = m.score(outputs, self.labels, self.float_outputs, boot=self.boot, reference=self.reference)
+        if not np.isfinite(score.value):
+            raise ExecutorError(f"{m.name} of this model is not a number: {_non_finite(outputs)}; the quantized "
+                                "weights break the network (recorded as a failed trial).")
         size = quantizer.model_size(spec)
         lo, hi = self.ci_names
         agreement = None
@@ -189,3 +193,16 @@ class Evaluator:
             rundir.drop_p_column(m.name): score.drop_p,
         }
         return {k: figures[k] for k in self.figure_keys}
+
+
+def _non_finite(outputs: Mapping[str, np.ndarray]) -> str:
+    """``output 'embedding' is NaN or infinite on 480 of 480 samples`` (every such numeric output)."""
+    parts = []
+    for name, arr in outputs.items():
+        a = np.asarray(arr)
+        if a.dtype.kind != "f" or a.ndim == 0:
+            continue
+        bad = int(np.sum(~np.isfinite(a.reshape(len(a), -1)).all(axis=1)))
+        if bad:
+            parts.append(f"output {name!r} is NaN or infinite on {bad} of {len(a)} samples")
+    return "; ".join(parts) or "its outputs are finite, but the metric function returned NaN"

@@ -145,10 +145,13 @@ class Head:
             return self.classes[np.argmax(self.values(outputs), axis=1)]
         return np.argmax(self.values(outputs), axis=1)
 
-    @property
-    def describe(self) -> str:
-        """``'prob' (binary: one value per sample, value > 0.5)``."""
-        rule = f", value > {self.threshold:g}" if self.kind == "binary" else ""
+    def describe(self, thresholded: bool = True) -> str:
+        """``'prob' (binary: one value per sample, value > 0.5)``.
+
+        ``thresholded=False`` (a metric on the values themselves, such as r2) leaves out the
+        decision rule of a ``binary`` output.
+        """
+        rule = f", value > {self.threshold:g}" if self.kind == "binary" and thresholded else ""
         return f"{self.output!r} ({self.kind}: {self.why}{rule})"
 
 

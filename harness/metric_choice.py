@@ -8,13 +8,17 @@ the float model's outputs on the test set, before the sweep:
 * the scored output is ``metric.output`` or :func:`harness.heads.default_output` (a
   classifier's probabilities, or a model's only class-score output, else the first output);
 * ``auto`` with labels is ``accuracy`` (a classifier, class scores, a binary
-  output with 0/1 labels, integer labels on a vector output) or ``r2`` (a
-  regressor, or real-valued labels); without labels ``agreement`` (class
+  output with 0/1 labels, integer labels on a vector output whose argmax the
+  float model gets right more often than the most frequent label — logits) or
+  ``r2`` (a regressor, or real-valued labels); ``cosine`` on a vector output whose
+  columns are not the labels' classes (an embedding: logged); without labels ``agreement`` (class
   predictions: class scores, or a one-value output in [0, 1]), ``cosine`` (any
   other vector) or ``snr_db`` (a regressor, a one-value output outside [0, 1]);
 * a metric that cannot tell models apart on that output is refused: any metric
   on a constant output, ``cosine`` on one value per sample (only its sign),
-  ``top<k>_accuracy`` with k at least the number of classes or on a binary output;
+  ``top<k>_accuracy`` with k at least the number of classes or on a binary output,
+  ``accuracy`` / ``top<k>_accuracy`` on a vector output whose float argmax does no
+  better than the most frequent label (an embedding is not class scores);
 * labels must fit the output: 0/1 (or booleans) for a binary output, column
   indices for class scores.
 
@@ -38,7 +42,7 @@ from harness.heads import Head, default_output, head_for, output_names
 from harness.scores import (LABEL_METRICS, REFERENCE_METRICS, TOPK, Accuracy, Agreement, Cosine, Fidelity,
                             Regression, TaskMetric, TopK, UserMetric)
 
-__all__ = ["MetricRequest", "choose_metric", "METRIC_NAMES", "MINIMIZE"]
+__all__ = ["MetricRequest", "choose_metric", "METRIC_NAMES", "MINIMIZE", "CLASSIFYING"]
 
 log = logging.getLogger("qsweep")
 
@@ -46,7 +50,7 @@ METRIC_NAMES = ("auto", "accuracy", "top<k>_accuracy", "agreement", "cosine", "s
                 "mae")
 MINIMIZE = ("rmse", "mae")
 _BUILTIN = set(LABEL_METRICS) | set(REFERENCE_METRICS)
-_CLASSIFYING = ("accuracy", "agreement")
+CLASSIFYING = ("accuracy", "agreement")  # the metrics that read a binary output as value > threshold
 
 
 @dataclass(frozen=True)
@@ -123,10 +127,39 @@ def _others(spec: Any, output: str, float_outputs: Mapping[str, np.ndarray]) -> 
             and not is_constant(float_outputs[o])]
 
 
-def _auto(head: Head, task: str, labels: np.ndarray | None) -> str:
+def _argmax_hits(head: Head, float_outputs: Mapping[str, np.ndarray], labels: np.ndarray) -> tuple[float, float] | None:
+    """For a ``vector`` output and integer labels that index its columns: ``(float argmax accuracy, majority rate)``.
+
+    ``None`` when the question does not arise (another kind of output, or labels that are not column indices).
+    """
+    if head.kind != "vector" or head.classes is not None or labels.dtype.kind not in "iub" or labels.size == 0:
+        return None
+    y = labels.reshape(-1).astype(np.int64)
+    if y.min() < 0 or y.max() >= head.width:
+        return None
+    hits = float(np.mean(head.predictions(float_outputs) == y))
+    majority = float(np.bincount(y).max() / y.size)
+    return hits, majority
+
+
+def _not_classes(head: Head, hits: float, majority: float, n: int) -> str:
+    return (f"the argmax of output {head.output!r} matches the labels on {hits:.1%} of the {n} test samples with the "
+            f"float model, no better than always answering the most frequent label ({majority:.1%}): its "
+            f"{head.width} columns are not the labels' classes")
+
+
+def _auto(head: Head, task: str, labels: np.ndarray | None, float_outputs: Mapping[str, np.ndarray]) -> str:
     if labels is not None:
         if task == "regressor" or labels.dtype.kind == "f":
             return "r2"
+        if head.kind == "vector" and head.classes is None:
+            found = _argmax_hits(head, float_outputs, labels)
+            if found is None or found[0] <= found[1]:
+                why = (_not_classes(head, *found, labels.size) if found is not None else
+                       f"the labels are not column indices of output {head.output!r}")
+                log.info("metric: %s, so the labels are not used: scoring cosine similarity to the float model "
+                         "(metric.output=<the output the labels belong to> scores them)", why)
+                return "cosine"
         return "accuracy"
     if task == "regressor":
         return "snr_db"
@@ -239,7 +272,7 @@ def choose_metric(request: MetricRequest | str, spec: Any, float_outputs: Mappin
         metric: TaskMetric = UserMetric(req.name, bool(req.maximize), head, req.fn, str(req.fn_path))
         metric.value(float_outputs, labels, float_outputs)  # refuse a function that fails or returns no number
         return metric
-    name = _auto(head, task, labels) if req.name == "auto" else req.name
+    name = _auto(head, task, labels, float_outputs) if req.name == "auto" else req.name
     if name in ("snr_db", "psnr_db") and req.output is not None:
         raise ConfigError(f"metric.name={name} is the worst SNR over every numeric output (column {name}; one "
                           f"output's is the column snr_db:<output>), so metric.output={req.output!r} does not apply; "
@@ -247,6 +280,12 @@ def choose_metric(request: MetricRequest | str, spec: Any, float_outputs: Mappin
     _check_task(name, labels, task)
     _refuse_degenerate(name, head, spec, float_outputs, n)
     _check_labels(name, head, labels)
+    if name == "accuracy" or TOPK.match(name):
+        found = None if labels is None else _argmax_hits(head, float_outputs, labels)
+        if found is not None and found[0] <= found[1]:
+            raise ConfigError(f"metric.name={name}: {_not_classes(head, *found, n)}, so {name} on it cannot tell "
+                              "models apart; use metric.name=cosine (similarity to the float model's output), or "
+                              "score the output the labels belong to (metric.output=...).")
     if name == "accuracy":
         metric = Accuracy(head)
     elif TOPK.match(name):
@@ -259,7 +298,7 @@ def choose_metric(request: MetricRequest | str, spec: Any, float_outputs: Mappin
         metric = Fidelity(name, head, numeric_outputs(float_outputs))
     else:
         metric = Regression(name, head)
-    if name in _CLASSIFYING and head.kind == "binary" and not head.in_unit_range:
+    if name in CLASSIFYING and head.kind == "binary" and not head.in_unit_range:
         vals = head.values(float_outputs)[:, 0]
         log.warning("metric: output %r has values outside [0, 1] (%.3g .. %.3g); %s compares value > "
                     "metric.threshold=%g (for logits set metric.threshold=0)", head.output, vals.min(), vals.max(),

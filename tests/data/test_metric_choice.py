@@ -73,6 +73,38 @@ def test_embedding_output_without_labels_is_cosine():
     assert ev.evaluation_entry()["bootstrap_resamples"] == 1000
 
 
+def test_integer_labels_on_an_embedding_are_not_its_classes_but_on_logits_they_are(caplog):
+    spec, feeds, _ = M.embedding_model()
+    out = _ev(spec, feeds).float_outputs[_ev(spec, feeds).metric.output]
+    argmax = np.argmax(out.reshape(len(out), -1), axis=1)
+    width = out.reshape(len(out), -1).shape[1]
+    wrong = (argmax + 1) % width  # speaker ids, say: the float model's argmax never matches them
+    with caplog.at_level("INFO", logger="qsweep"):
+        ev = _ev(spec, feeds, wrong)
+    assert ev.metric.name == "cosine"
+    assert "no better than always answering the most frequent label" in caplog.text
+    with pytest.raises(ConfigError, match=r"metric.name=accuracy: the argmax of output .* use metric.name=cosine"):
+        _ev(spec, feeds, wrong, name="accuracy")
+    logits = _ev(spec, feeds, argmax)  # the columns are the classes: argmax accuracy
+    assert logits.metric.name == "accuracy" and logits.baseline["accuracy"] == 1.0
+
+
+def test_a_model_whose_outputs_are_nan_fails_with_the_output_named():
+    from harness.errors import ExecutorError
+
+    spec, feeds, _ = M.embedding_model()
+    ev = _ev(spec, feeds)
+    broken = type(spec)()
+    broken.CopyFrom(spec)
+    for layer in broken.neuralNetwork.layers:
+        if layer.WhichOneof("layer") == "innerProduct":
+            layer.innerProduct.weights.floatValue[0] = float("nan")
+            break
+    with pytest.raises(ExecutorError, match=r"cosine of this model is not a number: output .* is NaN or infinite "
+                                            r"on \d+ of \d+ samples"):
+        ev.evaluate(broken)
+
+
 def test_class_scores_from_a_softmax_layer_and_from_rows_summing_to_1():
     spec, feeds, _ = M.three_output_model()
     ev = _ev(spec, feeds, output="face_prob")

@@ -108,6 +108,12 @@ def test_binary_accuracy_thresholds_one_value_and_never_takes_its_argmax():
     assert agree.aggregate(agree.per_sample(other, None, probs)) == 0.6
 
 
+def test_a_binary_outputs_description_names_its_threshold_only_where_a_metric_applies_it():
+    head = Head("target", "binary", 1, threshold=0.5, why="one value per sample")
+    assert head.describe() == "'target' (binary: one value per sample, value > 0.5)"
+    assert head.describe(thresholded=False) == "'target' (binary: one value per sample)"  # r2 on a regressor
+
+
 def test_accuracy_score_interval_and_mcnemar_from_the_rows():
     rng = np.random.default_rng(0)
     n = 384
