@@ -88,7 +88,7 @@ def headline(run: analysis.RunData) -> str:
         cards.append(_card(f"best within {m} drop ≤ {run.max_accuracy_drop:g}", f"{best['size_bytes'] / 1024:.1f} KB",
                            f"trial {best['trial']}: {_setting(best)}, {best['compression_ratio']:.2f}x smaller, "
                            f"{m} {best[m]:.4f}"))
-    if not run.pareto.empty:
+    if not run.pareto.empty and analysis.search_kind(run) != "sensitivity":  # its trials probe one unit each
         small = run.pareto.sort_values("size_bytes").iloc[0]
         cards.append(_card("smallest on the front", f"{small['size_bytes'] / 1024:.1f} KB",
                            f"trial {small['trial']}: {_setting(small)}, {m} {small[m]:.4f}"))
@@ -252,7 +252,7 @@ def trials_section(run: analysis.RunData) -> str:
         else:
             notes.append("")
     t["note"] = notes
-    front = set(run.pareto["trial"])
+    front = set(run.pareto["trial"]) if analysis.search_kind(run) != "sensitivity" else set()
     t["state"] = [s.lower() + (" · front" if n in front else "") for s, n in zip(t["state"], t["trial"])]
     cols = ("trial", "state", "setting", "size_kb", "compression_ratio", "{metric}", "95% interval", "{metric}_drop",
             "evaluated_samples", "quantize_s", "evaluate_s", "note")
