@@ -55,7 +55,7 @@ RUN_FILES = (rundir.CONFIG, rundir.ENVIRONMENT, rundir.SUMMARY, rundir.TRIALS, r
 #: The Pareto table as an MLflow table artifact of the parent run.
 PARETO_TABLE = "pareto_table.json"
 #: Trial figures besides :func:`harness.rundir.figure_columns` logged as metrics.
-EXTRA_METRICS = ("quantize_s", "evaluate_s")
+EXTRA_METRICS = ("quantize_s", "evaluate_s", "evaluated_samples")  # the last: racing runs
 #: Trial columns logged as tags of a child run.
 TRIAL_TAGS = ("plan_hash", "state", "reused_from", "model_file", "encodings", "worker", "setting")
 #: MLflow's request settings as the user set them before this module was imported.
