@@ -1,7 +1,7 @@
 """Structured configs: the schema every qsweep config is validated against.
 
 The YAML tree in ``conf/`` (Hydra groups ``model``, ``data``, ``calibration``,
-``executor``, ``search``, ``selector``, ``storage``) is merged over :class:`QsweepConfig`,
+``executor``, ``search``, ``selector``, ``storage``, ``tracking``) is merged over :class:`QsweepConfig`,
 registered in Hydra's ConfigStore as ``qsweep_schema`` (the first entry of the
 defaults list in ``conf/config.yaml``). OmegaConf therefore rejects an unknown
 key or a value of the wrong type while the config is composed, before any work,
@@ -332,6 +332,22 @@ class OutputConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking (:mod:`harness.tracking`): ``kind`` none (default) or mlflow.
+
+    ``uri``: any MLflow tracking URI (``http://host:5000``, ``sqlite:///mlflow.db``, a folder); null: the
+    local ``mlruns/`` folder next to ``outputs/`` in the working folder. ``experiment``: the MLflow
+    experiment the sweep's runs go into. ``timeout_s``: how long one tracking request may take (an
+    unreachable server is warned about once and never stops the sweep).
+    """
+
+    kind: str = "none"
+    uri: Optional[str] = None
+    experiment: str = "qsweep"
+    timeout_s: float = 10.0
+
+
+@dataclass
 class MetricConfig:
     """The task metric: what every candidate is scored by (see :mod:`harness.metric_choice`).
 
@@ -370,6 +386,7 @@ class QsweepConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     metric: MetricConfig = field(default_factory=MetricConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     progress: bool = True
 

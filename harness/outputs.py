@@ -45,7 +45,7 @@ log = logging.getLogger("qsweep")
 
 PACKAGES = ["qsweep", "numpy", "protobuf", "coremltools", "optuna", "hydra-core", "omegaconf", "SQLAlchemy",
             "pandas", "scikit-learn", "tqdm", "psycopg2-binary"]
-_INTERNAL_ATTRS = {"grid_point", "failure"}
+_INTERNAL_ATTRS = set(rundir.STUDY_ONLY_ATTRS)
 
 
 @dataclass

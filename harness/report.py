@@ -13,8 +13,11 @@ directory and writes, into the same directory (``qsweep-report --study NAME
   got (read from the saved models in ``models/``);
 * ``sensitivity.png`` — for a sensitivity run, the units x codecs heatmap of
   ``sensitivity.csv`` (this module is the only one that draws it);
-* ``report.html`` — one file with the figures inlined as base64 PNG, the
-  baseline, the best model within the accuracy target and the Pareto table.
+* ``report.html`` — one file with the figures inlined as base64 PNG: the answer
+  first (float model, best within the target, trial counts), the run and its
+  baseline, the best model within the accuracy target, the Pareto table, the
+  per-layer encodings and every trial (evaluated, reused, pruned, failed); the
+  sections are :mod:`harness.report_sections`.
 
 >>> from harness.report import write_report
 >>> paths = write_report("outputs/2024-01-01/12-00-00")    # doctest: +SKIP
@@ -36,6 +39,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness import analysis, rundir
+from harness import report_sections as html_sections
 from harness.errors import USER_ERRORS
 from harness.secrets import mask
 from harness.writes import writing
@@ -43,28 +47,6 @@ from harness.writes import writing
 __all__ = ["write_report", "main", "pareto_figure", "layers_figure", "sensitivity_figure", "resolve_model_file"]
 
 log = logging.getLogger(__name__)
-
-#: Columns shown in the HTML Pareto table, in this order, when present.
-TABLE_COLUMNS = (
-    "trial",
-    "mode",
-    "nbits",
-    "setting",
-    "mean_bits",
-    "size_bytes",
-    "compression_ratio",
-    "{metric}",
-    "{metric}_ci_low",
-    "{metric}_ci_high",
-    "{metric}_drop",
-    "{metric}_drop_p",
-    "agreement",
-    "snr_db",
-    "psnr_db",
-    "plan_hash",
-    "model_file",
-)
-
 
 def resolve_model_file(run_dir: Path, value: Any) -> Path | None:
     """The saved model a ``model_file`` cell names (relative to the run directory,
@@ -168,79 +150,6 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
 
 
-def _fmt_table(df: pd.DataFrame, metric: str) -> str:
-    wanted = [c.format(metric=metric) for c in TABLE_COLUMNS]
-    t = df[[c for c in wanted if c in df.columns]].copy()  # setting, mean_bits: a strategy's columns
-    t.insert(t.columns.get_loc("size_bytes") + 1, "size_kb", (t["size_bytes"] / 1024).round(2))
-    return t.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="tbl", na_rep="")
-
-
-def _kv_table(items: list[tuple[str, Any]]) -> str:
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in items)
-    return f'<table class="kv">{rows}</table>'
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
-
-
-def _best_section(run: analysis.RunData) -> str:
-    """The smallest trial within the run's target: :func:`harness.pareto.best_within`, as in summary.json."""
-    metric = run.metric
-    if run.max_accuracy_drop is None:
-        return ""
-    best = run.best_within(run.max_accuracy_drop)
-    head = f"<h2>Best within the target ({metric} drop &le; {run.max_accuracy_drop:g})</h2>"
-    target = run.summary["target"]
-    evidence = target.get("evidence")
-    resolution = ""
-    if evidence is not None and not evidence["resolves_max_drop"]:
-        resolution = (f'<p class="warn">The test set ({run.summary["evaluation"]["n"]} samples) is too small to '
-                      f'resolve a drop of {run.max_accuracy_drop:g}: the 95% interval of {html.escape(metric)} is '
-                      f'{evidence["ci_width"]:.3g} wide.</p>')
-    if best is None:
-        return head + f'<p class="warn">No candidate met the target: every trial lost more than {run.max_accuracy_drop:g} {html.escape(metric)}.</p>' + resolution
-    items = [(k, best[k]) for k in best.index if k in [c.format(metric=metric) for c in TABLE_COLUMNS] and pd.notna(best[k])]
-    if evidence is not None:
-        items.append(("distinguishable from the float model", "yes" if evidence["distinguishable"] else
-                      "no (the drop may be chance on this test set)"))
-    message = f'<p>{html.escape(str(target.get("message", "")))}</p>'
-    return head + message + _kv_table(items) + resolution
-
-
-def _hypervolume_section(run: analysis.RunData) -> str:
-    """The hypervolume block of a mixed-precision run's summary.json, as a table."""
-    hv = run.summary.get("hypervolume")  # a strategy's entry (search=mixed), see harness.rundir.Summary
-    if not hv:
-        return ""
-    rows = []
-    for key, label in rundir.HYPERVOLUME_SETS.items():
-        if key not in hv:
-            continue
-        blk = hv[key]
-        best = blk["smallest_within_1_point"]
-        if key == "compare_to":
-            label += f" ({blk['search']}: {blk['run_dir']})"
-        rows.append({"": label, "trials": blk["trials"], "evaluated": blk["evaluated"],
-                     "hypervolume": blk.get("hypervolume"),  # absent for a metric that is minimised
-                     "smallest within 1 point (KB)": best["size_bytes"] / 1024 if best else None,
-                     f"its {run.metric}": best[run.metric] if best else None})
-    table = pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, na_rep="none")
-    return ("<h2>Hypervolume (size normalised by the float model; reference point: float size, zero "
-            f"{html.escape(run.metric)})</h2>" + table)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;max-width:1200px;color:#222}
-h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:12px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
-table.kv th{text-align:left;color:#555}img{max-width:100%;border:1px solid #eee}.warn{color:#b00;font-weight:bold}
-.note{color:#666;font-size:12px}
-"""
-
-
 def write_report(run_dir: str | Path) -> dict[str, Path]:
     """Write ``pareto.png``, ``layers.png`` (and ``sensitivity.png`` for a
     sensitivity run) and ``report.html`` into ``run_dir``.
@@ -255,50 +164,41 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     run = analysis.load_run(run_dir)
     out: dict[str, Path] = {}
     metric = run.metric
-    sections: list[str] = []
     title = f"qsweep report: {run.model_name}"
-
-    items: list[tuple[str, Any]] = [("run directory", str(run.path.resolve())), ("model", run.model_name),
-                                    ("search", analysis.search_kind(run))]
-    ev = run.summary["evaluation"]
-    scored = (f"output {ev['output']!r} ({ev['output_kind']}: {ev['output_reason']})" if ev["output"] else
-              ev["output_reason"])
-    items += [("metric", f"{metric} on {scored}" + (f", value > {ev['threshold']:g}" if ev["threshold"] is not None
-                                                      else "") + (f", metric.fn={ev['fn']}" if ev["fn"] else "")),
-              ("95% intervals", "Wilson score" if ev["interval"] == "wilson" else
-               f"percentile bootstrap ({ev['bootstrap_resamples']} resamples)"),
-              ("drop test", ev["drop_test"] or "none (measured against the float model, whose figure is exact)"),
-              ("test samples", ev["n"])]
-    items += [(f"float {k}", v) for k, v in run.baseline.items() if isinstance(v, (int, float, str))]
+    sections: list[str] = []
     if not run.trials.empty:
-        items.append(("trials (complete / all)", f"{len(run.complete)} / {len(run.trials)}"))
-    sections.append("<h2>Run and float baseline</h2>" + _kv_table(items))
+        sections.append(html_sections.headline(run))
+    sections.append(html_sections.run_section(run))
 
     if not run.trials.empty and analysis.search_kind(run) != "sensitivity":
         data = _save(pareto_figure(run), run.path / rundir.PARETO_PNG)
         out["pareto"] = run.path / rundir.PARETO_PNG
-        sections.append(_best_section(run))
-        sections.append(_hypervolume_section(run))
-        sections.append("<h2>Size vs " + html.escape(metric) + "</h2>" + _img(data, "Pareto front"))
+        sections.append(html_sections.best_section(run))
+        sections.append(html_sections.hypervolume_section(run))
+        sections.append(f"<h2>Size vs {html.escape(metric)}</h2>" + _img(data, "Pareto front") +
+                        '<p class="note">Every trial, coloured by mode; bars: 95% intervals on the test set; the step '
+                        "line is the Pareto front; the star is the float model"
+                        + ("; the dashed line is the accuracy target" if run.max_accuracy_drop is not None else "")
+                        + ".</p>")
+        sections.append(html_sections.front_section(run))
         fig, notes = layers_figure(run)
         data = _save(fig, run.path / rundir.LAYERS_PNG)
         out["layers"] = run.path / rundir.LAYERS_PNG
-        sections.append("<h2>Pareto front</h2>" + _fmt_table(run.pareto, metric))
         note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
-        sections.append("<h2>Per-layer encodings of the Pareto-optimal models</h2>" + _img(data, "layer encodings") + note_html)
+        sections.append("<h2>Per-layer encodings of the Pareto-optimal models</h2>" + _img(data, "layer encodings")
+                        + note_html)
     if run.sensitivity is not None and not run.sensitivity.empty:
         sens = run.sensitivity
         data = _save(sensitivity_figure(run), run.path / rundir.SENSITIVITY_PNG)
         out["sensitivity"] = run.path / rundir.SENSITIVITY_PNG
         rank = analysis.sensitivity_ranking(sens)
         sections.append("<h2>Per-layer sensitivity</h2>" + _img(data, "sensitivity heatmap"))
-        sections.append("<h2>Sensitivity ranking (most sensitive first)</h2>" + rank.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0))
-
-    body = "\n".join(s for s in sections if s)
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
-    )
+        sections.append("<h2>Sensitivity ranking (most sensitive first)</h2><div class='scroll'>"
+                        + rank.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0) + "</div>")
+    sections.append(html_sections.trials_section(run))
+    subtitle = (f"{analysis.search_kind(run)} search over {len(run.trials)} trial(s) on {run.summary['data']['name']} "
+                f"({run.summary['evaluation']['n']} samples), task metric {metric}")
+    page = html_sections.page(title, subtitle, sections)
     with writing(run.path / rundir.REPORT_HTML) as path:
         path.write_text(page, encoding="utf-8")
     out["report"] = run.path / rundir.REPORT_HTML

@@ -72,6 +72,11 @@ SETTING_COLUMNS = ["nbits", "mode", "skip_layer_types", "minimum_conv_kernel_cha
 #: The last columns of trials.csv / pareto.csv. ``layer_algorithms``: per layer, what chose its
 #: stored values (``gptq``, ``gptq+bc``, ``rtn``, ``rtn (fallback: <why>)``...).
 TAIL_COLUMNS = ["retry_of", "worker", "datetime_start", "datetime_complete", "layer_encodings", "layer_algorithms"]
+#: A trial's size in KB: a user attribute for browsing the study (optuna-dashboard), not a column
+#: (``size_bytes`` is).
+SIZE_KB_ATTR = "size_kb"
+#: User attributes of a trial that are not trials.csv columns.
+STUDY_ONLY_ATTRS = ("grid_point", "failure", SIZE_KB_ATTR)
 #: Integer columns (nullable ``Int64`` when written).
 INTEGER_COLUMNS = ("trial", "reused_from", "retry_of", "size_bytes", "nbits")
 

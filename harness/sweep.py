@@ -9,7 +9,8 @@ writable). The parts it wires together:
 :mod:`harness.inputs` (model and test data), :mod:`harness.search` (the
 strategy), :mod:`harness.study` (the shared study and the worker loop),
 :mod:`harness.trial` (one trial), :mod:`harness.progress` (the bar) and the
-run-directory writer (:mod:`harness.outputs`). What a later rebuild of the run
+run-directory writer (:mod:`harness.outputs`), then the tracking hook
+(:mod:`harness.tracking`, ``tracking=mlflow``). What a later rebuild of the run
 directory from the study alone needs (:mod:`harness.rebuild`) is recorded in
 the study by the first worker.
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import optuna
 
-from harness import secrets
+from harness import secrets, tracking
 from harness.errors import ConfigError, QsweepError
 from harness.evaluate import Evaluator
 from harness.inputs import CalibrationInput, ModelInput, load_calibration, load_dataset, load_model
@@ -98,6 +99,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
         log.info("calibration: %s, %d samples (test figures on %d samples)", calib.dataset.name, calib.dataset.n,
                  dataset.n)
     request = MetricRequest.from_config(cfg.metric)
+    tracking.check(cfg.tracking)
     space = SearchSpace.from_config(cfg.search.space, cfg.selector)
     check_calibration(space, calib)
     seed = int(cfg.seed)
@@ -133,6 +135,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     log.info("study %r in %s: %s", name, masked_url(storage.url),
              "created" if created else f"resumed ({n_before} complete trial(s) kept)")
     record_run(db, cfg, model, dataset, evaluator)
+    tracker = tracking.open_tracker(cfg, name)  # tracking=mlflow: the parent run (failures warn, never stop)
     strategy.prepare(db)
 
     # 2. Trials.
@@ -165,6 +168,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
         result = write_run(run_dir, cfg, study=study, storage_url=storage.url, strategy=strategy,
                            evaluator=evaluator, model=model, dataset=dataset, experiment=experiment,
                            created=created, loop=loop, t_start=t_start, calibration=record)
+        tracker.finish(result, study)
     finally:
         if stats is not None:
             stats.close()

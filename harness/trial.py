@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from harness import rundir
 from harness.errors import USER_ERRORS, StorageError
 from harness.evaluate import Evaluator, TaskMetric
 from harness.outputs import model_sha256
@@ -28,7 +29,7 @@ log = logging.getLogger("qsweep")
 
 #: User attributes a trial copies from the trial whose plan it shares (besides every figure of
 #: ``Evaluator.figure_keys``: the task metric, its interval, drop and p-value, the per-output SNR).
-COPIED_ATTRS = ("size_bytes", "compression_ratio", "agreement", "snr_db", "psnr_db", "encodings", "layer_encodings",
+COPIED_ATTRS = ("size_bytes", "size_kb", "compression_ratio", "agreement", "snr_db", "psnr_db", "encodings", "layer_encodings",
                 "model_sha256")
 
 
@@ -91,6 +92,8 @@ class TrialRunner:
         for k, v in cand.attrs.items():
             if k not in params or params[k] != v:  # parameters are recorded already
                 self._set(trial, k, v)
+        if "setting" not in cand.attrs:  # what the trial tries, readable in optuna-dashboard (e.g. linear-8bit)
+            self._set(trial, "setting", cand.label)
         try:
             digest = cand.plan.digest()
         except Exception as e:  # noqa: BLE001
@@ -142,6 +145,7 @@ class TrialRunner:
             return
         for k, v in figures.items():
             self._set(trial, k, v)
+        self._set(trial, rundir.SIZE_KB_ATTR, round(figures["size_bytes"] / 1024, 2))
         self._set(trial, "quantize_s", round(t1 - t0, 4))
         self._set(trial, "evaluate_s", round(t2 - t1, 4))
         self._set(trial, "encodings", summary)

@@ -61,7 +61,7 @@ def test_report_html_is_self_contained_with_table_and_baseline(grid_run: Path):
     assert not re.search(r'(src|href)="(https?:|file:|/)', page), "report.html must not reference outside files"
     run = analysis.load_run(grid_run)
     # the float baseline and every Pareto trial appear, with their measured figures
-    assert f"{run.baseline['accuracy']:.6g}" in page
+    assert f"{run.baseline['accuracy']:.4f}" in page
     table = page[page.index("<h2>Pareto front</h2>"):]
     for _, row in run.pareto.iterrows():
         assert f"<td>{row['trial']}</td>" in table
