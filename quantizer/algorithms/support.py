@@ -8,8 +8,11 @@ the ``weights`` of a ``convolution`` (not a deconvolution), an
 matrix ``W_* (H, X)`` of a direction multiplies the step input ``x_t``, every
 recurrent matrix ``R_* (H, H)`` the previous hidden state ``h_{t-1}``; their
 statistics (over samples and steps, the float model's ``h``) are two per
-direction, keyed by :func:`stats_key`, and their bias correction goes to the
-gate's bias vector (:func:`bias_field`). Everything else a plan
+direction, keyed by :func:`stats_key`. A plan-wide ``bias_correction`` is not
+applied to them (:data:`LSTM_GATE_BIAS_CORRECTION`: measured harmful, see the
+README; the gate matrices get the algorithm alone, with a note); a codec built
+with ``bias_correction=True`` for a gate matrix corrects its gate's bias vector
+(:func:`bias_field`). Everything else a plan
 quantizes -- GRU and simpleRecurrent matrices, LSTM peepholes, embedding tables, deconvolution
 weights, batchnorm/scale/bias parameters, constants -- falls back to
 round-to-nearest: :func:`calibrated_codec` returns the plain codec with a
@@ -43,6 +46,11 @@ CALIBRATED_LAYER_TYPES = ("convolution", "innerProduct", "batchedMatmul")
 LSTM_LAYER_TYPES = ("uniDirectionalLSTM", "biDirectionalLSTM")
 _LSTM_MATRIX = re.compile(r"^(weightParams\.(?:\d+\.)?)(inputGate|forgetGate|blockInput|outputGate)"
                           r"(WeightMatrix|RecursionMatrix)$")
+#: Whether a plan-wide ``bias_correction`` request corrects LSTM gate biases. Off, by measurement
+#: (python -m harness.bench calibrated, 2026-12-01): on resemblyzer (three LSTMs) it cost 3-5 dB of output
+#: SNR (kmeans_lut 4-bit GPTQ 5.0 dB, GPTQ+BC 0.1 dB; RTN 4.4, RTN+BC -2.2); on silero_vad_8k within +-0.3 dB.
+LSTM_GATE_BIAS_CORRECTION = False
+_GATE_BC_NOTE = "bias correction: not applied to LSTM gate matrices (measured harmful)"
 _REASONS = {
     "simpleRecurrent": "recurrent weight matrix (its inputs include the layer's own state)",
     "gru": "recurrent gate matrix (its recurrent inputs are the reset-gated state)",
@@ -166,6 +174,10 @@ def calibrated_codec(layer: Any, field: str, codec: Codec, *, algorithm: str = "
                 f"layer {layer.name!r}: calibration statistics of {stats.groups} group(s) x {stats.columns} columns "
                 f"do not fit its weights of shape {tuple(shape)}: were they collected on another model?")
     algo, note = algorithm, ""
+    if bias_correction and kind in LSTM_LAYER_TYPES and not LSTM_GATE_BIAS_CORRECTION:
+        if algorithm == "rtn":
+            return _fallback(codec, layer, _GATE_BC_NOTE, requested)
+        bias_correction, note = False, _GATE_BC_NOTE
     modes = ALGORITHM_MODES.get(algorithm)
     if modes is not None and codec.mode not in modes:
         if not bias_correction:
