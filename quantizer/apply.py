@@ -10,8 +10,10 @@ the plan to that in place.
 A bias-correcting codec (``Codec(..., bias_correction=True)``) returns, with
 the encoded weights, a per-output-channel delta: the layer's bias becomes
 ``bias + delta`` (read from the source, before its own codec, if any, encodes
-it; a layer without a bias gets a float32 one and ``hasBias``). A bias that is
-not in the plan is written as float32.
+it; a layer without a bias gets a float32 one and ``hasBias``). An LSTM gate
+matrix's delta goes to its gate's bias vector (the input and recurrent
+matrices' deltas add up; an LSTM without biases gets zero float32 bias vectors
+and ``hasBiasVectors``). A bias that is not in the plan is written as float32.
 
 >>> import quantizer                                               # doctest: +SKIP
 >>> plan = quantizer.build_plan("model.mlmodel", 4, "kmeans_lut")    # doctest: +SKIP
@@ -23,6 +25,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from .algorithms.support import bias_field
 from .cache import CodecCache, codec_cache, tensor_digest
 from .codecs import Codec, Encoded
 from .coremltools_quiet import coremltools
@@ -99,32 +102,50 @@ def _check_missing(plan: QuantPlan, found: set[Key], known: set[Key] | None) -> 
         )
 
 
-def _correct_biases(spec: Any, deltas: dict[str, np.ndarray], plan: QuantPlan, cache: CodecCache) -> None:
-    """``bias += delta`` for every layer named in ``deltas`` (its bias is still the source's): the
-    sum is encoded with the plan's codec for the bias, else stored as float32."""
+def _add_delta(deltas: dict[Key, np.ndarray], layer: Any, field: str, delta: np.ndarray) -> None:
+    key = (layer.name, bias_field(layer, field))
+    deltas[key] = deltas[key] + delta if key in deltas else delta
+
+
+def _bias_params(layer: Any, field: str, n: int) -> tuple[Any, bool]:
+    """(the WeightParams of bias ``field``, whether it holds values); an LSTM without biases gets
+    zero float32 bias vectors for every gate and direction here (``hasBiasVectors``)."""
+    p = _layer_params(layer)
+    if field == "bias":
+        present = p.hasBias
+        p.hasBias = True
+        return p.bias, present and encoding_of(p.bias)[0] != "empty"
+    if not p.params.hasBiasVectors:
+        p.params.hasBiasVectors = True
+        for slot in layer_slots(layer):
+            if slot.field.endswith("BiasVector"):
+                write_float32(get_weight_params(layer, slot.field), np.zeros(n, np.float32))
+    wp = get_weight_params(layer, field)
+    return wp, encoding_of(wp)[0] != "empty"
+
+
+def _correct_biases(spec: Any, deltas: dict[Key, np.ndarray], plan: QuantPlan, cache: CodecCache) -> None:
+    """``bias += delta`` for every (layer, bias field) in ``deltas`` (its bias is still the
+    source's): the sum is encoded with the plan's codec for the bias, else stored as float32."""
     if not deltas:
         return
     for _, nn in model_networks(spec):
         for layer in iter_layers(nn):
-            delta = deltas.get(layer.name)
-            if delta is None:
-                continue
-            p = _layer_params(layer)
-            n = int(delta.size)
-            where = _where(layer, "bias")
-            if p.hasBias and encoding_of(p.bias)[0] != "empty":
-                old = decode_weights(p.bias, (n,), 0, name=where, exact=True).astype(np.float64)
-            else:
-                old = np.zeros(n)
-            p.hasBias = True
-            new = (old + delta).astype(np.float32)
-            codec = plan.get((layer.name, "bias"))
-            if codec is None or codec.mode == "dequantization":
-                write_float32(p.bias, new)
-                continue
-            digest = tensor_digest(new, (n,), 0)
-            enc = cache.get_or_encode(digest, codec, lambda: codec.encode(new, (n,), 0, where=where))
-            enc.write(p.bias)
+            for (name, field), delta in deltas.items():
+                if name != layer.name:
+                    continue
+                n = int(delta.size)
+                where = _where(layer, field)
+                wp, present = _bias_params(layer, field, n)
+                old = decode_weights(wp, (n,), 0, name=where, exact=True).astype(np.float64) if present else np.zeros(n)
+                new = (old + delta).astype(np.float32)
+                codec = plan.get((layer.name, field))
+                if codec is None or codec.mode == "dequantization":
+                    write_float32(wp, new)
+                    continue
+                digest = tensor_digest(new, (n,), 0)
+                enc = cache.get_or_encode(digest, codec, lambda: codec.encode(new, (n,), 0, where=where))
+                enc.write(wp)
 
 
 def apply_in_place(spec: Any, plan: QuantPlan, *, cache: CodecCache | None = None, known: set[Key] | None = None) -> int:
@@ -137,14 +158,14 @@ def apply_in_place(spec: Any, plan: QuantPlan, *, cache: CodecCache | None = Non
     cache = codec_cache if cache is None else cache
     wanted = {k: c for k, c in plan.items() if c is not None}
     found: set[Key] = set()
-    deltas: dict[str, np.ndarray] = {}
+    deltas: dict[Key, np.ndarray] = {}
     changed = 0
     for layer, slot in _all_slots(spec):
         key = (layer.name, slot.field)
         if key in plan:
             found.add(key)
         codec = wanted.get(key)
-        if codec is None or (slot.field == "bias" and layer.name in deltas):
+        if codec is None or key in deltas:
             continue  # a corrected bias is encoded after the correction
         wp = get_weight_params(layer, slot.field)
         encoded, was_int8 = _encode_tensor(wp, layer, slot, codec, cache)
@@ -152,7 +173,7 @@ def apply_in_place(spec: Any, plan: QuantPlan, *, cache: CodecCache | None = Non
             continue
         encoded.write(wp)
         if encoded.bias_delta is not None:
-            deltas[layer.name] = encoded.bias_delta
+            _add_delta(deltas, layer, slot.field, encoded.bias_delta)
         if was_int8 and hasattr(_layer_params(layer), "int8DynamicQuantize"):
             _layer_params(layer).int8DynamicQuantize = False
         changed += 1
@@ -198,7 +219,7 @@ class _CopyApplier:
         self.wanted = {k: c for k, c in plan.items() if c is not None}
         self.cache = cache
         self.found: set[Key] = set()
-        self.deltas: dict[str, np.ndarray] = {}
+        self.deltas: dict[Key, np.ndarray] = {}
 
     def copy(self, src: Any, dst: Any, layer: Any = None, slots: dict | None = None, path: str = "") -> bool:
         """Copy ``src`` into ``dst``; returns True if an int8 tensor was replaced inside."""
@@ -268,13 +289,13 @@ class _CopyApplier:
         slot = slots.get(field)
         encoded = None
         int8 = False
-        if codec is not None and slot is not None and not (field == "bias" and layer.name in self.deltas):
+        if codec is not None and slot is not None and key not in self.deltas:
             encoded, int8 = _encode_tensor(src, layer, slot, codec, self.cache)
         if encoded is None:
             _copy_whole(src, dst)
             return False
         if encoded.bias_delta is not None:
-            self.deltas[layer.name] = encoded.bias_delta
+            _add_delta(self.deltas, layer, field, encoded.bias_delta)
         for fd, val in src.ListFields():
             if fd.name not in _PAYLOAD:
                 setattr(dst, fd.name, val)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from .algorithms.support import calibrated_codec, check_request
+from .algorithms.support import bias_field, calibrated_codec, check_request
 from .codecs import Codec
 from .errors import InvalidArgumentError, UnsupportedModelError
 from .fusion import fuse_in_place, should_fuse
@@ -74,6 +74,7 @@ def select_tensors(spec: Any, codec: Codec, selector: Any = None, *, algorithm: 
     calibrated = check_request(algorithm, bias_correction, calibration)
     entries: dict[Key, Codec] = {}
     decided: dict[Key, bool] = {}
+    corrected: set[Key] = set()  # biases a bias-correcting codec changes
 
     def visit(nn: Any) -> None:
         for layer in nn.layers:
@@ -97,12 +98,13 @@ def select_tensors(spec: Any, codec: Codec, selector: Any = None, *, algorithm: 
                     entries[key] = codec if not calibrated else calibrated_codec(
                         layer, slot.field, codec, algorithm=algorithm, bias_correction=bias_correction,
                         options=options, calibration=calibration, shape=slot.shape)
+                    if entries[key].bias_correction:
+                        corrected.add((layer.name, bias_field(layer, slot.field)))
 
     for _, nn in model_networks(spec):
         visit(nn)
     if bias_correction:  # a corrected bias stays float32: re-quantizing it would undo the correction
-        corrected = {k[0] for k, c in entries.items() if c.bias_correction}
-        entries = {k: c for k, c in entries.items() if not (k[1] == "bias" and k[0] in corrected)}
+        entries = {k: c for k, c in entries.items() if k not in corrected}
     return QuantPlan(entries)
 
 

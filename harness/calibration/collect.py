@@ -12,7 +12,14 @@ runs, adds its input to that layer's
 * ``innerProduct``: one row per leading index (rank-3 inputs flattened over
   their leading axes; rank 4/5 inputs over ``C*H*W``);
 * ``batchedMatmul`` with a weight matrix: one row per leading index of the
-  last axis.
+  last axis;
+* ``uniDirectionalLSTM`` / ``biDirectionalLSTM``: per direction, the input
+  ``x_t`` of every step (what the four input-to-gate matrices ``W_*``
+  multiply) and the float model's hidden state ``h_{t-1}`` of every step, ``h_0``
+  included (what the recurrent matrices ``R_*`` multiply), through the LSTM
+  op's ``step_inputs`` hook; keyed by
+  :func:`quantizer.algorithms.support.stats_key` (``layer|weightParams.x``,
+  ``layer|weightParams.1.h``).
 
 Accumulators of wide layers keep a block-diagonal ``H``
 (:func:`quantizer.algorithms.block_size_for`). When every accumulator would
@@ -46,7 +53,7 @@ from harness.calibration.store import DEFAULT_MEMORY_BYTES, CalibrationStats, _S
 from harness.errors import DataError
 from harness.executors.ops.conv import pair, same_pads, valid_pads
 from quantizer.algorithms import ConvGeometry, GramAccumulator, block_size_for, dense_rows
-from quantizer.algorithms.support import unsupported_reason
+from quantizer.algorithms.support import LSTM_LAYER_TYPES, lstm_prefixes, observed, stats_key
 from quantizer.io import source_spec
 
 log = logging.getLogger("qsweep")
@@ -67,7 +74,14 @@ class LayerTarget:
         self.kind = layer.WhichOneof("layer")
         p = getattr(layer, self.kind)
         self.groups, self.unit = 1, 1
-        if self.kind == "convolution":
+        self.keys = [self.name]
+        if self.kind in LSTM_LAYER_TYPES:  # per direction: input x_t and hidden state h_{t-1} statistics
+            self.prefixes = lstm_prefixes(layer)
+            self.keys = [stats_key(self.name, f"{pre}inputGate{part}") for pre in self.prefixes
+                         for part in ("WeightMatrix", "RecursionMatrix")]
+            self.widths = [int(p.inputVectorSize), int(p.outputVectorSize)] * len(self.prefixes)
+            self.columns = max(self.widths)
+        elif self.kind == "convolution":
             self.kh, self.kw = pair(p.kernelSize, 3)
             self.stride, self.dilation = pair(p.stride, 1), pair(p.dilationFactor, 1)
             self.groups = max(1, int(p.nGroups))
@@ -84,13 +98,27 @@ class LayerTarget:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the layer's accumulator (float64 H, full or block-diagonal)."""
+        """Bytes of the layer's accumulators (float64 H, full or block-diagonal)."""
+        if self.kind in LSTM_LAYER_TYPES:
+            return sum(8 * c * c + 16 * c for c in self.widths)
         b = self.columns if self.block is None else self.block
         nb = 1 if self.block is None else -(-self.columns // self.block)
         return 8 * self.groups * nb * b * b + 16 * self.groups * self.columns
 
-    def accumulator(self) -> GramAccumulator:
-        return GramAccumulator(self.columns, groups=self.groups, block=self.block)
+    def accumulators(self) -> dict[str, GramAccumulator]:
+        """Statistics key -> accumulator (one for most layers; two per LSTM direction)."""
+        if self.kind in LSTM_LAYER_TYPES:
+            return {k: GramAccumulator(c, block="auto") for k, c in zip(self.keys, self.widths)}
+        return {self.name: GramAccumulator(self.columns, groups=self.groups, block=self.block)}
+
+    def observe(self, accs: dict[str, GramAccumulator], op: Any, blobs: dict) -> None:
+        """Add what the layer ``op`` is about to read from ``blobs`` to its accumulators."""
+        if self.kind in LSTM_LAYER_TYPES:
+            for k, (x, h) in enumerate(op.step_inputs(blobs)):
+                accs[self.keys[2 * k]].add(x)
+                accs[self.keys[2 * k + 1]].add(h)
+            return
+        self.add(accs[self.name], blobs[op.inputs[0]])
 
     def geometry(self, h: int, w: int) -> ConvGeometry:
         if self.same:
@@ -133,7 +161,7 @@ def stats_layers(spec: Any, names: Iterable[str] | None = None) -> tuple[list[La
               for inner in quantizer.walk.iter_layers(net)]
     for layer, inside in [(layer, False) for layer in nn.layers] + nested:
         kind = layer.WhichOneof("layer")
-        if unsupported_reason(layer, "weights") is not None or (wanted is not None and layer.name not in wanted):
+        if not observed(layer) or (wanted is not None and layer.name not in wanted):
             continue
         if layer.name in seen:
             raise DataError(f"two layers are named {layer.name!r}: calibration statistics are keyed by layer name; "
@@ -146,7 +174,7 @@ def stats_layers(spec: Any, names: Iterable[str] | None = None) -> tuple[list[La
     if wanted is not None:
         missing = sorted(wanted - seen)
         if missing:
-            raise DataError(f"no convolution/innerProduct/batchedMatmul layer(s) named {missing} to collect "
+            raise DataError(f"no convolution/innerProduct/batchedMatmul/LSTM layer(s) named {missing} to collect "
                             "statistics for")
     return targets, skipped
 
@@ -195,7 +223,9 @@ def prefix_model(spec: Any, layer_names: Iterable[str]) -> Any:
     for i in range(len(layers) - 1, -1, -1):
         if keep[i]:
             reads, writes = _blobs(layers[i])
-            real[i] = layers[i].name not in names or bool(writes & later)
+            # an LSTM's observer runs the layer itself (its hidden states): never a stand-in
+            real[i] = (layers[i].name not in names or bool(writes & later)
+                       or layers[i].WhichOneof("layer") in LSTM_LAYER_TYPES)
             later |= reads
     for layer, k, r in zip(layers, keep, real):
         if not k:
@@ -262,15 +292,16 @@ def collect_stats(model: Any, feeds: Mapping[str, np.ndarray], *, layers: Iterab
     spill = _Spill(memory_bytes if total <= memory_bytes else 0, spill_dir)
     out: dict[str, Any] = {}
     passes = _passes(targets, memory_bytes)
+    done = 0
     for k, group in enumerate(passes):
         ex = NumpyExecutor(prefix_model(spec, [t.name for t in group]))  # its own copy of the part it runs
-        accs = {t.name: (t, t.accumulator()) for t in group}
+        accs = {t.name: (t, t.accumulators()) for t in group}
         last = max(i for i, op in enumerate(ex.network.ops) if op.name in accs)
 
         def observe(op: Any, blobs: dict, accs=accs, ops=ex.network.ops, last=last) -> None:
             hit = accs.get(op.name)
             if hit is not None:
-                hit[0].add(hit[1], blobs[op.inputs[0]])
+                hit[0].observe(hit[1], op, blobs)
                 if op is ops[last]:
                     raise _PassDone
 
@@ -282,11 +313,13 @@ def collect_stats(model: Any, feeds: Mapping[str, np.ndarray], *, layers: Iterab
                 pass
         del ex
         for t in group:
-            stats = accs.pop(t.name)[1].stats(copy=False)
-            out[t.name] = spill.keep(t.name, stats, len(out))
-            del stats
+            for key, acc in accs.pop(t.name)[1].items():
+                stats = acc.stats(copy=False)
+                out[key] = spill.keep(key, stats, len(out))
+                del stats
         if progress is not None:
-            progress(f"calibration statistics: pass {k + 1}/{len(passes)}, {len(out)}/{len(targets)} layers")
+            done += len(group)
+            progress(f"calibration statistics: pass {k + 1}/{len(passes)}, {done}/{len(targets)} layers")
     for name, why in skipped.items():
         log.info("calibration: layer %r: %s; its plan entries fall back to round-to-nearest", name, why)
     return CalibrationStats(out, samples=n, seconds=time.perf_counter() - t0, skipped=skipped, folder=spill.folder)

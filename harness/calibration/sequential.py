@@ -48,6 +48,6 @@ def sequential_stats(model: Any, feeds: Mapping[str, np.ndarray], plan_for: Call
         earlier = quantizer.QuantPlan({k: c for k, c in plan.items() if order.get(k[0], here) < here})
         partial = quantizer.apply_plan(spec, earlier, fuse=fuse) if len(earlier) else spec
         one = collect_stats(partial, feeds, layers=[t.name], batch_size=batch_size, memory_bytes=memory_bytes)
-        stats[t.name] = one[t.name]
+        stats.update({key: one[key] for key in t.keys})
     n = int(next(iter(feeds.values())).shape[0])
     return CalibrationStats(stats, samples=n, seconds=time.perf_counter() - t0, skipped=skipped, source="sequential")

@@ -3,8 +3,17 @@
 The algorithms work on a weight matrix whose rows are output channels and
 whose columns are the inputs it multiplies (:mod:`quantizer.algorithms.stats`):
 the ``weights`` of a ``convolution`` (not a deconvolution), an
-``innerProduct`` and a one-input ``batchedMatmul``. Everything else a plan
-quantizes -- recurrent gate matrices, embedding tables, deconvolution
+``innerProduct`` and a one-input ``batchedMatmul``, and the gate matrices of
+``uniDirectionalLSTM`` / ``biDirectionalLSTM`` layers: every input-to-gate
+matrix ``W_* (H, X)`` of a direction multiplies the step input ``x_t``, every
+recurrent matrix ``R_* (H, H)`` the previous hidden state ``h_{t-1}``; their
+statistics (over samples and steps, the float model's ``h``) are two per
+direction, keyed by :func:`stats_key`. A plan-wide ``bias_correction`` is not
+applied to them (:data:`LSTM_GATE_BIAS_CORRECTION`: measured harmful, see the
+README; the gate matrices get the algorithm alone, with a note); a codec built
+with ``bias_correction=True`` for a gate matrix corrects its gate's bias vector
+(:func:`bias_field`). Everything else a plan
+quantizes -- GRU and simpleRecurrent matrices, LSTM peepholes, embedding tables, deconvolution
 weights, batchnorm/scale/bias parameters, constants -- falls back to
 round-to-nearest: :func:`calibrated_codec` returns the plain codec with a
 ``note`` saying why (logged once per layer and reason), and biases are left to
@@ -12,37 +21,85 @@ their own codec (bias correction changes them through the weights' codec).
 :func:`applied_algorithms` is the per-layer record of what a plan applies.
 
 >>> from quantizer.codecs import Codec
+>>> stats_key("lstm", "weightParams.1.forgetGateRecursionMatrix"), bias_field("lstm", "weightParams.outputGateWeightMatrix")
+('lstm|weightParams.1.h', 'weightParams.outputGateBiasVector')
 >>> applied_algorithms({("fc", "weights"): Codec("linear", 4, note="gptq: no statistics")})
 {'fc': 'rtn (fallback: gptq: no statistics)'}
 """
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Mapping
 
 from ..codecs import ALGORITHM_MODES, ALGORITHMS, Codec
 from ..errors import InvalidArgumentError
 
-__all__ = ["CALIBRATED_LAYER_TYPES", "unsupported_reason", "calibrated_codec", "applied_algorithms", "check_request"]
+__all__ = ["CALIBRATED_LAYER_TYPES", "LSTM_LAYER_TYPES", "unsupported_reason", "calibrated_codec", "applied_algorithms",
+           "check_request", "stats_key", "bias_field", "lstm_prefixes", "lstm_matrix", "observed"]
 
 log = logging.getLogger("quantizer")
 
 #: Layer types whose ``weights`` the calibration-aware algorithms handle.
 CALIBRATED_LAYER_TYPES = ("convolution", "innerProduct", "batchedMatmul")
+#: Layer types whose gate matrices (``weightParams[.d].<gate>WeightMatrix`` / ``RecursionMatrix``) are handled.
+LSTM_LAYER_TYPES = ("uniDirectionalLSTM", "biDirectionalLSTM")
+_LSTM_MATRIX = re.compile(r"^(weightParams\.(?:\d+\.)?)(inputGate|forgetGate|blockInput|outputGate)"
+                          r"(WeightMatrix|RecursionMatrix)$")
+#: Whether a plan-wide ``bias_correction`` request corrects LSTM gate biases. Off, by measurement
+#: (python -m harness.bench calibrated, 2026-12-01): on resemblyzer (three LSTMs) it cost 3-5 dB of output
+#: SNR (kmeans_lut 4-bit GPTQ 5.0 dB, GPTQ+BC 0.1 dB; RTN 4.4, RTN+BC -2.2); on silero_vad_8k within +-0.3 dB.
+LSTM_GATE_BIAS_CORRECTION = False
+_GATE_BC_NOTE = "bias correction: not applied to LSTM gate matrices (measured harmful)"
 _REASONS = {
     "simpleRecurrent": "recurrent weight matrix (its inputs include the layer's own state)",
-    "gru": "recurrent gate matrix (its inputs include the layer's own state)",
-    "uniDirectionalLSTM": "recurrent gate matrix (its inputs include the layer's own state)",
-    "biDirectionalLSTM": "recurrent gate matrix (its inputs include the layer's own state)",
+    "gru": "recurrent gate matrix (its recurrent inputs are the reset-gated state)",
     "embedding": "embedding table (its input is an index, not a vector)",
     "embeddingND": "embedding table (its input is an index, not a vector)",
 }
 _logged: set[tuple[str, str]] = set()
 
 
+def lstm_matrix(field: str) -> tuple[str, str, str] | None:
+    """``(direction prefix, gate, "x" | "h")`` of an LSTM gate-matrix field, else None."""
+    m = _LSTM_MATRIX.match(field)
+    if m is None:
+        return None
+    return m.group(1), m.group(2), "x" if m.group(3) == "WeightMatrix" else "h"
+
+
+def lstm_prefixes(layer: Any) -> list[str]:
+    """The direction prefixes of an LSTM layer's fields (``weightParams.``; ``weightParams.0.``, ``.1.``)."""
+    if layer.WhichOneof("layer") == "uniDirectionalLSTM":
+        return ["weightParams."]
+    return [f"weightParams.{d}." for d in range(len(layer.biDirectionalLSTM.weightParams))]
+
+
+def stats_key(layer_name: str, field: str = "weights") -> str:
+    """The calibration statistics' key of tensor ``field`` of layer ``layer_name``: the layer name,
+    or for an LSTM gate matrix ``<layer>|<direction prefix>x`` (the step inputs, ``W_*``) or
+    ``...h`` (the previous hidden states, ``R_*``)."""
+    m = lstm_matrix(field)
+    return layer_name if m is None else f"{layer_name}|{m[0]}{m[2]}"
+
+
+def bias_field(layer: Any, field: str) -> str:
+    """The bias a correction of weight tensor ``field`` is added to (``bias``, or the LSTM gate's
+    ``<prefix><gate>BiasVector``)."""
+    m = lstm_matrix(field)
+    return "bias" if m is None else f"{m[0]}{m[1]}BiasVector"
+
+
+def observed(layer: Any) -> bool:
+    """True when the statistics collector observes ``layer`` (it has a tensor an algorithm handles)."""
+    return layer.WhichOneof("layer") in LSTM_LAYER_TYPES or unsupported_reason(layer, "weights") is None
+
+
 def unsupported_reason(layer: Any, field: str) -> str | None:
     """Why no calibration-aware algorithm handles tensor ``field`` of ``layer`` (None: one does)."""
     kind = layer.WhichOneof("layer")
+    if kind in LSTM_LAYER_TYPES:
+        return None if lstm_matrix(field) is not None else f"{field} of a {kind} (only its gate matrices are calibrated)"
     if kind in _REASONS:
         return _REASONS[kind]
     if kind not in CALIBRATED_LAYER_TYPES:
@@ -98,12 +155,13 @@ def calibrated_codec(layer: Any, field: str, codec: Codec, *, algorithm: str = "
     if (algorithm == "rtn" and not bias_correction) or not codec.quantizes or codec.mode == "dequantization":
         return codec
     kind = layer.WhichOneof("layer")
-    if field != "weights" and kind in CALIBRATED_LAYER_TYPES:
+    if (field != "weights" and kind in CALIBRATED_LAYER_TYPES) or (kind in LSTM_LAYER_TYPES
+                                                                   and field.endswith("BiasVector")):
         return codec  # a bias: corrected (if asked) through the weights' codec, stored with its own
     reason = unsupported_reason(layer, field)
     if reason is not None:
         return _fallback(codec, layer, reason, requested)
-    stats = (calibration or {}).get(layer.name)
+    stats = (calibration or {}).get(stats_key(layer.name, field))
     if stats is None:
         return _fallback(codec, layer, "no calibration statistics for this layer (its input was not observed)",
                          requested)
@@ -116,6 +174,10 @@ def calibrated_codec(layer: Any, field: str, codec: Codec, *, algorithm: str = "
                 f"layer {layer.name!r}: calibration statistics of {stats.groups} group(s) x {stats.columns} columns "
                 f"do not fit its weights of shape {tuple(shape)}: were they collected on another model?")
     algo, note = algorithm, ""
+    if bias_correction and kind in LSTM_LAYER_TYPES and not LSTM_GATE_BIAS_CORRECTION:
+        if algorithm == "rtn":
+            return _fallback(codec, layer, _GATE_BC_NOTE, requested)
+        bias_correction, note = False, _GATE_BC_NOTE
     modes = ALGORITHM_MODES.get(algorithm)
     if modes is not None and codec.mode not in modes:
         if not bias_correction:

@@ -249,6 +249,25 @@ def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.
 
 
 class _LSTMBase(_Recurrent):
+    def step_inputs(self, blobs: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+        """What each gate matrix multiplies, for calibration observers (the op's run is untouched):
+        per direction, in ``weightParams`` order, ``(x rows (S*M, X), h_{t-1} rows (S*M, H))`` --
+        the input at every step and the hidden state the recurrent matrices see at that step
+        (``h_0`` first), computed by running the layer on ``blobs`` (its inputs) as :meth:`run_blobs` would."""
+        x, *st = self.inputs_of(blobs) + [None] * 4
+        xs, n, b = self.sequence_t(x)
+        states = []
+        for d in range(sum(len(g.dirs) for g in self.groups)):
+            states.append((self.state(st[2 * d], n, b, "the initial hidden state"),
+                           self.state(st[2 * d + 1], n, b, "the initial cell state")))
+        outs = run_lstm(self.groups, xs, states, self.cell_clip, self.coupled)
+        rows = xs.transpose(0, 2, 1).reshape(-1, xs.shape[1])
+        res = []
+        for (h0, _), (ys, _, _) in zip(states, outs):
+            prev = np.concatenate([f32(h0).T[None], ys[:-1]], axis=0)  # (S, H, M) in processing order
+            res.append((rows, prev.transpose(0, 2, 1).reshape(-1, prev.shape[1])))
+        return res
+
     def sequence_t(self, x: np.ndarray) -> tuple[np.ndarray, int, int]:
         """``(N, S, B, X, 1, 1)`` -> ``(S, X, N*B)`` float32 (one transposing copy), and N, B."""
         if x is None or x.ndim != 6 or x.shape[-2:] != (1, 1) or x.shape[3] != self.in_size:

@@ -115,7 +115,7 @@ def test_round_to_nearest_with_statistics_is_todays_bytes(nn_model):
         assert quantizer.quantize_weights(spec, 3, mode, algorithm="rtn", calibration=st).SerializeToString() == today
 
 
-@pytest.mark.parametrize("name,reason", [("uniDirectionalLSTM", "recurrent gate matrix"), ("gru", "recurrent gate"),
+@pytest.mark.parametrize("name,reason", [("gru", "recurrent gate"),
                                          ("simpleRecurrent", "recurrent weight matrix"),
                                          ("deconvolution", "deconvolution"), ("embeddingND", "embedding table"),
                                          ("batchnorm", "not a matrix multiply")])
@@ -131,6 +131,18 @@ def test_layers_no_algorithm_handles_fall_back_with_a_note(nn_model, name, reaso
     assert quantizer.apply_plan(spec, plan).SerializeToString() == quantizer.apply_plan(spec, rtn).SerializeToString()
     logged = [r.getMessage() for r in caplog.records if r.name.startswith("quantizer")]
     assert any("round-to-nearest" in m and reason in m for m in logged), logged
+
+
+def test_lstm_gates_without_statistics_fall_back_and_peepholes_always_do(nn_model):
+    """LSTM gate matrices are calibrated (tests/calibration/test_lstm.py); without their statistics they fall back
+    with a note, and their peepholes fall back whatever the statistics."""
+    spec = nn_model("uniDirectionalLSTM")
+    plan = quantizer.build_plan(spec, 4, "linear", algorithm="gptq", calibration={})
+    assert plan.digest() == quantizer.build_plan(spec, 4, "linear").digest()
+    notes = {f: c.note for (_, f), c in plan.items()}
+    assert "no calibration statistics" in notes["weightParams.forgetGateRecursionMatrix"]
+    assert "only its gate matrices" in notes["weightParams.outputGatePeepholeVector"]
+    assert notes["weightParams.forgetGateBiasVector"] == ""
 
 
 def test_missing_and_mismatched_statistics(nn_model):
