@@ -95,7 +95,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     strategy = kind(ctx)
     # The float model on the test set: binds the metric to an output (refusals happen here, before the storage).
     evaluator = Evaluator(model.spec, dataset, executor=executor_kind, metric=request,
-                          batch_size=int(cfg.executor.batch_size), seed=seed)
+                          batch_size=int(cfg.executor.batch_size), seed=seed, evaluation=cfg.get("evaluation"))
     metric = evaluator.metric
     baseline = evaluator.baseline
     lo, hi = evaluator.ci_names
@@ -105,7 +105,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     storage = open_storage(cfg.storage)
     experiment = {"model_sha256": model.sha256, "data_sha256": dataset.sha256, "metric": evaluator.record(),
                   "search": strategy.describe(), "seed": seed, "executor": executor_kind,
-                  "fuse": bool(cfg.search.fuse)}
+                  "fuse": bool(cfg.search.fuse), "racing": evaluator.racing_record()}
     name = str(cfg.study.name) if cfg.study.name else _study_name(model, str(cfg.search.kind), experiment)
 
     db, created = open_study(storage, name, ["minimize", metric.direction], experiment=experiment,
@@ -132,6 +132,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
             loop = worker.run()
     finally:
         progress.close()
+        evaluator.cache.close()
     if loop.interrupted:
         log.warning("interrupted: writing the results of the finished trials; the trial in flight was put back "
                     "in the queue. Run the same command again to resume.")

@@ -85,14 +85,18 @@ class Network:
             if name not in keep:
                 self._release[i].append(name)
 
-    def run(self, blobs: Blobs, release: bool = False) -> Blobs:
-        """Run every op over ``blobs`` (mutated in place and returned).
+    def run(self, blobs: Blobs, release: bool = False, *, start: int = 0, stop: int | None = None) -> Blobs:
+        """Run the ops ``start`` .. ``stop - 1`` (default: every op) over ``blobs`` (mutated in place and returned).
 
         ``release=True`` drops blobs no later layer reads (see :meth:`release_dead_blobs`),
-        which bounds peak memory on large batches.
+        which bounds peak memory on large batches. Starting at ``start > 0``, ``blobs`` must hold
+        what the layers before it left (e.g. the float model's activations at that layer:
+        :mod:`harness.activations`).
         """
         drop = self._release if release else None
-        for i, op in enumerate(self.ops):
+        stop = len(self.ops) if stop is None else stop
+        for i in range(start, stop):
+            op = self.ops[i]
             try:
                 op.run_blobs(blobs)
             except ExecutorError:
