@@ -50,7 +50,8 @@ class ModelConfig:
     """The model to compress.
 
     ``path`` (a ``.mlmodel`` file), when set, is used; otherwise ``name`` is a
-    bundled zoo model (``harness.zoo.names()``).
+    zoo model (``harness.zoo.catalog()``: bundled, or built on demand; one that is
+    not built fails with its build command).
     """
 
     name: Optional[str] = "digits_cnn"

