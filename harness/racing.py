@@ -56,7 +56,7 @@ from harness.rundir import EVALUATED_COLUMN as EVALUATED_ATTR
 from harness.rundir import REACH_COLUMN as REACH_ATTR
 
 __all__ = ["Racing", "SampleOrder", "Bounds", "Finished", "Stop", "chunk_size", "difficulty_strata",
-           "dominator", "finished_trials", "EVALUATED_ATTR", "DOMINATED_ATTR", "REACH_ATTR", "DROP_BOUND_ATTR"]
+           "count_upper_bound", "dominator", "finished_trials", "EVALUATED_ATTR", "DOMINATED_ATTR", "REACH_ATTR", "DROP_BOUND_ATTR"]
 
 #: Tertiles of the margin among the samples the float model gets right (strata of the order).
 MARGIN_BINS = 3
@@ -299,20 +299,12 @@ class Bounds:
 
     def _proportion_ucb(self, hits: np.ndarray, n: int) -> int:
         """Sum over strata of the seen count plus a hypergeometric upper bound of the unseen one."""
-        from scipy.stats import hypergeom
-
         strata = self.pos_strata[:n]
         alpha = self._alpha(self.order.n_strata)
         total = 0
         for s, size in enumerate(self.sizes):
             mask = strata == s
-            ns, ks = int(mask.sum()), int(round(float(hits[mask].sum())))
-            if ns == 0 or ns >= size:
-                total += ks + (int(size) - ns)
-                continue
-            cand = np.arange(ks, ks + int(size) - ns + 1)  # possible stratum totals, smallest first
-            ok = cand[hypergeom.cdf(ks, int(size), cand, ns) > alpha]
-            total += int(ok.max()) if ok.size else ks
+            total += count_upper_bound(int(round(float(hits[mask].sum()))), int(mask.sum()), int(size), alpha)
         return total
 
     def _rest_rows(self, seen: np.ndarray, n: int) -> np.ndarray | None:
@@ -336,3 +328,23 @@ class Bounds:
                 return None
             rest[:, j] = value
         return rest
+
+
+def count_upper_bound(k: int, n: int, size: int, alpha: float) -> int:
+    """Upper confidence bound (level ``1 - alpha``) of the number of hits among all ``size`` samples of a
+    stratum, ``k`` of the ``n`` seen (a simple random sample) being hits: the largest total ``K`` with
+    ``P[X <= k] > alpha`` for ``X ~ Hypergeometric(size, K, n)``; exact when nothing or everything is seen.
+
+    Example:
+        >>> count_upper_bound(0, 50, 100, 0.01), count_upper_bound(10, 10, 100, 0.01), count_upper_bound(3, 100, 100, 0.5)
+        (6, 100, 3)
+    """
+    if n <= 0:
+        return size
+    if n >= size:
+        return k
+    from scipy.stats import hypergeom
+
+    cand = np.arange(k, k + size - n + 1)  # possible totals
+    ok = cand[hypergeom.cdf(k, size, cand, n) > alpha]
+    return int(ok.max()) if ok.size else k
