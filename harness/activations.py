@@ -83,8 +83,19 @@ def _needed(network: Any, outputs: set[str], inputs: list[str]) -> list[frozense
     for i in range(len(ops) + 1):
         out.append(frozenset(made & (later[i] | outputs)))
         if i < len(ops):
-            made |= set(ops[i].outputs)
+            made |= _writes(ops[i].layer)
     return out
+
+
+def _writes(layer: Any) -> set[str]:
+    """Blob names a layer writes, including what its loop/branch bodies write into the outer dict."""
+    import quantizer.walk as walk
+
+    names = set(layer.output)
+    for net in walk.sub_networks(layer):
+        for inner in walk.iter_layers(net):
+            names.update(inner.output)
+    return names
 
 
 @dataclass
