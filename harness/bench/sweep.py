@@ -14,7 +14,9 @@ config tree of ``qsweep`` and one process:
 2. ``search=sensitivity`` on the same model (``--sens-nbits`` x ``--sens-modes``, default
    [8, 4, 2] x [linear, kmeans_lut]) with ``evaluation.activation_cache_mb=0`` and with the
    default cache: wall time, speed-up, and whether the two sensitivity tables are identical;
-3. ``search=mixed`` the same way (``--mixed-trials`` trials, default 40).
+3. ``search=mixed`` the same way (``--mixed-trials`` trials, default 40);
+4. ``--held-out`` synthetic sweeps built to be hard for a confident stop (:mod:`harness.bench._heldout`,
+   default 100): fronts and best-within models changed, wrong stops, sample evaluations.
 
 Targets (issue 11): exact at most 60% of off's sample evaluations with an identical front;
 confident at most 30% with an identical front on every zoo model; sensitivity at least 1.5x
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sens-nbits", default="[8,4,2]")
     ap.add_argument("--sens-modes", default="[linear,kmeans_lut]")
     ap.add_argument("--mixed-trials", type=int, default=40)
+    ap.add_argument("--held-out", type=int, default=100, help="synthetic hard sweeps raced exact and confident")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -154,9 +157,22 @@ def main(argv: list[str] | None = None) -> int:
         space = [f"search.space.nbits={args.sens_nbits}", f"search.space.mode={args.sens_modes}"]
         reuse.append(reuse_rows(model, out, args.seed, "sensitivity", space))
         reuse.append(reuse_rows(model, out, args.seed, "mixed", [*space, f"search.n_trials={args.mixed_trials}"]))
+    held = None
+    if args.held_out:
+        from harness.bench._heldout import held_out
+
+        held = held_out(args.held_out, args.seed)
     print_racing(rows)
     if reuse:
         print_reuse(reuse, model)
+    if held is not None:
+        print(f"\n| held-out synthetic sweeps ({held['cases']} x 40 candidates x 1024 samples) | sample evaluations "
+              "| fronts changed | best within 1 point changed | wrong stops |")
+        print("|---|---|---|---|---|")
+        for mode in ("exact", "confident"):
+            h = held[mode]
+            print(f"| {mode} | {h['ratio']:.1%} | {h['front_changed']} | {h['best_changed']} | "
+                  f"{h['wrong_stops']} of {h['stops']} |")
     main_rows = [r for r in rows if r["model"] == model]
     exact = next(r for r in main_rows if r["mode"] == "exact")
     conf = [r for r in rows if r["mode"] == "confident"]
