@@ -253,13 +253,19 @@ class StorageConfig:
     A relative SQLite path is relative to the working folder, so re-running in
     the same folder resumes. ``heartbeat_interval``/``grace_period`` (seconds)
     detect workers that died mid-trial; their trials are retried up to
-    ``max_retry`` times.
+    ``max_retry`` times. ``retry_s``: how long a worker rides out a database
+    outage (connection lost, server restarting) before it exits. The password
+    may come from the file ``password_file`` or the environment variable named
+    by ``password_env`` instead of the URL (masked everywhere in any case).
     """
 
     url: str = "sqlite:///outputs/qsweep.db"
     heartbeat_interval: int = 10
     grace_period: int = 30
     max_retry: Optional[int] = 3
+    retry_s: float = 120.0
+    password_env: Optional[str] = "QSWEEP_STORAGE_PASSWORD"
+    password_file: Optional[str] = None
 
 
 @dataclass

@@ -32,4 +32,12 @@ class StorageError(QsweepError):
     """The study storage cannot be reached or opened (names the URL)."""
 
 
+class StorageUnavailableError(StorageError):
+    """The study database stayed away longer than ``storage.retry_s`` in the middle of a run."""
+
+
+class OutputError(QsweepError):
+    """A file of the run directory cannot be written (names the file and the reason)."""
+
+
 USER_ERRORS = (QsweepError, QuantizerError)

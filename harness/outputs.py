@@ -5,6 +5,10 @@
 strategy returns (``StrategyResult.tables[name]`` as ``<name>.csv``),
 ``summary.json`` (with ``StrategyResult.summary`` merged in) and ``models/``
 (the Pareto-optimal models) — prints the Pareto front and calls the report.
+Every file is written through :func:`harness.writes.writing` (a disk error
+names the file) and no text in it holds a secret (:func:`harness.secrets.mask`).
+Each saved model is checked against the sha256 its trial recorded in the study
+when it was evaluated (:func:`model_sha256`).
 
 :func:`trials_frame` fixes the leading columns; attributes a search strategy
 adds (e.g. per-layer codecs) follow in name order.
@@ -12,6 +16,7 @@ adds (e.g. per-layer codecs) follow in name order.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -30,8 +35,11 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial
 
 from harness import pareto, rundir
+from harness.errors import OutputError
 from harness.search.base import SearchStrategy, StrategyResult
-from harness.study import masked_url, retried_numbers, worker_id
+from harness.secrets import mask, mask_data
+from harness.study import retried_numbers, worker_id
+from harness.writes import writing
 
 log = logging.getLogger("qsweep")
 
@@ -51,6 +59,16 @@ class SweepResult:
     summary: dict[str, Any]
     interrupted: bool = False
     files: dict[str, Path] = field(default_factory=dict)
+    #: The worker loop's record (:class:`harness.study.LoopState`): why it stopped, trials put back.
+    loop: Any = None
+
+
+def model_sha256(spec: Any) -> str:
+    """The sha256 of the saved model file of ``spec`` (:func:`quantizer.io.serialize`, what :func:`quantizer.save`
+    writes: the same bytes in every process)."""
+    import quantizer.io
+
+    return hashlib.sha256(quantizer.io.serialize(spec)).hexdigest()
 
 
 def _cell(v: Any) -> Any:
@@ -121,17 +139,23 @@ def records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    text = json.dumps(mask_data(_json_safe(data)), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    with writing(path):
+        path.write_text(text)
     return path
+
+
+def config_record(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config with every interpolation resolved, as plain data, every secret masked."""
+    return mask_data(OmegaConf.to_container(cfg, resolve=True))
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> Path:
     """``config.yaml``: the composed config with every interpolation resolved (storage password masked)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    if isinstance(data.get("storage"), dict) and data["storage"].get("url"):
-        data["storage"]["url"] = masked_url(str(data["storage"]["url"]))
     path = run_dir / rundir.CONFIG
-    path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
+    text = OmegaConf.to_yaml(OmegaConf.create(config_record(cfg)))
+    with writing(path):
+        path.write_text(text)
     return path
 
 
@@ -156,7 +180,7 @@ def environment(**extra: Any) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "packages": package_versions(),
-        "argv": sys.argv,
+        "argv": [mask(a) for a in sys.argv],
         **extra,
     }
 
@@ -164,8 +188,9 @@ def environment(**extra: Any) -> dict[str, Any]:
 def write_tables(run_dir: Path, trials: pd.DataFrame, front: pd.DataFrame) -> tuple[Path, Path]:
     """``trials.csv`` and ``pareto.csv``."""
     t, p = run_dir / rundir.TRIALS, run_dir / rundir.PARETO
-    trials.to_csv(t, index=False)
-    front.to_csv(p, index=False)
+    for path, df in ((t, trials), (p, front)):
+        with writing(path):
+            df.to_csv(path, index=False)
     return t, p
 
 
@@ -215,31 +240,50 @@ def front_table(front: pd.DataFrame, baseline: Mapping[str, Any], metric: str) -
 
 # ------------------------------------------------------------------------------- the run directory
 def save_front_models(run_dir: Path, front: pd.DataFrame, study: optuna.Study, strategy: SearchStrategy,
-                      model: Any, fuse: bool) -> dict[int, str]:
-    """Rebuild and save each Pareto-optimal model; return trial number -> path relative to ``run_dir``."""
+                      model: Any, fuse: bool, *, strict: bool = False) -> dict[int, tuple[str, str]]:
+    """Rebuild and save each Pareto-optimal model; return trial number -> (path relative to ``run_dir``, sha256).
+
+    The rebuilt model must be the one evaluated: same plan digest, same size and the
+    sha256 the trial recorded (``model_sha256``, trials evaluated by this version).
+    A model that differs is not saved: a warning, or with ``strict`` (rebuilding from
+    the study) an OutputError naming the trial.
+    """
     import quantizer
 
-    out: dict[int, str] = {}
+    out: dict[int, tuple[str, str]] = {}
     if front.empty:
         return out
-    (run_dir / rundir.MODELS).mkdir(exist_ok=True)
+    with writing(run_dir / rundir.MODELS):
+        (run_dir / rundir.MODELS).mkdir(exist_ok=True)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+
+    def refuse(number: int, why: str) -> None:
+        if strict:
+            raise OutputError(f"trial {number}: {why}; the model cannot be re-created byte for byte (was the study "
+                              "made with another version of qsweep or another model file?).")
+        log.warning("trial %d: %s; model not saved", number, why)
+
     for _, row in front.iterrows():
         t = by_number[int(row["trial"])]
         cand = strategy.candidate(t.params)
         if cand.plan.digest() != row["plan_hash"]:
-            log.warning("trial %d: its plan rebuilt now differs from the one evaluated (%s != %s); model not saved",
-                        t.number, cand.plan.digest()[:12], str(row["plan_hash"])[:12])
+            refuse(t.number, f"its plan rebuilt now differs from the one evaluated ({cand.plan.digest()[:12]} != "
+                             f"{str(row['plan_hash'])[:12]})")
             continue
         qspec = quantizer.apply_plan(model.spec, cand.plan, fuse=fuse)
         size = quantizer.model_size(qspec)
         if size != int(row["size_bytes"]):
-            log.warning("trial %d: rebuilt model has %d bytes, evaluated %d; model not saved", t.number, size,
-                        int(row["size_bytes"]))
+            refuse(t.number, f"the rebuilt model has {size} bytes, the evaluated one {int(row['size_bytes'])}")
+            continue
+        digest = model_sha256(qspec)
+        recorded = t.user_attrs.get("model_sha256")
+        if recorded is not None and recorded != digest:
+            refuse(t.number, f"the rebuilt model has sha256 {digest[:16]}..., the study recorded {recorded[:16]}...")
             continue
         rel = rundir.model_file(t.number, cand.label)
-        quantizer.save(qspec, run_dir / rel)
-        out[t.number] = rel
+        with writing(run_dir / rel) as path:
+            path.write_bytes(quantizer.io.serialize(qspec))
+        out[t.number] = (rel, digest)
     return out
 
 
@@ -259,7 +303,8 @@ def write_strategy_result(run_dir: Path, result: StrategyResult, summary: dict[s
         if name in rundir.RESERVED_TABLES:
             raise ValueError(f"a strategy table may not be named {name!r} (the run's own {rundir.table_file(name)})")
         path = run_dir / rundir.table_file(name)
-        table.to_csv(path, index=False)
+        with writing(path):
+            table.to_csv(path, index=False)
         files[name] = path
     summary.update(result.summary)
     return files
@@ -282,8 +327,17 @@ def _target(complete: pd.DataFrame, metric: Any, baseline: Mapping[str, Any], ma
 
 def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str, strategy: SearchStrategy,
               evaluator: Any, model: Any, dataset: Any, experiment: dict[str, Any], created: bool,
-              loop: Any, t_start: float) -> SweepResult:
-    """Write the run directory (see module docstring), print the front and write the report (if enabled)."""
+              loop: Any, t_start: float, strict_models: bool = False) -> SweepResult:
+    """Write the run directory (see module docstring), print the front and write the report (if enabled).
+
+    ``evaluator`` needs ``metric``, ``baseline`` and ``executor_name``; ``dataset`` ``name``,
+    ``description``, ``n`` and ``sha256`` (the recorded ones when rebuilding from the study,
+    :mod:`harness.rebuild`, which also sets ``strict_models``: see :func:`save_front_models`).
+
+    Raises:
+        OutputError: a file cannot be written (names it) or, with ``strict_models``, a model
+            cannot be re-created byte for byte (names the trial).
+    """
     metric = evaluator.metric
     baseline = evaluator.baseline
     trials = study.get_trials(deepcopy=False)
@@ -292,10 +346,12 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     front = pareto.front(complete, metric.name, maximize=metric.maximize)
     files: dict[str, Path] = {}
     if bool(cfg.output.save_models):
-        saved = save_front_models(run_dir, front, study, strategy, model, bool(cfg.search.fuse))
+        saved = save_front_models(run_dir, front, study, strategy, model, bool(cfg.search.fuse),
+                                  strict=strict_models)
         table["model_file"] = table["model_file"].astype(object)
-        for number, rel in saved.items():
-            table.loc[table["trial"] == number, "model_file"] = rel
+        table["model_sha256"] = table["model_sha256"].astype(object)
+        for number, (rel, digest) in saved.items():
+            table.loc[table["trial"] == number, ["model_file", "model_sha256"]] = [rel, digest]
         front = table.loc[front.index]
         complete = table.loc[complete.index]
     files["config"] = write_config(run_dir, cfg)
@@ -303,14 +359,14 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
         model={"name": model.label, "path": str(model.path), "sha256": model.sha256, "zoo": model.zoo},
         data={"name": dataset.name, "description": dataset.description, "n": dataset.n, "sha256": dataset.sha256},
         seed=int(cfg.seed), executor=evaluator.executor_name,
-        storage=masked_url(storage_url), study=study.study_name, worker=worker_id()))
+        storage=mask(storage_url), study=study.study_name, worker=worker_id()))
     files["trials"], files["pareto"] = write_tables(run_dir, table, front)
 
     max_drop = cfg.search.max_accuracy_drop
     target = _target(complete, metric, baseline, max_drop, dataset.n)
     states = table["state"].value_counts().to_dict()
     summary: rundir.Summary = {
-        "study": {"name": study.study_name, "storage": masked_url(storage_url), "created_by_this_run": created},
+        "study": {"name": study.study_name, "storage": mask(storage_url), "created_by_this_run": created},
         "model": {"name": model.label, "path": str(model.path), "sha256": model.sha256},
         "data": {"name": dataset.name, "n": dataset.n, "sha256": dataset.sha256},
         "metric": metric.name,
@@ -343,7 +399,7 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     if bool(cfg.report.enabled):
         _write_report(run_dir)
     return SweepResult(run_dir, study.study_name, table, front, dict(summary), interrupted=loop.interrupted,
-                       files=files)
+                       files=files, loop=loop)
 
 
 def racing_entry(table: pd.DataFrame, evaluator: Any) -> rundir.RacingEntry:
@@ -386,6 +442,8 @@ def _write_report(run_dir: Path) -> None:
 
     try:
         written = report.write_report(run_dir)
+    except OutputError:  # the disk, as for any other file of the run (it names the file)
+        raise
     except Exception as e:  # noqa: BLE001 - the sweep's tables are complete; say what failed and go on
         log.warning("report: failed (%s: %s); the sweep's tables are complete", type(e).__name__, e)
         return

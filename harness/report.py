@@ -2,7 +2,9 @@
 
 ``write_report(run_dir)`` (also ``qsweep-report RUN_DIR`` or
 ``python -m harness.report RUN_DIR``) reads the files a run left in its
-directory and writes, into the same directory:
+directory and writes, into the same directory (``qsweep-report --study NAME
+--storage URL OUT_DIR`` rebuilds a whole run directory from the study alone,
+:mod:`harness.rebuild`):
 
 * ``pareto.png`` — model size (KB, log axis) vs the task metric: every trial
   a point coloured by mode and shaped by nbits, the Pareto front as a step
@@ -35,6 +37,8 @@ from matplotlib.figure import Figure
 
 from harness import analysis, rundir
 from harness.errors import USER_ERRORS
+from harness.secrets import mask
+from harness.writes import writing
 
 __all__ = ["write_report", "main", "pareto_figure", "layers_figure", "sensitivity_figure", "resolve_model_file"]
 
@@ -155,7 +159,8 @@ def _save(fig: Figure, path: Path) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     data = buf.getvalue()
-    path.write_bytes(data)
+    with writing(path):
+        path.write_bytes(data)
     return data
 
 
@@ -294,21 +299,51 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
     )
-    (run.path / rundir.REPORT_HTML).write_text(page, encoding="utf-8")
+    with writing(run.path / rundir.REPORT_HTML) as path:
+        path.write_text(page, encoding="utf-8")
     out["report"] = run.path / rundir.REPORT_HTML
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``qsweep-report RUN_DIR``: write the report files and print their paths."""
-    parser = argparse.ArgumentParser(prog="qsweep-report", description="Write pareto.png, layers.png and report.html into a qsweep run directory.")
-    parser.add_argument("run_dir", nargs="?", default=None, help="run directory (default: the newest run under ./outputs)")
+    """``qsweep-report RUN_DIR`` (the report of a run) or ``qsweep-report --study NAME --storage URL OUT_DIR``
+    (the whole run directory, rebuilt from the study alone: :func:`harness.rebuild.rebuild`)."""
+    parser = argparse.ArgumentParser(
+        prog="qsweep-report",
+        description="Write pareto.png, layers.png and report.html into a qsweep run directory, or with --study "
+                    "rebuild a whole run directory (trials.csv, pareto.csv, summary.json, models/, the report) "
+                    "from the study alone.",
+        epilog="Rebuilding needs the float model: the file must still exist at the path recorded in the study, or "
+               "be given with --model (its sha256 is checked against the study's). Each Pareto model is re-created "
+               "and checked byte for byte against the sha256 recorded when it was evaluated. The password can come "
+               "from QSWEEP_STORAGE_PASSWORD (or PGPASSWORD / ~/.pgpass) instead of the URL.")
+    parser.add_argument("run_dir", nargs="?", default=None,
+                        help="run directory (default: the newest run under ./outputs); with --study: OUT_DIR, "
+                             "the folder to write")
+    parser.add_argument("--study", help="rebuild the run directory of this study (needs --storage and OUT_DIR)")
+    parser.add_argument("--storage", help="the study's storage URL, e.g. postgresql://user@host:5432/db or "
+                                          "sqlite:///outputs/qsweep.db")
+    parser.add_argument("--model", help="the float .mlmodel file, when it is not at the path recorded in the study")
+    parser.add_argument("--no-report", action="store_true", help="with --study: skip the figures and report.html")
+    parser.add_argument("--retry-s", type=float, default=120.0,
+                        help="seconds to ride out a database outage (storage.retry_s; default 120)")
     args = parser.parse_args(argv)
+    if args.study is not None and (not args.storage or not args.run_dir):
+        parser.error("--study needs --storage URL and OUT_DIR")
+    if args.study is None and (args.storage or args.model or args.no_report):
+        parser.error("--storage, --model and --no-report go with --study NAME")
     try:
-        run_dir = Path(args.run_dir) if args.run_dir else analysis.newest_run("outputs")
-        paths = write_report(run_dir)
+        if args.study is not None:
+            from harness.rebuild import rebuild
+
+            result = rebuild(args.study, args.storage, args.run_dir, model_path=args.model,
+                             report=not args.no_report, retry_s=args.retry_s)
+            paths = dict(result.files)
+        else:
+            run_dir = Path(args.run_dir) if args.run_dir else analysis.newest_run("outputs")
+            paths = write_report(run_dir)
     except USER_ERRORS as exc:
-        print(f"qsweep-report: error: {exc}", file=sys.stderr)
+        print(f"qsweep-report: error: {mask(exc)}", file=sys.stderr)
         return 2
     for kind, path in paths.items():
         print(f"{kind:12s} {path}")

@@ -121,7 +121,8 @@ def leading_columns(metric: str, outputs: Iterable[str] = ()) -> list[str]:
     """The first columns of trials.csv / pareto.csv for task metric ``metric`` (always present);
     ``outputs``: the model's numeric outputs (``summary["evaluation"]["snr_outputs"]``)."""
     return (["trial", "state"] + SETTING_COLUMNS + figure_columns(metric, outputs) + RACING_COLUMNS
-            + ["plan_hash", "reused_from", "model_file", "quantize_s", "evaluate_s", "encodings", "error"])
+            + ["plan_hash", "reused_from", "model_file", "model_sha256", "quantize_s", "evaluate_s", "encodings",
+               "error"])
 
 
 def fixed_columns() -> set[str]:

@@ -4,11 +4,14 @@
 config; it can be called from Python with a config built by
 ``hydra.compose`` (see the tests). Everything a user can get wrong (model,
 data, metric, search space and options, other runs the options name, storage)
-is checked before the first trial. The parts it wires together:
+is checked before the first trial, and so is the run directory (it must be
+writable). The parts it wires together:
 :mod:`harness.inputs` (model and test data), :mod:`harness.search` (the
 strategy), :mod:`harness.study` (the shared study and the worker loop),
 :mod:`harness.trial` (one trial), :mod:`harness.progress` (the bar) and the
-run-directory writer (:mod:`harness.outputs`).
+run-directory writer (:mod:`harness.outputs`). What a later rebuild of the run
+directory from the study alone needs (:mod:`harness.rebuild`) is recorded in
+the study by the first worker.
 """
 from __future__ import annotations
 
@@ -21,16 +24,19 @@ from typing import Any
 
 import optuna
 
+from harness import secrets
 from harness.errors import ConfigError, QsweepError
 from harness.evaluate import Evaluator
 from harness.metric_choice import MetricRequest
 from harness.inputs import ModelInput, load_dataset, load_model
 from harness.outputs import SweepResult, write_run
 from harness.progress import Progress
+from harness.rebuild import record_run
 from harness.search import SearchContext, strategy_class
 from harness.space import SearchSpace, build_plan
 from harness.study import Worker, masked_url, open_storage, open_study
 from harness.trial import TrialRunner
+from harness.writes import DiskWatch, check_writable
 
 log = logging.getLogger("qsweep")
 
@@ -71,8 +77,9 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
         QsweepError / QuantizerError: bad model, data, config or storage (before any trial).
     """
     t_start = time.time()
+    secrets.install_log_masking()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
 
     # 1. Everything the user can get wrong, before any work.
     executor_kind = str(cfg.executor.kind)
@@ -114,6 +121,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     n_before = len(db.trials(states=(optuna.trial.TrialState.COMPLETE,)))
     log.info("study %r in %s: %s", name, masked_url(storage.url),
              "created" if created else f"resumed ({n_before} complete trial(s) kept)")
+    record_run(db, cfg, model, dataset, evaluator)
     strategy.prepare(db)
 
     # 2. Trials.
@@ -123,21 +131,27 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     desc = strategy.progress_desc()  # e.g. the cost of a sensitivity run
     if progress.bar is not None and desc is not None:
         progress.bar.set_description_str(desc)
+    disk = DiskWatch(run_dir)
     worker = Worker(db, strategy, runner, timeout=cfg.search.timeout,
-                    wait_for_others=bool(cfg.search.wait_for_others), on_progress=progress.update)
+                    wait_for_others=bool(cfg.search.wait_for_others), on_progress=progress.update,
+                    should_stop=disk.problem)
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+        with disk, logging_redirect_tqdm(loggers=[logging.getLogger()]):
             loop = worker.run()
     finally:
         progress.close()
         evaluator.cache.close()
     if loop.interrupted:
-        log.warning("interrupted: writing the results of the finished trials; the trial in flight was put back "
-                    "in the queue. Run the same command again to resume.")
+        back = (f"trial(s) {', '.join(map(str, loop.requeued))} put back in the queue" if loop.requeued
+                else "no trial was in flight")
+        log.warning("%s: writing the results of the finished trials; %s. Run the same command again to resume.",
+                    loop.stopped_by, back)
 
-    # 3. The run directory.
-    return write_run(run_dir, cfg, study=study, storage_url=storage.url, strategy=strategy, evaluator=evaluator,
-                     model=model, dataset=dataset, experiment=experiment, created=created, loop=loop,
-                     t_start=t_start)
+    # 3. The run directory (a disk problem seen mid-run is reported once it is written, or fails to be).
+    result = write_run(run_dir, cfg, study=study, storage_url=storage.url, strategy=strategy, evaluator=evaluator,
+                       model=model, dataset=dataset, experiment=experiment, created=created, loop=loop,
+                       t_start=t_start)
+    disk.raise_problem()
+    return result

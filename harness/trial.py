@@ -24,10 +24,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness.errors import USER_ERRORS
+from harness.errors import USER_ERRORS, StorageError
 from harness.evaluate import Evaluator, TaskMetric
 from harness.racing import DOMINATED_ATTR, DROP_BOUND_ATTR, EVALUATED_ATTR, REACH_ATTR, Stop, dominator, \
     finished_trials
+from harness.outputs import model_sha256
 from harness.search import SearchStrategy, SkipTrial
 from harness.study import FAILURE_ATTR, StudyDB, reap
 
@@ -36,7 +37,7 @@ log = logging.getLogger("qsweep")
 #: User attributes a trial copies from the trial whose plan it shares (besides every figure of
 #: ``Evaluator.figure_keys``: the task metric, its interval, drop and p-value, the per-output SNR).
 COPIED_ATTRS = ("size_bytes", "compression_ratio", "agreement", "snr_db", "psnr_db", "encodings", "layer_encodings",
-                DOMINATED_ATTR, REACH_ATTR, DROP_BOUND_ATTR)
+                "model_sha256", DOMINATED_ATTR, REACH_ATTR, DROP_BOUND_ATTR)
 
 
 def encoding_summary(spec: Any) -> tuple[str, dict[str, str]]:
@@ -79,6 +80,8 @@ class TrialRunner:
             self._tell(trial, state=TrialState.PRUNED)
             log.info("trial %d skipped: %s", trial.number, e)
             return
+        except StorageError:  # the study database failed (not the trial): the worker stops and says so
+            raise
         except Exception as e:  # noqa: BLE001 - recorded on the trial, the sweep goes on
             self._fail(trial, e)
             return
@@ -133,6 +136,7 @@ class TrialRunner:
             measured = self.evaluator.measure(qspec, check)
             t2 = time.perf_counter()
             summary, per_layer = encoding_summary(qspec)
+            digest = model_sha256(qspec)  # the saved file's, checked whenever the model is re-created
         except Exception as e:  # noqa: BLE001
             self._fail(trial, e)
             return
@@ -144,6 +148,7 @@ class TrialRunner:
         self._set(trial, "evaluate_s", round(t2 - t1, 4))
         self._set(trial, "encodings", summary)
         self._set(trial, "layer_encodings", per_layer)
+        self._set(trial, "model_sha256", digest)
         stop = measured.stop
         if stop is not None:
             self._set(trial, DOMINATED_ATTR, stop.dominated_by.number)

@@ -104,13 +104,21 @@ def parse(data: bytes, source: str = "the given bytes") -> Any:
     return spec
 
 
-def save(model: ModelSource, path: str | os.PathLike) -> Path:
-    """Write ``model`` as an ``.mlmodel`` file and return the path."""
+def serialize(model: ModelSource) -> bytes:
+    """The ``.mlmodel`` file bytes of ``model``: protobuf's deterministic serialization (map entries such as
+    the metadata's ``userDefined`` sorted), so the same model gives the same bytes in every process (plain
+    ``SerializeToString`` orders maps by the process's string hash seed)."""
     spec = load(model, validate=False) if not isinstance(model, _model_pb2().Model) else model
+    return spec.SerializeToString(deterministic=True)
+
+
+def save(model: ModelSource, path: str | os.PathLike) -> Path:
+    """Write ``model`` as an ``.mlmodel`` file (:func:`serialize`: the same bytes in every process) and return
+    the path."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise ModelLoadError(f"cannot save to '{path}': folder '{path.parent}' does not exist")
-    path.write_bytes(spec.SerializeToString())
+    path.write_bytes(serialize(model))
     return path
 
 

@@ -1,39 +1,48 @@
-"""Executor benchmark: numpy executor throughput next to PyTorch CPU on the same network.
+"""Executor benchmark: numpy executor time next to PyTorch CPU on the same network, per model and per layer type.
 
-Run ``python -m harness.bench executor [--models digits_cnn,digits_mlp] [--batch 256]
-[--repeats 7] [--threads N]``. For each zoo model (default: all of
-``harness.zoo.names()``) it times ``NumpyExecutor.predict`` on a batch of
-test samples and the same network rebuilt in PyTorch from the model's decoded
-weights (:mod:`harness.bench.torch_peer`), in the same process with the same
-thread count (numpy's BLAS via threadpoolctl, ``torch.set_num_threads``). It
-prints samples/s for both, the time ratio ours/torch (target: <= 2 for the
-CNNs and MLPs) and the largest difference between the two outputs, relative
-to the output scale. Needs the ``torch`` extra for the peer column.
+Run ``python -m harness.bench executor [--models a,b,path.mlmodel:32] [--batch N]
+[--repeats 7] [--threads 1,2]``. Models are zoo names or ``.mlmodel`` paths
+(inputs read from the ``.npz`` beside the file, keyed by input name, as the test
+fixtures store them); ``:N`` after a model sets its batch. The default list is
+every zoo model plus the transformer and recurrent test fixtures
+(``transformer_block``, ``lstm_text``, ``bilstm_text``, ``gru_text``) when run
+from a checkout. The default batch is 256, and 32 for models with attention
+(a ``batchedMatmul`` of two activations), the issue's transformer setting.
+
+For each model and thread count it times ``NumpyExecutor.predict`` on the
+batch and the same network rebuilt in PyTorch from the model's decoded weights
+(:mod:`harness.bench.torch_peer`), each in a fresh process with the same thread
+count (numpy's BLAS via threadpoolctl, which also sizes the executor's own
+elementwise pool; ``torch.set_num_threads``). Every repeat records the wall time
+of each top-level layer, so the same runs give the whole-model time and, per
+layer type, the time spent in the executor's ops of that type next to the same
+layers in the peer. ``--clock cpu`` times CPU seconds of the process instead of
+wall seconds; ``--stat min`` summarises the repeats by their minimum
+instead of the median. It prints medians over the repeats: samples/s, the time
+ratio ours/torch with the issue's targets (1.2 for the transformer layers,
+1.5 for LSTM/GRU) and the largest output difference relative to the output
+scale. A model the peer cannot translate gets a note naming the layers.
+Needs the ``torch`` extra for the peer columns.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
-import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from harness.bench import _executor_table as table
 
-def _time(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+#: The transformer and recurrent fixtures benchmarked by default (when tests/fixtures exists).
+FIXTURES = ("transformer_block", "lstm_text", "bilstm_text", "gru_text")
+FIXTURE_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 
 
 def _batch(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -41,20 +50,103 @@ def _batch(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v[np.arange(n) % v.shape[0]]) for k, v in feeds.items()}
 
 
+def load_model(name: str):
+    """``(spec, feeds)`` of a zoo model or of an ``.mlmodel`` file with its ``.npz`` inputs beside it."""
+    from harness import zoo
+
+    if name in zoo.names():
+        spec, data = zoo.load(name)
+        return spec, dict(data.feeds)
+    path = Path(name)
+    if path.suffix != ".mlmodel" or not path.is_file():
+        raise SystemExit(f"{name!r} is neither a zoo model ({', '.join(zoo.names())}) nor an .mlmodel file")
+    npz = path.with_suffix(".npz")
+    if not npz.is_file():
+        raise SystemExit(f"{path}: no inputs file {npz} beside it (arrays keyed by input name)")
+    import quantizer
+
+    with np.load(npz) as d:
+        feeds = {k: d[k] for k in d.files if not k.startswith("out:")}
+    return quantizer.load(path), feeds
+
+
+def has_attention(spec) -> bool:
+    """True if the network multiplies two activations (``batchedMatmul`` with two inputs)."""
+    import quantizer
+    from harness.executors.interface import ModelIO
+
+    return any(layer.WhichOneof("layer") == "batchedMatmul" and len(layer.input) == 2
+               for layer in quantizer.walk.iter_layers(ModelIO(spec).nn))
+
+
+#: ``--clock``: wall time, or the process's CPU time (all its threads), which a machine loaded by
+#: other processes disturbs much less when one thread is timed.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+#: ``--stat``: how the repeats are summarised (median; min estimates the uncontended time on a busy machine)
+STATS = {"median": statistics.median, "min": min}
+_stat = statistics.median
+
+
+def _runs(fn: Callable[[dict], object], repeats: int, warmup: int = 2) -> tuple[float, dict[str, float]]:
+    """Median total seconds and median seconds per layer type of ``fn(times)`` over ``repeats`` runs."""
+    for _ in range(warmup):
+        fn({})
+    totals, per = [], []
+    for _ in range(repeats):
+        times: dict[str, float] = {}
+        t0 = _clock()
+        fn(times)
+        totals.append(_clock() - t0)
+        per.append(times)
+    types = {t: _stat([p.get(t, 0.0) for p in per]) for t in per[0]}
+    return _stat(totals), types
+
+
+def _timed_ops(ex) -> list[dict]:
+    """Instrument the executor's top-level ops: each run adds its layer times to the dict in ``sink[0]``."""
+    clock = _clock
+    sink: list[dict] = [{}]
+    for op in ex.network.ops:
+        inner = op.run_blobs
+
+        def run_blobs(blobs, inner=inner, t=op.type):
+            t0 = clock()
+            inner(blobs)
+            d = sink[0]
+            d[t] = d.get(t, 0.0) + clock() - t0
+        op.run_blobs = run_blobs  # instance attribute: shadows the method
+    return sink
+
+
+def _calls(layers) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for layer in layers:
+        t = layer.WhichOneof("layer")
+        out[t] = out.get(t, 0) + 1
+    return out
+
+
 def _worker(backend: str, name: str, batch: int, repeats: int, threads: int) -> dict:
-    """Time one backend on one zoo model in this (fresh) process; returns a JSON-able dict."""
+    """Time one backend on one model in this (fresh) process; returns a JSON-able dict."""
     from threadpoolctl import threadpool_limits
 
-    from harness import zoo
     from harness.executors import NumpyExecutor
 
-    spec, data = zoo.load(name)
-    feeds = _batch(data.feeds, batch)
+    spec, feeds = load_model(name)
+    feeds = _batch(feeds, batch)
     ex = NumpyExecutor(spec)
     names = [o.name for o in ex.io.outputs if o.kind == "array"] + ([ex.io.prob_blob] if ex.io.prob_blob else [])
+    calls = _calls(ex.io.nn.layers)
     if backend == "numpy":
+        sink = _timed_ops(ex)
+
+        def run(times):
+            sink[0] = times
+            ex.predict(feeds)
         with threadpool_limits(limits=threads):
-            return {"seconds": _time(lambda: ex.predict(feeds), repeats), "layers": len(ex.network)}
+            total, types = _runs(run, repeats)
+        return {"seconds": total, "types": types, "calls": calls, "layers": len(ex.io.nn.layers), "fused": getattr(ex, "fused", {})}
     try:
         import torch
     except ImportError:  # an optional extra: the table says so instead of timing the peer
@@ -65,75 +157,97 @@ def _worker(backend: str, name: str, batch: int, repeats: int, threads: int) -> 
     bad = unsupported(spec)
     if bad:
         return {"note": "peer cannot translate " + ", ".join(bad)}
-    peer = TorchPeer(spec)
+    peer = TorchPeer(spec, clock=_clock)
     blobs = ex.input_blobs(feeds)
-    seconds = _time(lambda: peer.run(blobs, names), repeats)
+    total, types = _runs(lambda times: peer.run(blobs, names, times), repeats)
     theirs = peer.run(blobs, names)
     with threadpool_limits(limits=threads):
         ours = ex.trace(feeds)  # after timing: the two thread pools never compete while timed
     diff = max(float(np.max(np.abs(ours[k] - theirs[k]))) / max(float(np.max(np.abs(theirs[k]))), 1e-6) for k in names)
-    return {"seconds": seconds, "max_diff": diff}
+    return {"seconds": total, "types": types, "max_diff": diff, "fused": peer.fused}
 
 
-def bench_model(name: str, batch: int, repeats: int, threads: int) -> dict:
-    """Measure one zoo model: numpy then torch, each in a fresh subprocess (OpenBLAS's and
+def parse_models(text: str, batch: int | None) -> list[tuple[str, int | None]]:
+    """``"a,b:32,x.mlmodel"`` -> [(model, batch or None)]; a ``:N`` suffix sets that model's batch."""
+    out = []
+    for item in (m for m in text.split(",") if m):
+        head, sep, tail = item.rpartition(":")
+        if sep and tail.isdigit():
+            out.append((head, int(tail)))
+        else:
+            out.append((item, batch))
+    return out
+
+
+def default_models() -> list[str]:
+    """Every zoo model, then the transformer / recurrent fixtures of a checkout."""
+    from harness import zoo
+
+    fixtures = [str(FIXTURE_DIR / f"{n}.mlmodel") for n in FIXTURES if (FIXTURE_DIR / f"{n}.mlmodel").is_file()]
+    return zoo.names() + fixtures
+
+
+def bench_model(name: str, batch: int | None, repeats: int, threads: int, clock: str = "wall",
+                stat: str = "median") -> dict:
+    """Measure one model: numpy then torch, each in a fresh subprocess (OpenBLAS's and
     torch's thread pools otherwise spin against each other and distort both timings)."""
-    row: dict = {"model": name, "batch": batch}
+    if batch is None:
+        batch = 32 if has_attention(load_model(name)[0]) else 256
+    row: dict = {"model": Path(name).stem if name.endswith(".mlmodel") else name, "batch": batch, "threads": threads,
+                 "clock": clock, "stat": stat}
     for backend in ("numpy", "torch"):
         cmd = [sys.executable, "-m", "harness.bench.executor", "--worker", backend, "--models", name,
-               "--batch", str(batch), "--repeats", str(repeats), "--threads", str(threads)]
+               "--batch", str(batch), "--repeats", str(repeats), "--threads", str(threads), "--clock", clock,
+               "--stat", stat]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"{backend} worker failed on {name}:\n{proc.stderr[-2000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         if backend == "numpy":
-            row["ours_s"], row["layers"] = res["seconds"], res["layers"]
+            row.update(ours_s=res["seconds"], layers=res["layers"], ours_types=res["types"], calls=res["calls"],
+                       ours_fused=res["fused"])
         elif "seconds" in res:
-            row["torch_s"], row["max_diff"] = res["seconds"], res["max_diff"]
+            row.update(torch_s=res["seconds"], max_diff=res["max_diff"], torch_types=res["types"], torch_fused=res["fused"])
         else:
             row["torch_note"] = res["note"]
     return row
 
 
-def format_table(rows: list[dict], threads: int) -> str:
-    """The result rows as a plain-text table."""
-    head = f"{'model':<16}{'layers':>7}{'batch':>7}{'numpy ms':>10}{'numpy/s':>10}{'torch ms':>10}{'torch/s':>10}{'ratio':>8}{'max diff':>10}"
-    lines = [f"executor benchmark — threads={threads}, ratio = numpy time / torch time (target <= 2)", head, "-" * len(head)]
-    for r in rows:
-        ours = f"{r['ours_s'] * 1e3:>10.1f}{r['batch'] / r['ours_s']:>10.0f}"
-        if "torch_s" in r:
-            peer = f"{r['torch_s'] * 1e3:>10.1f}{r['batch'] / r['torch_s']:>10.0f}{r['ours_s'] / r['torch_s']:>8.2f}{r['max_diff']:>10.1e}"
-        else:
-            peer = f"  {r.get('torch_note', '')}"
-        lines.append(f"{r['model']:<16}{r['layers']:>7}{r['batch']:>7}{ours}{peer}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.bench executor``."""
-    from harness import zoo
-
     ap = argparse.ArgumentParser(prog="python -m harness.bench executor", description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(zoo.names()), help="comma-separated zoo model names (default: all)")
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--models", default=None,
+                    help="comma-separated zoo names or .mlmodel paths, each optionally :BATCH "
+                         "(default: every zoo model and the transformer/recurrent fixtures)")
+    ap.add_argument("--batch", type=int, default=None, help="samples per predict (default 256; 32 with attention)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed runs per model and backend (medians are printed)")
+    ap.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and the CPU count)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall time (default) or process CPU time (steadier on a machine shared with other work)")
+    ap.add_argument("--stat", choices=sorted(STATS), default="median",
+                    help="summary of the repeats: median (default) or min (the least disturbed run)")
+    ap.add_argument("--json", default=None, help="also write the result rows to this JSON file")
     ap.add_argument("--worker", choices=("numpy", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in zoo.names()]
-    if unknown:
-        ap.error(f"unknown zoo model(s) {unknown}; available: {', '.join(zoo.names())}")
+    global _clock, _stat
+    _clock, _stat = CLOCKS[args.clock], STATS[args.stat]
     if args.worker:
-        print(json.dumps(_worker(args.worker, models[0], args.batch, args.repeats, args.threads)))
+        name, batch = parse_models(args.models, args.batch)[0]
+        print(json.dumps(_worker(args.worker, name, batch, args.repeats, int(args.threads))))
         return 0
+    models = parse_models(args.models or ",".join(default_models()), args.batch)
+    cpus = os.cpu_count() or 1
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cpus})
     rows = []
-    for name in models:
-        rows.append(bench_model(name, args.batch, args.repeats, args.threads))
-        print(format_table(rows[-1:], args.threads).splitlines()[-1], flush=True)
+    for n_threads in threads:
+        for name, batch in models:
+            rows.append(bench_model(name, batch, args.repeats, n_threads, args.clock, args.stat))
+            print(table.model_line(rows[-1]), flush=True)
     print()
-    print(format_table(rows, args.threads))
+    print(table.report(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
 
 

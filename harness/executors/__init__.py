@@ -20,6 +20,12 @@ How the numpy executor is built (modelled on ``onnx.reference``)
   :class:`~harness.errors.UnsupportedLayerError` at build time), builds the
   ops (weights decoded once), and :class:`~harness.executors.runner.Network`
   runs them in spec order over a dict ``{blob name: array}``.
+* ``fusion.py`` — peephole fusions of the compiled model network (``mvn`` +
+  ``scale`` as one layer-norm pass); ``trace`` runs the unfused network.
+* ``ops/_parallel.py``, ``ops/_kernels.py`` — the thread pool (sized like
+  numpy's BLAS) and the chunked float32 kernels (gelu, softmax, row
+  normalization) the transformer ops use; ``ops/lstm.py`` runs LSTMs in a
+  transposed gate layout with column blocks over threads.
 * ``interface.py`` — the model's inputs (read and checked with the one
   model-input contract, :mod:`harness.data.model_inputs`), outputs, class labels
   and image preprocessing; ``numpy_executor.py`` turns feeds into blobs and

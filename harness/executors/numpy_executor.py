@@ -8,6 +8,7 @@ import numpy as np
 import quantizer
 from harness.data.model_inputs import Feed, InputSpec
 from harness.errors import ExecutorError
+from harness.executors import fusion
 from harness.executors.base import Executor
 from harness.executors.interface import ModelIO, load_spec
 from harness.executors.ops.base import F32, Blobs
@@ -18,7 +19,11 @@ class NumpyExecutor(Executor):
     """Run a Core ML ``neuralNetwork`` / classifier / regressor model with numpy.
 
     Built once per model: layers are checked and compiled, weights decoded.
-    ``predict`` runs the whole batch vectorised.
+    ``predict`` runs the whole batch vectorised. It uses as many threads as
+    numpy's BLAS may (``threadpoolctl.threadpool_limits(n)``,
+    ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``): matrix products in BLAS, and
+    the executor's own chunked elementwise, softmax, normalization and LSTM
+    work on a pool of that size (:mod:`harness.executors.ops._parallel`).
 
     Example:
         >>> ex = NumpyExecutor("tests/fixtures/mlp.mlmodel")    # doctest: +SKIP
@@ -39,9 +44,12 @@ class NumpyExecutor(Executor):
         missing = [w for w in wanted if w not in produced]
         if missing:
             raise ExecutorError(f"{label}: output(s) {missing} are not produced by any layer of the network")
+        #: fusions of the predict network (harness.executors.fusion): {absorbed type: host type}
+        self.fused = fusion.fuse(self.network, wanted)
         self.network.release_dead_blobs(wanted)
         #: The internal blobs the outputs are read from (never released).
         self.output_blobs: list[str] = wanted
+        self._plain: Network | None = None  # unfused, for trace (every layer's output); built on demand
         self._labels = np.asarray(io.class_labels) if io.class_labels is not None else None
 
     # -- feeds -> internal blobs ---------------------------------------------
@@ -91,11 +99,14 @@ class NumpyExecutor(Executor):
         """Run the network and return every blob (inputs and layer outputs) in the internal layout.
 
         Each blob is ``(N, *Core ML per-sample shape)``; useful to inspect a layer's output.
+        Runs the network without fusions, so every layer's output is there.
         """
         split, n = self.io.split_feeds(feeds)
         blobs = self._input_blobs(split)
         inputs = dict(blobs)
-        self.network.run(blobs)
+        if self._plain is None:
+            self._plain = compile_network(self.io.nn, self.ctx)  # decoded weights are cached in ctx
+        self._plain.run(blobs)
         return {**inputs, **blobs}
 
     def input_blobs(self, feeds: Mapping[str, np.ndarray]) -> Blobs:

@@ -2,11 +2,15 @@
 
 :class:`StudyDB` wraps an :class:`optuna.Study` on an RDB storage together
 with qsweep's claims table (:class:`harness.claims.Claims`, same database).
-It is the only code that touches Optuna's private attributes (``_storage``,
-``_study_id``, ``_trial_id``), and every storage call passes through
-:meth:`StudyDB._call`, the one place where the handling of transient database
-errors belongs. (Parameters a strategy suggests on a live trial go through
-Optuna's ``Trial.suggest_*``; the sampler needs that API.)
+It and :mod:`harness.study.rdb` are the only code that touches Optuna's private
+attributes (``_storage``, ``_study_id``, ``_trial_id``), and every storage call
+passes through :meth:`StudyDB._call`, where transient database errors are
+handled: :class:`harness.study.retry.Retry` retries the call through an outage
+(``storage.retry_s``). Optuna's own calls inside ``ask``/``tell`` and the trial
+cache go through the retrying storage (:class:`harness.study.rdb.RetryingRDBStorage`),
+which makes the writes that must not happen twice safe to retry, so ``_call``
+retries only calls that may simply run again. (Parameters a strategy suggests on
+a live trial go through Optuna's ``Trial.suggest_*``; the sampler needs that API.)
 
 It also names the attributes qsweep records in the study.
 
@@ -29,13 +33,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.claims import Claims
+from harness.secrets import mask
 from harness.study.identity import worker_id
+from harness.study.retry import Retry
 
 #: System attribute of a running trial: the ``machine#pid`` of the worker running it.
 WORKER_ATTR = "qsweep:worker"
 #: Study system attribute: the experiment the study's trials measure (see :func:`harness.study.open_study`).
 EXPERIMENT_ATTR = "qsweep:experiment"
-#: User attribute of a FAIL trial: ``"error"`` (it raised) or ``"interrupted"`` (Ctrl-C).
+#: Study system attribute: what rebuilding the run directory from the study needs (see :mod:`harness.rebuild`).
+RUN_ATTR = "qsweep:run"
+#: User attribute of a FAIL trial: ``"error"`` (it raised) or ``"interrupted"`` (Ctrl-C, SIGTERM, SIGHUP).
 FAILURE_ATTR = "failure"
 #: User attributes a retried trial inherits from the dead one.
 KEPT_ON_RETRY = ("grid_point",)
@@ -71,15 +79,34 @@ class StudyDB:
             raise TypeError(f"qsweep studies live in an RDB storage, not {type(rdb).__name__}")
         #: The RDB storage itself (its SQLAlchemy engine also holds qsweep's claims table).
         self.rdb: optuna.storages.RDBStorage = rdb
+        #: How storage calls ride out an outage (the storage's own policy when it is qsweep's).
+        self.retry: Retry = getattr(rdb, "retry", None) or Retry(120.0, rdb.url)
 
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one storage operation (the single place every call of this handle goes through)."""
+    def _call(self, fn: Callable[..., T], *args: Any, idempotent: bool = True, **kwargs: Any) -> T:
+        """Run one storage operation (the single place every call of this handle goes through).
+
+        An ``idempotent`` call is retried through an outage as a whole; any other (``ask``,
+        ``tell``, creating a trial) is not, because each database write inside it is retried
+        by the storage on its own, exactly once (:mod:`harness.study.rdb`).
+        """
+        if idempotent:
+            return self.retry.call(fn, *args, **kwargs)
         return fn(*args, **kwargs)
 
     @functools.cached_property
     def claims(self) -> Claims:
         """qsweep's claims table in the study's database."""
-        return self._call(Claims, self.rdb.engine)
+        return self._call(Claims, self.rdb.engine, retry=self.retry)
+
+    def in_flight(self) -> list[int]:
+        """Storage ids of the trials this process took (RUNNING) that it has not finished."""
+        return sorted(getattr(self.rdb, "running_here", ()))
+
+    def reap_paused(self) -> bool:
+        """True during and shortly after a database outage this process saw: other workers' heartbeats are
+        stale because the database was away, not because they died (see :mod:`harness.study.rdb`)."""
+        paused = getattr(self.rdb, "reap_paused", None)
+        return bool(paused()) if paused is not None else False
 
     @property
     def name(self) -> str:
@@ -87,7 +114,8 @@ class StudyDB:
 
     @property
     def url(self) -> str:
-        return self.rdb.url
+        """The storage URL, password masked (for messages)."""
+        return mask(self.rdb.url)
 
     @staticmethod
     def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
@@ -137,17 +165,17 @@ class StudyDB:
                 skip_if_exists: bool = False) -> None:
         """Queue a trial with fixed parameters (state WAITING)."""
         self._call(self.study.enqueue_trial, dict(params), user_attrs=dict(user_attrs or {}),
-                   skip_if_exists=skip_if_exists)
+                   skip_if_exists=skip_if_exists, idempotent=False)
 
     def create_trial(self, template: FrozenTrial) -> int:
         """Add a trial made from ``template`` (e.g. a WAITING retry); return its number."""
-        tid = self._call(self.storage.create_new_trial, self.study_id, template_trial=template)
+        tid = self._call(self.storage.create_new_trial, self.study_id, template_trial=template, idempotent=False)
         return self.number_of(tid)
 
     def try_set_state(self, trial_id: int, state: TrialState) -> bool:
         """Move a trial to ``state``; False when another worker changed it first or it is finished."""
         try:
-            return bool(self._call(self.storage.set_trial_state_values, trial_id, state=state))
+            return bool(self._call(self.storage.set_trial_state_values, trial_id, state=state, idempotent=False))
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
 
@@ -167,7 +195,7 @@ class StudyDB:
     def fail_stale_trials(self) -> None:
         """Optuna's rule: fail the running trials whose heartbeat is older than the grace period."""
         with quiet_optuna():
-            self._call(optuna.storages.fail_stale_trials, self.study)
+            self._call(optuna.storages.fail_stale_trials, self.study, idempotent=False)
 
     # -- live trials ------------------------------------------------------------------------
     def live_trial(self, trial_id: int) -> optuna.Trial:
@@ -177,11 +205,21 @@ class StudyDB:
     def ask(self) -> optuna.Trial:
         """A new trial from the study's sampler (a WAITING trial first, as Optuna does)."""
         with quiet_optuna():
-            return self._call(self.study.ask)
+            return self._call(self.study.ask, idempotent=False)
 
     def tell(self, trial: optuna.Trial, **kwargs: Any) -> None:
-        """Finish a trial (``values=`` or ``state=``, as :meth:`optuna.Study.tell`)."""
-        self._call(self.study.tell, trial, **kwargs)
+        """Finish a trial (``values=`` or ``state=``, as :meth:`optuna.Study.tell`).
+
+        Raises:
+            optuna.exceptions.UpdateFinishedTrialError: another worker finished it meanwhile
+                (it was declared dead and queued again).
+        """
+        try:
+            self._call(self.study.tell, trial, idempotent=False, **kwargs)
+        except ValueError as e:  # Optuna's "Cannot tell a FAIL trial." for a trial finished elsewhere
+            if not str(e).startswith("Cannot tell a"):
+                raise
+            raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number}: {e}") from None
 
     # -- claims and locks -------------------------------------------------------------------
     def claim_plan(self, plan_hash: str, number: int) -> int:
@@ -202,5 +240,5 @@ class StudyDB:
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Hold the study's lease lock ``name`` for the ``with`` body (one-off set-up across workers)."""
-        with self.claims.lock(self.study_id, name, worker_id()):
+        with self.claims.lock(self.study_id, name, worker_id()):  # each of its database calls is retried
             yield

@@ -1,7 +1,10 @@
 """The heartbeat of a running trial: a daemon thread records it every ``heartbeat_interval`` seconds.
 
 A trial whose heartbeat stops for ``storage.grace_period`` seconds is declared
-dead by any worker (:func:`harness.study.reap`) and queued again.
+dead by any worker (:func:`harness.study.reap`) and queued again. Each beat is
+retried through a database outage (:class:`harness.study.retry.Retry`); when
+the outage outlasts ``storage.retry_s`` the thread keeps trying once per
+interval (the main loop is the one that gives up and says so).
 """
 from __future__ import annotations
 
@@ -34,10 +37,12 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 self.db.record_heartbeat(self.trial_id)
-            except Exception as e:  # a lost connection must not kill the trial; the next beat retries
+            except Exception as e:  # noqa: BLE001 - a lost database must not kill the trial; the next beat retries
                 log.debug("heartbeat of trial id %d failed: %s", self.trial_id, e)
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            # A beat may be waiting out a database outage: do not hold the trial loop (or a stop) for it;
+            # the daemon thread ends after that beat.
+            self._thread.join(timeout=max(5.0, float(self.interval)))

@@ -4,7 +4,13 @@ A trial is dead when its heartbeat is older than the storage's grace period
 (Optuna's rule, any machine), or when it runs on this machine in a process that
 no longer exists (noticed at once). :class:`RetryDeadTrial` queues a dead trial
 again (state WAITING, same parameters); :func:`requeue` does the same for the
-trial a worker cannot finish because the user pressed Ctrl-C.
+trial a worker cannot finish because it was stopped (Ctrl-C, SIGTERM, SIGHUP).
+
+Right after a database outage every heartbeat is stale because the database was
+away, not because the workers died: a worker that saw the outage (or whose
+stale-trial query waited one out) reaps nobody by heartbeat for a grace period
+(:meth:`StudyDB.reap_paused`), so the live workers beat again first and no trial
+in flight is evaluated twice.
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ class RetryDeadTrial:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
-        system_attrs = {k: v for k, v in trial.system_attrs.items() if k != WORKER_ATTR}
+        # Not the dead worker's id nor qsweep's bookkeeping (creation and transition tokens).
+        system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith("qsweep:")}
         system_attrs.update(failed_trial=history[0], retry_history=history)
         # The runner records the setting again from the parameters; only the grid identity carries over.
         user_attrs = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
@@ -55,7 +62,7 @@ def reap(db: StudyDB) -> list[int]:
     """Fail (and queue again) the running trials whose worker died; return their numbers."""
     reaped: list[int] = []
     before = {t.number for t in db.trials(states=(TrialState.RUNNING,))}
-    db.fail_stale_trials()
+    db.fail_stale_trials()  # none while the storage is paused after an outage (StudyDB.reap_paused)
     running = db.trials(states=(TrialState.RUNNING,))
     reaped += sorted(before - {t.number for t in running})
     callback = db.stale_trial_callback()
@@ -77,7 +84,7 @@ def reap(db: StudyDB) -> list[int]:
 
 
 def requeue(db: StudyDB, trial_id: int, reason: str) -> None:
-    """Fail a trial this worker cannot finish (Ctrl-C) and queue its setting again."""
+    """Fail a trial this worker cannot finish (stopped by a signal) and queue its setting again."""
     try:
         db.set_user_attr(trial_id, FAILURE_ATTR, "interrupted")
         db.set_user_attr(trial_id, "error", reason)

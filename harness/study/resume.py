@@ -67,6 +67,14 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, directions: Seque
         if recorded is not None:
             break
         if time.monotonic() > deadline:
+            if not db.trials():
+                # An empty study without a record: its creator died (or its commit's answer was lost in an
+                # outage, so it was this worker itself) before recording the experiment. Adopt it.
+                db.forget_claims()
+                if metric_names:
+                    db.set_metric_names(metric_names)
+                db.set_study_attr(EXPERIMENT_ATTR, experiment)
+                return db, True
             raise StorageError(f"Study {name!r} in {masked_url(storage.url)} was not created by qsweep (it has no "
                                "experiment record). Choose another study.name.")
         time.sleep(0.2)

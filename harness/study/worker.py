@@ -1,8 +1,12 @@
 """The worker loop: take or ask trials from a search strategy and run them, with heartbeats, until done.
 
 :class:`Worker` runs trials until the strategy has nothing left for this worker,
-the timeout is reached, or the user presses Ctrl-C (the trial in flight goes
-back to the queue). Between trials it reaps the trials of dead workers.
+the timeout is reached, ``should_stop()`` says why to stop (e.g. the run
+directory's disk is full), or a stop signal arrives — Ctrl-C, SIGTERM or SIGHUP
+(:class:`harness.shutdown.Stopped`): then every trial this process took and
+did not finish goes back to the queue. Between trials it reaps the trials of
+dead workers. A database outage longer than ``storage.retry_s`` ends the loop
+with :class:`~harness.errors.StorageUnavailableError`.
 :func:`pop_waiting` is how queued trials (a grid, sensitivity pairs) are taken:
 atomically, so concurrent workers never run one twice.
 """
@@ -17,6 +21,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from harness.shutdown import Stopped
 from harness.study.db import WORKER_ATTR, StudyDB
 from harness.study.heartbeat import Heartbeat
 from harness.study.identity import worker_id
@@ -52,6 +57,11 @@ class LoopState:
     started: list[int] = field(default_factory=list)
     interrupted: bool = False
     stopped_by: str = ""
+    #: The stop signal that ended the loop (None: it was not stopped by a signal).
+    signal: Stopped | None = None
+    #: Trials put back in the queue when the loop was stopped, and those it could not put back.
+    requeued: list[int] = field(default_factory=list)
+    not_requeued: list[int] = field(default_factory=list)
 
 
 class Worker:
@@ -59,14 +69,19 @@ class Worker:
 
     ``run_trial(trial)`` evaluates one trial and tells the study its outcome
     (it must not raise for a failed trial: it records FAIL itself).
-    ``on_progress()`` is called after every trial and while waiting.
+    ``on_progress()`` is called after every trial and while waiting; ``should_stop()``
+    before each trial returns why to stop starting trials (or None).
     """
+
+    #: Seconds a stopped worker waits for the database to put its trials back in the queue.
+    STOP_PATIENCE = 10.0
 
     def __init__(self, db: StudyDB, strategy: Any, run_trial: Callable[[optuna.Trial], None], *,
                  timeout: float | None, wait_for_others: bool, on_progress: Callable[[], None] = lambda: None,
-                 poll: float = 1.0):
+                 poll: float = 1.0, should_stop: Callable[[], str | None] = lambda: None):
         self.db, self.strategy, self.run_trial = db, strategy, run_trial
         self.timeout, self.wait_for_others, self.on_progress, self.poll = timeout, wait_for_others, on_progress, poll
+        self.should_stop = should_stop
 
     def run(self) -> LoopState:
         state = LoopState()
@@ -82,6 +97,10 @@ class Worker:
                     last_reap = time.monotonic()
                 if self.timeout is not None and time.monotonic() - t0 >= self.timeout:
                     state.stopped_by = f"search.timeout={self.timeout:g} s reached"
+                    break
+                why = self.should_stop()
+                if why:
+                    state.stopped_by = why
                     break
                 current = self.strategy.next_trial(self.db)
                 if current is None:
@@ -102,9 +121,25 @@ class Worker:
                     self.run_trial(current)
                 current = None
                 self.on_progress()
-        except KeyboardInterrupt:
-            state.interrupted = True
-            state.stopped_by = "interrupted (Ctrl-C)"
+        except KeyboardInterrupt as e:
+            stop = Stopped.of(e)
+            state.interrupted, state.signal, state.stopped_by = True, stop, stop.description
+            in_flight = set(self.db.in_flight())
             if current is not None:
-                requeue(self.db, self.db.trial_id(current), "interrupted by Ctrl-C")
+                in_flight.add(self.db.trial_id(current))
+            self._requeue(sorted(in_flight), stop, state)
         return state
+
+    def _requeue(self, trial_ids: list[int], stop: Stopped, state: LoopState) -> None:
+        """Put the trials this worker did not finish back in the queue (waiting briefly for the database)."""
+        for tid in trial_ids:
+            try:
+                with self.db.retry.patience(self.STOP_PATIENCE):
+                    number = self.db.number_of(tid)
+                    if self.db.frozen(tid).state == TrialState.RUNNING:
+                        requeue(self.db, tid, stop.description)
+                        state.requeued.append(number)
+            except Exception as e:  # noqa: BLE001 - stopping: say what is left and go on
+                log.warning("could not put trial id %d back in the queue (%s); a heartbeat reaper of any worker "
+                            "will queue it again", tid, e)
+                state.not_requeued.append(tid)

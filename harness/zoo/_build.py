@@ -60,7 +60,9 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 def save_spec(spec: Any, path: Path) -> bytes:
     """Write ``spec`` with deterministic protobuf serialisation (map fields sorted); returns the bytes."""
-    data = spec.SerializeToString(deterministic=True)
+    import quantizer.io
+
+    data = quantizer.io.serialize(spec)
     Path(path).write_bytes(data)
     return data
 

@@ -25,6 +25,13 @@ PRETRAINED = ["crepe_tiny", "mtcnn_onet", "silero_vad_8k"]  # bundled, converted
 ON_DEMAND = ["minilm_l6", "resemblyzer", "silero_vad"]  # too large to ship: built by a documented command
 BUNDLED = sorted(TRAINED + PRETRAINED)
 ALL = sorted(BUNDLED + ON_DEMAND)
+#: Models whose full test-set evaluation takes minutes (22 M weights): slow-marked when built.
+HEAVY = {"minilm_l6"}
+
+
+def _heavy(names):
+    """``names`` with the heavy ones marked ``slow`` (run them with ``-m slow``)."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in names]
 MAX_BYTES = 12 * 1024 * 1024
 #: The bundled pretrained models' .mlmodel + .npz files together (the issue: a few MB each).
 MAX_PRETRAINED_BYTES = 15 * 1000 * 1000
@@ -199,7 +206,7 @@ def _predict(spec, ds):
     return predict(spec, ds.feeds)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", _heavy(ALL))
 def test_numpy_executor_reproduces_the_recorded_metric(name, zoo_model):
     from harness.executors import make_executor
 
@@ -248,7 +255,7 @@ def test_numpy_executor_reproduces_the_recorded_metric(name, zoo_model):
                                                                                                    "landmarks")}
 
 
-@pytest.mark.parametrize("name", PRETRAINED + ON_DEMAND)
+@pytest.mark.parametrize("name", _heavy(PRETRAINED + ON_DEMAND))
 def test_the_default_metric_of_a_sweep_is_the_recorded_one(name, zoo_model):
     """``qsweep model=<name>`` with no other arguments scores the output the zoo records, with its metric, and
     its float baseline is the recorded figure (binary speech_prob, face_prob among three outputs, cosine...)."""

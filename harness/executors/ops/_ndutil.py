@@ -115,12 +115,19 @@ def gather(data: np.ndarray, idx: np.ndarray, a: int) -> np.ndarray:
     return g.transpose(perm)
 
 
-def scatter_apply(out: np.ndarray, where: tuple, updates: np.ndarray, mode: str) -> None:
-    """``out[where] (op)= updates`` in place for a ScatterMode name (repeated indices accumulate)."""
+def scatter_apply(out: np.ndarray, where: tuple, updates: np.ndarray, mode: str, unique: bool = False) -> None:
+    """``out[where] (op)= updates`` in place for a ScatterMode name (repeated indices accumulate).
+
+    ``unique``: the caller knows ``where`` addresses no element twice, so one gather-compute-scatter
+    replaces the (much slower) unbuffered ``ufunc.at``.
+    """
     if mode == "UPDATE":
         out[where] = updates
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
+        return
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if unique:
+            out[where] = _SCATTER_UFUNCS[mode](out[where], updates)
+        else:
             _SCATTER_UFUNCS[mode].at(out, where, updates)
 
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from harness.executors.ops import _parallel as par
 from harness.executors.ops.base import F32, Op, align_ranks, constant, f32, rank
 from harness.executors.registry import register
 
@@ -33,11 +34,11 @@ class LegacyElementwise(Op):
         xs = [f32(x) for x in xs]
         if len(xs) == 1:
             if self.type == "add":
-                return xs[0] + self.alpha
+                return par.binary(np.add, xs[0], self.alpha)
             if self.type == "multiply":
-                return xs[0] * self.alpha
+                return par.binary(np.multiply, xs[0], self.alpha)
             return xs[0]
-        y = reduce(self.fn, align_ranks(*xs))
+        y = reduce(lambda a, b: par.binary(self.fn, a, b), align_ranks(*xs))
         if self.type == "average":
             y = y / F32(len(xs))
         return y
@@ -72,8 +73,8 @@ class Broadcastable(Op):
             raise self.error(f"takes 2 inputs, got {len(self.inputs)}")
 
     def run(self, *xs):
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return f32(reduce(self.fn, align_ranks(*[f32(x) for x in xs])))
+        quiet = {"divide": "ignore", "invalid": "ignore", "over": "ignore"}
+        return f32(reduce(lambda a, b: par.binary(self.fn, a, b, quiet), align_ranks(*[f32(x) for x in xs])))
 
 
 def _param_3d(op: Op, shape, field: str) -> np.ndarray:

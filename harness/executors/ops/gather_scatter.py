@@ -87,7 +87,8 @@ class Scatter(Op):
                              f"(container {tuple(data.shape[1:])}, {k} indices, axis {a})")
         out = np.array(data)
         om, um = np.moveaxis(out, a + 1, 1), np.moveaxis(upd, a + 1, 1)  # (N, D, ...), (N, K, ...)
-        u.scatter_apply(om, (u.sample_index(n, 1), i), um, self.mode)
+        unique = k == 1 or not np.any(np.diff(np.sort(i, axis=1), axis=1) == 0)
+        u.scatter_apply(om, (u.sample_index(n, 1), i), um, self.mode, unique=unique)
         return out
 
 

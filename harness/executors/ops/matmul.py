@@ -13,11 +13,19 @@ as the row-major array ``(X2, X1)`` — coremltools' builder writes
 ``W.T.flatten()``, and ``quantizer.tensors.layer_weights`` reports the shape
 ``(X2, X1)`` with channels on axis 0. int8 dynamic-quantized weights decode
 to ``int8 * scale`` and run in float32 (the layer's own bias is added).
+
+Speed: numpy's matmul calls BLAS once per matrix of a stack, and OpenBLAS splits
+even a small product (attention's 128x32 @ 32x128) over its threads, paying a
+synchronisation per matrix. With more than one thread, a stack of small
+products is instead split along the sample axis over the executor's thread
+pool, each slice run with single-threaded BLAS (:func:`stacked_matmul`).
+Transposed inputs stay views: BLAS reads them with a transpose flag.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from harness.executors.ops import _parallel as par
 from harness.executors.ops.base import Op, align_ranks, f32, rank
 from harness.executors.registry import register
 
@@ -30,6 +38,9 @@ class BatchedMatmul(Op):
 
     def build(self, params, ctx) -> None:
         self.ta, self.tb = bool(params.transposeA), bool(params.transposeB)
+        #: set by harness.executors.fusion when a transpose alone reads the product: the output is
+        #: laid out so that transpose's view of it is C-contiguous (its reshape then copies nothing)
+        self.out_axes: list[int] | None = None
         self.w = self.b = None
         if len(self.inputs) == 1:
             x1, x2 = int(params.weightMatrixFirstDimension), int(params.weightMatrixSecondDimension)
@@ -56,7 +67,7 @@ class BatchedMatmul(Op):
         if a.shape[-1] != b.shape[-2]:
             raise self.error(f"inner dimensions differ: a is (..., {a.shape[-2]}, {a.shape[-1]}), "
                              f"b is (..., {b.shape[-2]}, {b.shape[-1]}) after transposes")
-        return np.matmul(a, b)
+        return stacked_matmul(a, b, self.out_axes)
 
     def _weights(self, a: np.ndarray) -> np.ndarray:
         if a.shape[-1] != self.x1:
@@ -66,3 +77,38 @@ class BatchedMatmul(Op):
         if self.b is not None:
             y += self.b
         return y
+
+
+#: Products of at most this many multiply-adds are "small": a stack of them is split over threads.
+SMALL_MATMUL = 1 << 21
+
+
+def _output(a: np.ndarray, b: np.ndarray, out_axes: list[int] | None) -> np.ndarray:
+    """An empty result array for ``a @ b``; with ``out_axes`` (a per-sample permutation) its memory is
+    laid out so that ``result.transpose([0] + [x + 1 for x in out_axes])`` is C-contiguous."""
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    dtype = np.result_type(a, b)
+    if out_axes is None or len(out_axes) != len(shape) - 1:
+        return np.empty(shape, dtype)
+    perm = [0] + [x + 1 for x in out_axes]
+    buf = np.empty([shape[k] for k in perm], dtype)
+    return buf.transpose(np.argsort(perm))
+
+
+def stacked_matmul(a: np.ndarray, b: np.ndarray, out_axes: list[int] | None = None) -> np.ndarray:
+    """``np.matmul(a, b)`` for equal-rank stacks; many small products run sliced over the thread pool.
+
+    ``out_axes``: the layout hint of :func:`_output` (BLAS writes the strided result directly).
+    """
+    n_threads = par.threads()
+    m, k, p = a.shape[-2], a.shape[-1], b.shape[-1]
+    n = max(a.shape[0], b.shape[0])
+    out = _output(a, b, out_axes)
+    if n_threads <= 1 or n < 2 or m * k * p > SMALL_MATMUL:
+        return np.matmul(a, b, out=out)
+
+    def run(s: int, e: int) -> None:
+        np.matmul(a[s:e] if a.shape[0] > 1 else a, b[s:e] if b.shape[0] > 1 else b, out=out[s:e])
+    with par.single_threaded_blas():
+        par.for_chunks(run, n, -(-n // (2 * n_threads)), n_threads=n_threads)
+    return out

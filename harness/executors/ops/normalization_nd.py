@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness.executors.ops import _kernels
 from harness.executors.ops.base import F32, Op, f32, rank
 from harness.executors.registry import register
 
 
-def normalize(x: np.ndarray, axes: tuple[int, ...], eps: float, variance: bool = True) -> np.ndarray:
-    """Subtract the mean over numpy ``axes`` and (if ``variance``) divide by ``sqrt(var + eps)``."""
+def normalize(x: np.ndarray, axes: tuple[int, ...], eps: float, variance: bool = True,
+              gamma: np.ndarray | None = None, beta: np.ndarray | None = None) -> np.ndarray:
+    """Subtract the mean over numpy ``axes`` and (if ``variance``) divide by ``sqrt(var + eps)``;
+    then ``* gamma + beta`` (flat vectors over the normalized trailing axes; trailing axes only)."""
     x = f32(x)
+    axes = tuple(sorted(a % x.ndim for a in axes))
+    if axes == tuple(range(x.ndim - len(axes), x.ndim)):  # trailing axes: row-wise chunked kernel
+        return _kernels.normalize_rows(x, len(axes), eps, variance, gamma, beta)
     d = x - x.mean(axis=axes, keepdims=True, dtype=F32)
     if not variance:
         return d
@@ -33,12 +39,52 @@ class MVN(Op):
         self.across = bool(params.acrossChannels)
         self.variance = bool(params.normalizeVariance)
         self.eps = float(params.epsilon) or 1e-6
+        self.scale = None  # a following ``scale`` op folded in by harness.executors.fusion
+        self._affine: dict[tuple[int, ...], tuple] = {}
+
+    def absorb_scale(self, scale: Op) -> None:
+        """Compute ``scale`` (the only reader of this op's output) in the same pass: layer norm."""
+        self.scale = scale
+        self.outputs = list(scale.outputs)
 
     def run(self, x):
         if rank(x) < 3:
             raise self.error(f"needs an input of rank >= 3 (..., C, H, W), got rank {rank(x)}")
-        axes = (-3, -2, -1) if self.across else (-2, -1)
-        return normalize(x, tuple(a % x.ndim for a in axes), self.eps, self.variance)
+        axes = tuple(a % x.ndim for a in ((-3, -2, -1) if self.across else (-2, -1)))
+        if self.scale is None:
+            return normalize(x, axes, self.eps, self.variance)
+        affine = self._affine_rows(x)
+        if affine is None:  # scale/bias vary along an axis the mvn does not normalize
+            return self.scale.run(normalize(x, axes, self.eps, self.variance))
+        return normalize(x, axes, self.eps, self.variance, *affine)
+
+    def _affine_rows(self, x: np.ndarray) -> tuple | None:
+        """The folded scale's (gamma, beta) as flat vectors over the normalized axes, per input shape."""
+        chw = tuple(x.shape[-3:])
+        if chw not in self._affine:
+            k = 3 if self.across else 2
+            rows = []
+            for v in (self.scale.s, self.scale.b):
+                if v is None:
+                    rows.append(None)
+                    continue
+                full = np.broadcast_to(v, chw).reshape((-1,) + chw[3 - k:])  # (lead, normalized...)
+                rows.append(full[0].reshape(-1) if (full == full[:1]).all() else False)
+            ok = all(r is not False for r in rows) and self.scale.s.size and self._fits(chw)
+            self._affine[chw] = tuple(np.ascontiguousarray(r, F32) if r is not None else None for r in rows) if ok else None
+        return self._affine[chw]
+
+    def _fits(self, chw: tuple[int, ...]) -> bool:
+        from harness.executors.ops.elementwise import _check_3d
+
+        fake = np.empty((1,) + chw, F32)
+        try:
+            _check_3d(self.scale, fake, self.scale.s, "scale")
+            if self.scale.b is not None:
+                _check_3d(self.scale, fake, self.scale.b, "bias")
+        except Exception:
+            return False  # the unfused path raises the scale layer's own error
+        return True
 
 
 @register("layerNormalization")

@@ -1,4 +1,4 @@
-"""Recurrent layers: ``uniDirectionalLSTM``, ``biDirectionalLSTM``, ``gru``, ``simpleRecurrent``.
+"""Recurrent layers' semantics and shared plumbing; the ``gru`` and ``simpleRecurrent`` ops (LSTMs: :mod:`.lstm`).
 
 Semantics are NeuralNetwork.proto's (which differ from PyTorch's in places —
 the converter emits a ``loop`` for ``nn.GRU`` because of the reset gate):
@@ -29,7 +29,6 @@ The input projections of all steps are one matrix product before the loop.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -119,134 +118,6 @@ class _Recurrent(Op):
         for name, v in zip(self.outputs, values):
             if name:
                 blobs[name] = v
-
-
-# ---------------------------------------------------------------------------
-# LSTM
-# ---------------------------------------------------------------------------
-
-_LSTM_GATES = ("inputGate", "forgetGate", "blockInput", "outputGate")
-
-
-@dataclass
-class LSTMWeights:
-    """Stacked gate weights of one LSTM direction (gate order i, f, z, o)."""
-
-    w: np.ndarray  # (X, 4H)
-    r: np.ndarray  # (H, 4H)
-    b: np.ndarray  # (4H,)
-    peep: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # p_i, p_f, p_o (H,)
-
-
-def _lstm_weights(op: Op, prefix: str, x: int, h: int, lp: Any) -> LSTMWeights:
-    w = np.concatenate([op.weights(f"{prefix}.{g}WeightMatrix", (h, x), 0) for g in _LSTM_GATES], axis=0)
-    r = np.concatenate([op.weights(f"{prefix}.{g}RecursionMatrix", (h, h), 0) for g in _LSTM_GATES], axis=0)
-    if lp.hasBiasVectors:
-        b = np.concatenate([op.weights(f"{prefix}.{g}BiasVector", (h,), 0) for g in _LSTM_GATES])
-    else:
-        b = np.zeros(4 * h, F32)
-    if lp.forgetBias:
-        b = b.copy()
-        b[h:2 * h] += F32(1)
-    peep = None
-    if lp.hasPeepholeVectors:
-        peep = tuple(op.weights(f"{prefix}.{g}PeepholeVector", (h,), 0) for g in ("inputGate", "forgetGate", "outputGate"))
-    return LSTMWeights(np.ascontiguousarray(w.T), np.ascontiguousarray(r.T), f32(b), peep)  # type: ignore[arg-type]
-
-
-def lstm(xs: np.ndarray, h: np.ndarray, c: np.ndarray, wt: LSTMWeights, acts: tuple[Act, Act, Act],
-         cell_clip: float, coupled: bool, reverse: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run one LSTM direction. ``xs (S, M, X)``, ``h, c (M, H)`` -> ``ys (S, M, H)`` in processing order, h, c."""
-    f_act, g_act, h_act = acts
-    s, m, _ = xs.shape
-    hs = h.shape[1]
-    proj = (xs.reshape(s * m, -1) @ wt.w).reshape(s, m, 4 * hs) + wt.b
-    ys = np.empty((s, m, hs), F32)
-    clip = F32(cell_clip)
-    for k in range(s):
-        t = s - 1 - k if reverse else k
-        g = proj[t] + h @ wt.r
-        gi, gf, gz, go = g[:, :hs], g[:, hs:2 * hs], g[:, 2 * hs:3 * hs], g[:, 3 * hs:]
-        if wt.peep is not None:
-            gi += wt.peep[0] * c
-            gf += wt.peep[1] * c
-        i = f_act(_clip(gi))
-        z = g_act(_clip(gz))
-        c = c * (F32(1) - i) + i * z if coupled else c * f_act(_clip(gf)) + i * z
-        c = np.clip(c, -clip, clip)
-        if wt.peep is not None:
-            go += wt.peep[2] * c
-        h = f32(h_act(c) * f_act(_clip(go)))
-        ys[k] = h
-    return ys, h, f32(c)
-
-
-class _LSTMBase(_Recurrent):
-    def lstm_params(self, params: Any) -> None:
-        lp = params.params
-        self.seq_out = bool(lp.sequenceOutput)
-        self.cell_clip = float(lp.cellClipThreshold) or 50.0
-        self.coupled = bool(lp.coupledInputAndForgetGate)
-
-    def acts(self, repeated: Any, what: str) -> tuple[Act, Act, Act]:
-        if len(repeated) != 3:
-            raise self.error(f"{what} must list 3 activations [f, g, h], got {len(repeated)}")
-        return tuple(activation(self, a, f"{what}[{i}]") for i, a in enumerate(repeated))  # type: ignore[return-value]
-
-
-@register("uniDirectionalLSTM")
-class UniDirectionalLSTM(_LSTMBase):
-    """``(x[, h0[, c0]]) -> (y[, h_T[, c_T]])``."""
-
-    n_inputs = (1, 3)
-    n_outputs = (1, 3)
-
-    def build(self, params, ctx) -> None:
-        self.in_size, self.out_size = int(params.inputVectorSize), int(params.outputVectorSize)
-        self.lstm_params(params)
-        self.reverse = bool(params.reverseInput)
-        self.act = self.acts(params.activations, "activations")
-        self.wt = _lstm_weights(self, "weightParams", self.in_size, self.out_size, params.params)
-
-    def run_blobs(self, blobs) -> None:
-        x, *st = self.inputs_of(blobs) + [None, None]
-        xs, n, b = self.sequence(x)
-        h0 = self.state(st[0], n, b, "the initial hidden state")
-        c0 = self.state(st[1], n, b, "the initial cell state")
-        ys, h, c = lstm(xs, h0, c0, self.wt, self.act, self.cell_clip, self.coupled, self.reverse)
-        y = ys if self.seq_out else ys[-1:]
-        self.write(blobs, [self.blob(y, n, b), self.blob(h[None], n, b), self.blob(c[None], n, b)])
-
-
-@register("biDirectionalLSTM")
-class BiDirectionalLSTM(_LSTMBase):
-    """``(x[, h0f, c0f, h0b, c0b]) -> (y[, h_f, c_f, h_b, c_b])``; y concatenates forward and backward on channels."""
-
-    n_inputs = (1, 5)
-    n_outputs = (1, 5)
-
-    def build(self, params, ctx) -> None:
-        self.in_size, self.out_size = int(params.inputVectorSize), int(params.outputVectorSize)
-        self.lstm_params(params)
-        if len(params.weightParams) != 2:
-            raise self.error(f"weightParams must hold 2 entries (forward, backward), got {len(params.weightParams)}")
-        self.act_f = self.acts(params.activationsForwardLSTM, "activationsForwardLSTM")
-        self.act_b = self.acts(params.activationsBackwardLSTM, "activationsBackwardLSTM")
-        self.wf = _lstm_weights(self, "weightParams.0", self.in_size, self.out_size, params.params)
-        self.wb = _lstm_weights(self, "weightParams.1", self.in_size, self.out_size, params.params)
-
-    def run_blobs(self, blobs) -> None:
-        x, *st = self.inputs_of(blobs) + [None] * 4
-        xs, n, b = self.sequence(x)
-        names = ("forward hidden", "forward cell", "backward hidden", "backward cell")
-        h0f, c0f, h0b, c0b = (self.state(st[i], n, b, f"the initial {names[i]} state") for i in range(4))
-        yf, hf, cf = lstm(xs, h0f, c0f, self.wf, self.act_f, self.cell_clip, self.coupled)
-        yb, hb, cb = lstm(xs, h0b, c0b, self.wb, self.act_b, self.cell_clip, self.coupled, reverse=True)
-        if self.seq_out:
-            y = np.concatenate([yf, yb[::-1]], axis=-1)  # align backward outputs with the input steps
-        else:
-            y = np.concatenate([yf[-1:], yb[-1:]], axis=-1)
-        self.write(blobs, [self.blob(y, n, b)] + [self.blob(v[None], n, b) for v in (hf, cf, hb, cb)])
 
 
 # ---------------------------------------------------------------------------

@@ -45,7 +45,10 @@ class ReshapeStatic(Op):
             raise self.error(f"targetShape {list(self.target)} is invalid (at most one -1, no zeros)")
 
     def run(self, x):
-        return _reshape(self, x, self.target)
+        try:  # the target was checked at build time; numpy checks the element count
+            return x.reshape((x.shape[0],) + self.target)
+        except ValueError:
+            return _reshape(self, x, self.target)  # raises the error naming the shapes
 
 
 @register("reshapeLike")

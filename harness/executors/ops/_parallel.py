@@ -1,0 +1,207 @@
+"""Intra-op parallelism of the numpy executor: chunked elementwise and row-wise work on a thread pool.
+
+Not an op module (the leading underscore keeps the registry from importing it).
+
+numpy's ufuncs run on one core and stream whole arrays through memory once per
+operation; PyTorch's pointwise kernels are fused and multi-threaded. Ops whose
+cost is elementwise (gelu, softmax, mvn, scale...) therefore process their
+arrays in chunks of about :data:`GRAIN` elements: every intermediate of a chunk
+stays in cache, and chunks are spread over a thread pool (numpy releases the
+GIL inside ufunc loops).
+
+**How many threads.** As many as numpy's BLAS may use: :func:`threads` reads
+OpenBLAS's (or MKL's) current thread count through threadpoolctl, so
+``threadpool_limits(n)``, ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS`` size
+both the matrix products and the executor's own loops, and one knob fixes the
+executor's threads. With one thread every op runs inline, in the calling thread.
+
+Scratch buffers (:func:`scratch`) are per thread, so chunk kernels need no
+allocation in their inner loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+import numpy as np
+
+#: Elements per chunk: large enough to amortise a ufunc call, small enough that a chunk's few
+#: temporaries stay in the L2 cache (measured best at 2^15..2^16 on the transformer kernels).
+GRAIN = 1 << 16
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_blas = None  # threadpoolctl controller of numpy's BLAS, found once
+_local = threading.local()
+
+
+def _numpy_blas():
+    """The threadpoolctl library controller of the BLAS numpy is linked against (None if none is found)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+        mine = [c for c in blas if "numpy" in str(c.filepath)]
+        _blas = (mine or blas or [False])[0]
+    return _blas or None
+
+
+def threads() -> int:
+    """Threads the executor may use now: numpy's BLAS thread count (1 when it cannot be read)."""
+    blas = _numpy_blas()
+    if blas is None:
+        return 1
+    return max(1, int(blas.get_num_threads()))
+
+
+_single = {"depth": 0, "before": 1}
+_single_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Limit numpy's BLAS to one thread inside the block (for ops that spread many small products
+    over :func:`for_chunks` themselves); restores the previous count when the last block exits
+    (blocks entered from several threads at once nest instead of racing)."""
+    blas = _numpy_blas()
+    if blas is None:
+        yield
+        return
+    with _single_lock:
+        if _single["depth"] == 0:
+            _single["before"] = blas.get_num_threads()
+            blas.set_num_threads(1)
+        _single["depth"] += 1
+    try:
+        yield
+    finally:
+        with _single_lock:
+            _single["depth"] -= 1
+            if _single["depth"] == 0:
+                blas.set_num_threads(_single["before"])
+
+
+def _reset_after_fork() -> None:
+    global _pool, _pool_size, _lock, _single_lock
+    _pool, _pool_size, _lock, _single_lock = None, 0, threading.Lock(), threading.Lock()
+    _single["depth"] = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _get_pool(n: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size < n:
+            old = _pool
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=n, thread_name_prefix="qsweep-exec"), n
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
+
+
+def _in_pool() -> bool:
+    return threading.current_thread().name.startswith("qsweep-exec")
+
+
+def for_chunks(fn: Callable[[int, int], None], n: int, grain: int, n_threads: int | None = None,
+               errstate: dict | None = None) -> None:
+    """Call ``fn(start, stop)`` on consecutive ranges of about ``grain`` items that cover ``range(n)``.
+
+    With more than one thread (``n_threads``, default :func:`threads`) and more than one chunk,
+    the ranges are taken from a shared counter by the calling thread and pool workers, so a
+    core slowed by other load just takes fewer chunks. ``fn`` must only write its own range.
+    ``errstate``: :func:`numpy.errstate` settings for every chunk (numpy's error state is per
+    thread, so the caller's does not reach the workers).
+    """
+    grain = max(1, int(grain))
+    if n <= grain:  # one chunk: no pool, no thread-count lookup
+        if errstate is None:
+            fn(0, n)
+        else:
+            with np.errstate(**errstate):
+                fn(0, n)
+        return
+    chunks = -(-n // grain)
+    k = min(threads() if n_threads is None else n_threads, chunks)
+    state = errstate or {}
+    if k <= 1 or _in_pool():
+        with np.errstate(**state):
+            for s in range(0, n, grain):
+                fn(s, min(n, s + grain))
+        return
+    counter = itertools.count()
+
+    def worker() -> None:
+        with np.errstate(**state):
+            while True:
+                i = next(counter)
+                if i >= chunks:
+                    return
+                s = i * grain
+                fn(s, min(n, s + grain))
+
+    futures = [_get_pool(k - 1).submit(worker) for _ in range(k - 1)]
+    worker()
+    for f in futures:
+        f.result()
+
+
+def scratch(count: int, size: int, dtype=np.float32) -> list[np.ndarray]:
+    """``count`` float32 work buffers of ``size`` elements, private to the calling thread (reused)."""
+    try:
+        bufs = _local.bufs
+    except AttributeError:
+        bufs = _local.bufs = {}
+    key = (count, dtype)
+    have = bufs.get(key)
+    if have is None or have.shape[1] < size:
+        have = bufs[key] = np.empty((count, max(size, GRAIN)), dtype)
+    return list(have[:, :size])
+
+
+def rows_per_chunk(row: int, grain: int | None = None) -> int:
+    """How many rows of ``row`` elements make a chunk of about ``grain`` (default :data:`GRAIN`) elements."""
+    return max(1, (GRAIN if grain is None else grain) // max(1, row))
+
+
+#: Elementwise results smaller than this many elements are computed in one ufunc call.
+PARALLEL_MIN = 1 << 18
+
+
+def _direct(ufunc: Callable, a, b, errstate: dict | None):
+    if errstate is None:
+        return ufunc(a, b)
+    with np.errstate(**errstate):
+        return ufunc(a, b)
+
+
+def binary(ufunc: Callable, a: np.ndarray, b, errstate: dict | None = None) -> np.ndarray:
+    """``ufunc(a, b)`` with numpy broadcasting (ranks already aligned; ``b`` may be a scalar), split
+    along the sample axis over the thread pool when the result is large and threads allow."""
+    if a.size < PARALLEL_MIN and np.size(b) < PARALLEL_MIN and (a.size + np.size(b)) * 2 < PARALLEL_MIN:
+        return _direct(ufunc, a, b, errstate)  # small: one call, no thread-count lookup
+    b_arr = np.asarray(b)
+    n = max(a.shape[0], b_arr.shape[0] if b_arr.ndim == a.ndim else 1)
+    k = threads()
+    if k <= 1 or n < 2 or not isinstance(ufunc, np.ufunc):
+        return _direct(ufunc, a, b, errstate)
+    shape = np.broadcast_shapes(a.shape, b_arr.shape)
+    if math.prod(shape) < PARALLEL_MIN:
+        return _direct(ufunc, a, b, errstate)
+    out = np.empty(shape, np.result_type(a, b))
+    split_b = b_arr.ndim == a.ndim and b_arr.shape[0] > 1
+
+    def run(s: int, e: int) -> None:
+        ufunc(a[s:e] if a.shape[0] > 1 else a, b_arr[s:e] if split_b else b, out=out[s:e])
+    for_chunks(run, n, -(-n // (2 * k)), n_threads=k, errstate=errstate)
+    return out

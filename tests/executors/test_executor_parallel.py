@@ -1,0 +1,277 @@
+"""The executor's fast paths: chunked float32 kernels, the thread pool, split matrix products, LSTM blocks.
+
+Every kernel is checked against an independent float64 reference, with chunks
+forced small (so rows and elements cross chunk boundaries) and with one and two
+threads (so the pool, its shared counter and per-thread scratch buffers run).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import erf
+from threadpoolctl import threadpool_limits
+
+from harness.executors.ops import _kernels as K
+from harness.executors.ops import _parallel as par
+from harness.executors.ops import lstm as lstm_mod
+from harness.executors.ops import matmul as mm
+from tests.executors.executor_specs import layer, net
+from tests.executors.test_executor_ops_seq import close, f32, fill_lstm, lstm_ref, run, set_act, set_lstm_params
+
+RNG = np.random.default_rng(7)
+THREADS = [1, 2]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few hundred elements, so every kernel runs many chunks on small test data."""
+    monkeypatch.setattr(par, "PARALLEL_MIN", 64)
+    real = par.for_chunks
+
+    def tiny(fn, n, grain, n_threads=None, errstate=None):
+        return real(fn, n, min(grain, max(1, n // 7)), n_threads, errstate)
+    monkeypatch.setattr(K, "for_chunks", tiny)
+    monkeypatch.setattr(par, "for_chunks", tiny)
+
+
+def gelu_exact64(x):
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_gelu_exact_within_1e6_of_float64(threads, small_chunks):
+    x = np.concatenate([np.linspace(-12, 12, 200_001), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0, 1e20, -1e20]]).astype(np.float32)
+    with threadpool_limits(threads):
+        y = K.gelu(x)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert np.abs(y - gelu_exact64(x)).max() <= 1e-6
+
+
+@pytest.mark.parametrize("mode,ref", [
+    ("TANH_APPROXIMATION", lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))),
+    ("SIGMOID_APPROXIMATION", lambda x: x / (1 + np.exp(-1.702 * x))),
+])
+def test_gelu_approximations(mode, ref, small_chunks):
+    x = np.linspace(-9, 9, 30_000).astype(np.float32).reshape(3, -1)
+    with threadpool_limits(2):
+        y = K.gelu(x, mode)
+    np.testing.assert_allclose(y, ref(x.astype(np.float64)), atol=2e-6, rtol=1e-6)
+
+
+def softmax64(x):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_softmax_equals_per_row_max_softmax(threads, small_chunks):
+    x = RNG.normal(0, 4, size=(6, 5, 37)).astype(np.float32)
+    x[1, 2] -= 500.0  # a row far below its chunk's maximum: the per-row fallback
+    x[2, :3] += 80.0  # rows far above the others
+    x[3, 1, :10] = -1e4  # masked entries, as an attention mask makes them
+    with threadpool_limits(threads):
+        y = K.softmax_last(x)
+    np.testing.assert_allclose(y, softmax64(x), rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-6)
+
+
+def test_softmax_non_finite_rows_stay_local(small_chunks):
+    x = RNG.normal(size=(40, 16)).astype(np.float32)
+    x[5, 3] = np.inf
+    x[9, 0] = np.nan
+    with np.errstate(invalid="ignore"):
+        ref = softmax64(x)
+    y = K.softmax_last(x)
+    ok = np.isfinite(ref).all(axis=1)
+    np.testing.assert_allclose(y[ok], ref[ok], rtol=2e-6, atol=1e-7)
+    assert np.isnan(y[9]).all() and not np.isfinite(y[5]).all()
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("k,variance", [(1, True), (2, True), (3, False)])
+def test_normalize_rows_matches_two_pass_float64(threads, k, variance, small_chunks):
+    x = (RNG.normal(3.0, 2.0, size=(4, 7, 3, 5, 6))).astype(np.float32)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    x64 = x.astype(np.float64)
+    d = x64 - x64.mean(axis=axes, keepdims=True)
+    ref = d / np.sqrt((d * d).mean(axis=axes, keepdims=True) + 1e-5) if variance else d
+    with threadpool_limits(threads):
+        y = K.normalize_rows(x, k, 1e-5, variance)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_binary_split_equals_ufunc(threads, small_chunks):
+    a = RNG.normal(size=(9, 4, 5)).astype(np.float32)
+    for b in (RNG.normal(size=(9, 4, 5)).astype(np.float32), RNG.normal(size=(1, 1, 5)).astype(np.float32),
+              np.float32(0.25)):
+        for ufunc in (np.add, np.multiply, np.maximum):
+            with threadpool_limits(threads):
+                got = par.binary(ufunc, a, b)
+            np.testing.assert_array_equal(got, ufunc(a, b))
+    c = RNG.normal(size=(1, 4, 5)).astype(np.float32)  # constant (sample axis 1) first
+    with threadpool_limits(threads):
+        np.testing.assert_array_equal(par.binary(np.subtract, c, a), c - a)
+
+
+def test_for_chunks_covers_every_item_once_and_propagates_errors():
+    seen = np.zeros(1000, int)
+
+    def mark(s, e):
+        seen[s:e] += 1
+    with threadpool_limits(2):
+        par.for_chunks(mark, 1000, 37)
+    assert (seen == 1).all()
+
+    def boom(s, e):
+        if s > 500:
+            raise ValueError("chunk failed")
+    with threadpool_limits(2), pytest.raises(ValueError, match="chunk failed"):
+        par.for_chunks(boom, 1000, 37)
+
+
+def test_single_threaded_blas_restores_the_count():
+    with threadpool_limits(2):
+        before = par.threads()
+        with par.single_threaded_blas():
+            assert par.threads() == 1
+        assert par.threads() == before
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_stacked_matmul_split_equals_matmul(threads):
+    q = RNG.normal(size=(6, 1, 7, 3, 4)).astype(np.float32).transpose(0, 1, 3, 2, 4)  # transposed views
+    k = RNG.normal(size=(6, 1, 7, 3, 4)).astype(np.float32).transpose(0, 1, 3, 4, 2)
+    kc = np.ascontiguousarray(k[:1])  # one side a constant (sample axis 1)
+    with threadpool_limits(threads):
+        np.testing.assert_allclose(mm.stacked_matmul(q, k), np.matmul(q, k), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(mm.stacked_matmul(q, kc), np.matmul(q, kc), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("same_acts", [True, False])
+def test_bidirectional_lstm_blocks_and_groups(threads, same_acts, monkeypatch):
+    """Many sequences (several column blocks), peepholes, an active cell clip; the two directions in
+    lockstep (same activations) or run separately (different ones); 1 or 2 threads."""
+    monkeypatch.setattr(lstm_mod, "MIN_BLOCK", 4)
+    S, B, X, H, n = 6, 3, 4, 5, 7
+    acts_f = ("sigmoid", "tanh", "tanh")
+    acts_b = acts_f if same_acts else ("sigmoidHard", "scaledTanh", "tanh")
+    _, nn = net({}, [])
+    p = layer(nn, "biDirectionalLSTM", "bi", ["x"], ["y", "hf", "cf", "hb", "cb"])
+    p.inputVectorSize, p.outputVectorSize = X, H
+    for a, b in zip(acts_f, acts_b):
+        set_act(p.activationsForwardLSTM.add(), a)
+        set_act(p.activationsBackwardLSTM.add(), b)
+    set_lstm_params(p.params, seq=True, bias=True, peep=True, coupled=False, forget_bias=True, clip=0.7)
+    fw = fill_lstm(p.weightParams.add(), X, H, bias=True, peep=True)
+    bw = fill_lstm(p.weightParams.add(), X, H, bias=True, peep=True)
+    x = f32(n, S, B, X, 1, 1, low=-3, high=3)
+    with threadpool_limits(threads):
+        out = run(nn, {"x": x})
+    zero = np.zeros(H)
+    for i in range(n):
+        for bb in range(B):
+            xs = x[i, :, bb, :, 0, 0]
+            yf, hf, cf = lstm_ref(xs, *fw, acts_f, zero, zero, clip=0.7, coupled=False, forget_bias=True, reverse=False)
+            yb, hb, cb = lstm_ref(xs, *bw, acts_b, zero, zero, clip=0.7, coupled=False, forget_bias=True, reverse=True)
+            close(out["y"][i, :, bb, :, 0, 0], np.concatenate([yf, yb[::-1]], axis=1))
+            for name, v in (("hf", hf), ("cf", cf), ("hb", hb), ("cb", cb)):
+                close(out[name][i, 0, bb, :, 0, 0], v)
+
+
+def test_lstm_cell_clip_skipped_only_when_provably_idle():
+    g = lstm_mod.Group.__new__(lstm_mod.Group)
+    g.acts = ("sigmoid", "tanh", "tanh")
+    c0 = np.zeros((4, 3), np.float32)
+    assert not g.cell_clip_needed([c0], steps=10, clip=50.0, coupled=False)
+    assert g.cell_clip_needed([c0], steps=60, clip=50.0, coupled=False)
+    assert g.cell_clip_needed([c0 + 45], steps=10, clip=50.0, coupled=False)
+    g.acts = ("sigmoid", "ReLU", "tanh")  # unbounded block input: always clip
+    assert g.cell_clip_needed([c0], steps=1, clip=50.0, coupled=False)
+
+
+@pytest.mark.parametrize("mode,fn", [(1, np.add), (3, np.multiply), (5, np.maximum)])
+def test_scatter_unique_indices_fast_path_equals_accumulation(mode, fn):
+    """Distinct indices take one gather-compute-scatter instead of ufunc.at; the result is the same."""
+    from tests.executors.test_executor_ops_seq import one
+
+    n = 4
+    data = f32(n, 5, 3)
+    idx = np.array([[3.0, 0.0], [1.0, 4.0], [2.0, 1.0], [0.0, 3.0]], np.float32)  # per sample, distinct
+    upd = f32(n, 2, 3)
+    got = one("scatter", {"d": data, "i": idx, "u": upd}, lambda p: (setattr(p, "axis", 0), setattr(p, "mode", mode)))["y"]
+    want = data.astype(np.float64).copy()
+    for s in range(n):
+        for j, t in enumerate(idx[s].astype(int)):
+            want[s, t] = fn(want[s, t], upd[s, j])
+    close(got, want)
+
+
+def _layernorm_model(scale_shape, across: bool, extra_reader: bool = False):
+    from harness.executors import NumpyExecutor
+    from tests.executors.executor_specs import weights
+
+    C, H, W = 3, 4, 6
+    spec, nn = net({"x": (C, H, W)}, ["y"] + (["n"] if extra_reader else []))
+    m = layer(nn, "mvn", "mvn", ["x"], ["n"])
+    m.acrossChannels, m.normalizeVariance, m.epsilon = across, True, 1e-5
+    p = layer(nn, "scale", "scale", ["n"], ["y"])
+    p.shapeScale.extend(scale_shape)
+    p.shapeBias.extend(scale_shape)
+    p.hasBias = True
+    s = RNG.uniform(0.5, 2, size=scale_shape).astype(np.float32)
+    b = RNG.uniform(-1, 1, size=scale_shape).astype(np.float32)
+    weights(p.scale, s)
+    weights(p.bias, b)
+    return NumpyExecutor(spec), s, b, (C, H, W)
+
+
+@pytest.mark.parametrize("scale_shape,across,folded", [
+    ((1, 4, 6), False, True),   # varies over the normalized (H, W) only: folded into the pass
+    ((1,), False, True),        # one shared value
+    ((3,), False, False),       # per channel, which this mvn does not normalize over: scale runs after
+    ((3, 4, 6), True, True),    # across channels: everything is normalized together
+])
+def test_mvn_scale_fusion_equals_the_two_layers(scale_shape, across, folded):
+    ex, s, b, chw = _layernorm_model(scale_shape, across)
+    assert ex.fused == {"scale": "mvn"} and [op.type for op in ex.network.ops] == ["mvn"]
+    x = RNG.normal(2.0, 3.0, size=(5,) + chw).astype(np.float32)
+    axes = (1, 2, 3) if across else (2, 3)
+    x64 = x.astype(np.float64)
+    d = x64 - x64.mean(axis=axes, keepdims=True)
+    norm = d / np.sqrt((d * d).mean(axis=axes, keepdims=True) + 1e-5)
+    shp = scale_shape if len(scale_shape) == 3 else (scale_shape[0], 1, 1)
+    want = norm * s.reshape(shp) + b.reshape(shp)
+    close(ex.predict({"x": x})["y"], want)
+    assert (ex.network.ops[0]._affine_rows(x) is not None) == folded
+    assert "n" in ex.trace({"x": x})  # trace runs the unfused network: every layer's output is there
+
+
+def test_mvn_output_read_elsewhere_is_not_fused():
+    ex, *_ = _layernorm_model((1, 4, 6), False, extra_reader=True)
+    assert ex.fused == {} and [op.type for op in ex.network.ops] == ["mvn", "scale"]
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_matmul_writes_the_layout_its_transpose_wants(threads):
+    """attention's (a @ v) -> transpose -> reshapeStatic: the product is laid out so that the reshape
+    copies nothing; values equal the unfused network's."""
+    from harness.executors import NumpyExecutor
+
+    spec, nn = net({"a": (1, 3, 5, 5), "v": (1, 3, 5, 4)}, ["y"])
+    layer(nn, "batchedMatmul", "mm", ["a", "v"], ["p"])
+    layer(nn, "transpose", "tr", ["p"], ["t"]).axes.extend([0, 2, 1, 3])
+    layer(nn, "reshapeStatic", "rs", ["t"], ["y"]).targetShape.extend([1, 5, 12])
+    ex = NumpyExecutor(spec)
+    assert ex.network.ops[0].out_axes == [0, 2, 1, 3]
+    feeds = {"a": f32(6, 1, 3, 5, 5), "v": f32(6, 1, 3, 5, 4)}
+    with threadpool_limits(threads):
+        got = ex.predict(feeds)["y"]
+        blobs = {k: v for k, v in feeds.items()}
+        ex.network.run(blobs)
+    want = np.matmul(feeds["a"], feeds["v"]).transpose(0, 1, 3, 2, 4).reshape(6, 5, 12)
+    close(got, want, 1e-6)
+    assert blobs["t"].flags.c_contiguous and np.shares_memory(blobs["t"], blobs["y"])
