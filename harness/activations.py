@@ -71,7 +71,7 @@ def layer_digests(io: Any) -> list[str]:
 
 
 def _needed(network: Any, outputs: set[str], inputs: list[str]) -> list[frozenset[str]]:
-    """Per boundary ``i``: the blobs present there that a layer from ``i`` on reads, or that are model outputs."""
+    """Per op boundary ``i``: the blobs present there that an op from ``i`` on reads, or that are model outputs."""
     from harness.executors.runner import _reads
 
     ops = network.ops
@@ -83,7 +83,7 @@ def _needed(network: Any, outputs: set[str], inputs: list[str]) -> list[frozense
     for i in range(len(ops) + 1):
         out.append(frozenset(made & (later[i] | outputs)))
         if i < len(ops):
-            made |= _writes(ops[i].layer)
+            made |= _writes(ops[i].layer) | set(ops[i].outputs)  # a fused op writes its last layer's outputs
     return out
 
 
@@ -102,18 +102,29 @@ def _writes(layer: Any) -> set[str]:
 class Prefix:
     """Where one candidate's network stops being the float model's.
 
+    Boundaries are the executor's op boundaries (``0 .. len(network.ops)``): an op fused from several
+    layers (:mod:`harness.executors.fusion`) is never entered in the middle.
+
     Attributes:
-        digests: :func:`layer_digests` of its network.
+        digests: :func:`layer_digests` of its network (per top-level layer boundary).
         first_changed: the first top-level layer that is no float reference's (``len(layers)``: none).
-        needed: per boundary, the blobs a run starting there needs.
+        needed: per op boundary, the blobs a run starting there needs.
+        layers: per op boundary, the layer boundary it is (:meth:`Network.layer_boundaries`).
     """
 
     digests: list[str]
     first_changed: int
     needed: list[frozenset[str]]
+    layers: list[int]
+
+    @property
+    def first_op(self) -> int:
+        """The last op boundary at or before the first changed layer: where the candidate's own run begins."""
+        return max(j for j, b in enumerate(self.layers) if b <= self.first_changed)
 
     def key(self, boundary: int, chunk: Any) -> Key:
-        return self.digests[boundary], chunk
+        """The cache key of op boundary ``boundary`` on ``chunk``: the digest of every layer before it."""
+        return self.digests[self.layers[boundary]], chunk
 
 
 class ActivationCache:
@@ -160,7 +171,7 @@ class ActivationCache:
         if d[0] not in {ref[0] for ref in self.references}:
             first = 0
         needed = _needed(executor.network, set(executor.output_blobs), list(executor.io.input_names))
-        return Prefix(d, first, needed)
+        return Prefix(d, first, needed, executor.network.layer_boundaries())
 
     # -- entries ----------------------------------------------------------------------------
     def get(self, key: Key, needed: set[str] | frozenset[str]) -> Blobs | None:
@@ -249,8 +260,8 @@ class ActivationCache:
     def run(self, executor: Any, prefix: Prefix, chunk: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs of ``executor`` on ``feeds`` (the chunk ``chunk``), started from the latest stored
         boundary at or before the candidate's first changed layer; stores that boundary's blobs."""
-        first = prefix.first_changed
-        n_layers = len(prefix.digests) - 1
+        first = prefix.first_op
+        n_ops = len(prefix.layers) - 1
         start, blobs = 0, None
         for b in range(first, 0, -1):
             blobs = self.get(prefix.key(b, chunk), prefix.needed[b])
@@ -262,9 +273,9 @@ class ActivationCache:
             blobs = executor.input_blobs(feeds)
         else:
             self.stats["hits"] += 1
-            self.stats["skipped_layers"] += start
+            self.stats["skipped_layers"] += prefix.layers[start]
         n = next(iter(feeds.values())).shape[0]
-        capture = first if start < first < n_layers else None
+        capture = first if start < first < n_ops else None
         outputs, captured = executor.run_blobs(blobs, n, start=start, capture=capture,
                                                keep=prefix.needed[first] if capture is not None else None)
         if captured is not None:

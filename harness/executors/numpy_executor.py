@@ -80,7 +80,8 @@ class NumpyExecutor(Executor):
                   keep: Iterable[str] | None = None) -> tuple[dict[str, np.ndarray], Blobs | None]:
         """The outputs of ``n`` samples, running the layers from ``start`` on over ``blobs``.
 
-        ``blobs`` are the internal blobs at that boundary: :meth:`input_blobs` for ``start=0``, or
+        ``start`` and ``capture`` are op boundaries (``network.layer_boundaries()`` maps them to the
+        model's layers; a fused op counts once). ``blobs`` are the internal blobs at that boundary: :meth:`input_blobs` for ``start=0``, or
         what an earlier run left there (:mod:`harness.activations`; the dict is copied, its arrays are
         only read). With ``capture=i`` the blobs named in ``keep`` that exist when layer ``i`` is about
         to run are returned too (``(outputs, captured)``; ``captured`` is None without ``capture``).

@@ -67,7 +67,15 @@ class Network:
 
     def __init__(self, ops: list[Op]) -> None:
         self.ops = ops
+        #: The top-level layer each op starts at (a fused op covers several layers, :mod:`.fusion`).
+        self.op_layers: list[int] = list(range(len(ops)))
+        #: How many layers the network was compiled from.
+        self.n_layers = len(ops)
         self._release: list[list[str]] | None = None
+
+    def layer_boundaries(self) -> list[int]:
+        """Per op boundary ``j`` (``0 .. len(ops)``): the layer boundary it is (layers before op ``j``)."""
+        return [*self.op_layers, self.n_layers]
 
     def release_dead_blobs(self, keep: Iterable[str]) -> None:
         """Drop every blob after its last reader when run with ``release=True`` (top-level network only).

@@ -30,8 +30,8 @@ def test_a_run_from_any_layer_equals_the_full_run_exactly(name: str, golden) -> 
     cache = ActivationCache(memory_mb=64, spill_mb=0)
     cache.add_reference(ex)
     prefix = cache.prefix(ex)
-    layers = len(ex.network)
-    assert prefix.first_changed == layers  # the float model itself: nothing changed
+    layers = len(ex.network)  # op boundaries (fused ops count once)
+    assert prefix.first_changed == ex.network.n_layers  # the float model itself: nothing changed
     for i in sorted({0, 1, layers // 3, layers // 2, layers - 1, layers}):
         outputs, captured = ex.run_blobs(ex.input_blobs(inputs), n, capture=i, keep=prefix.needed[i])
         _same(outputs, full)
@@ -41,7 +41,8 @@ def test_a_run_from_any_layer_equals_the_full_run_exactly(name: str, golden) -> 
         resumed, _ = ex.run_blobs(captured, n, start=i)
         _same(resumed, full)
         # through the cache: the first run stores boundary i, the second starts there
-        p = Prefix(prefix.digests, i, prefix.needed)
+        p = Prefix(prefix.digests, prefix.layers[i], prefix.needed, prefix.layers)
+        assert p.first_op == i
         _same(cache.run(ex, p, ("c", i), inputs), full)
         _same(cache.run(ex, p, ("c", i), inputs), full)
     assert cache.stats["hits"] > 0
@@ -105,3 +106,30 @@ def test_stored_views_are_copied_and_read_only() -> None:
     assert got.base is None and not got.flags.writeable and cache.memory_bytes == got.nbytes == 120
     base[:] = -1
     assert got[0, 1] == 1.0
+
+
+def test_a_change_inside_a_fused_op_starts_at_the_fused_op_and_matches_its_full_run() -> None:
+    """transformer_block fuses mvn+scale: a quantized scale (layer 31) is run from the mvn op (layer 30)."""
+    spec = quantizer.load("tests/fixtures/transformer_block.mlmodel")
+    data = np.load("tests/fixtures/transformer_block.npz")
+    ref = NumpyExecutor(spec)
+    assert ref.fused == {"scale": "mvn"} and len(ref.network) < ref.network.n_layers
+    feeds = {k: data[k] for k in ref.io.input_names}
+    cache = ActivationCache(memory_mb=64, spill_mb=0)
+    cache.add_reference(ref)
+    names = [layer.name for layer in spec.neuralNetwork.layers]
+    plan = quantizer.QuantPlan({("input.9_scale", "scale"): quantizer.Codec("linear", 4)})
+    ex = NumpyExecutor(quantizer.apply_plan(spec, plan))
+    prefix = cache.prefix(ex)
+    assert names[prefix.first_changed] == "input.9_scale"
+    assert names[prefix.layers[prefix.first_op]] == "input.9_mvn"  # never inside the fused op
+    full = ex.predict(feeds)
+    _same(cache.run(ex, prefix, 0, feeds), full)
+    _same(cache.run(ex, prefix, 0, feeds), full)
+    assert cache.stats["hits"] == 1 and cache.stats["skipped_layers"] == names.index("input.9_mvn")
+    # a later candidate changing the next layer (after the fused op) starts past it
+    later = quantizer.QuantPlan({("linear_4", "weights"): quantizer.Codec("linear", 4)})
+    ex2 = NumpyExecutor(quantizer.apply_plan(spec, later))
+    p2 = cache.prefix(ex2)
+    assert names[p2.layers[p2.first_op]] == "linear_4"
+    _same(cache.run(ex2, p2, 0, feeds), ex2.predict(feeds))
