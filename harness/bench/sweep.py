@@ -10,7 +10,7 @@ config tree of ``qsweep`` and one process:
    through a candidate's network), their ratio to ``off``, the trials stopped, and whether the
    Pareto front (``pareto.csv``: plan hash, size and metric of every row) is identical to
    ``off``'s; ``--all-zoo`` repeats the three runs on every other zoo model (front identity on
-   every zoo model);
+   every zoo model), ``--zoo a,b`` on the models named;
 2. ``search=sensitivity`` on the same model (``--sens-nbits`` x ``--sens-modes``, default
    [8, 4, 2] x [linear, kmeans_lut]) with ``evaluation.activation_cache_mb=0`` and with the
    default cache: wall time, speed-up, and whether the two sensitivity tables are identical;
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="zoo model (default: the largest with --min-samples test samples)")
     ap.add_argument("--min-samples", type=int, default=1000)
     ap.add_argument("--all-zoo", action="store_true", help="also race off/exact/confident on every other zoo model")
+    ap.add_argument("--zoo", default="", help="also race these other zoo models (comma-separated names)")
     ap.add_argument("--skip-reuse", action="store_true", help="only the racing table")
     ap.add_argument("--sens-nbits", default="[8,4,2]")
     ap.add_argument("--sens-modes", default="[linear,kmeans_lut]")
@@ -148,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {model}: {info.get('weight_count', 0):,} weights, {info['dataset'].get('n')} test samples; "
           f"runs in {out}", flush=True)
     rows = racing_rows(model, out, args.seed)
-    if args.all_zoo:
-        for other in zoo.names():
-            if other != model:
-                rows += racing_rows(other, out, args.seed)
+    others = list(zoo.names()) if args.all_zoo else [n for n in args.zoo.split(",") if n]
+    for other in others:
+        if other != model:
+            rows += racing_rows(other, out, args.seed)
     reuse = []
     if not args.skip_reuse:
         space = [f"search.space.nbits={args.sens_nbits}", f"search.space.mode={args.sens_modes}"]

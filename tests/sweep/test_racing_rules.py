@@ -192,3 +192,36 @@ def test_order_is_seeded_proportional_first_then_hardest_first():
     assert a.ends[-1] == 100 and a.ends[0] == 10
     assert chunk_size(1024) == 32 and chunk_size(450) == 32 and chunk_size(4096) == 128
     assert chunk_size(10_000) == 256 and chunk_size(20) == 20 and chunk_size(1024, 100) == 100
+
+
+def test_the_dominating_set_is_read_once_per_candidate_and_refreshed_while_it_runs(monkeypatch):
+    """Each read loads every complete trial: a candidate reads it at its first look, again only after
+    DOMINATING_REFRESH_S (other workers' trials), and a new candidate reads it afresh."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from harness import trial as trial_mod
+    from harness.scores import Accuracy
+
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.add_trial(optuna.trial.create_trial(values=[90.0, 0.9], user_attrs={"evaluated_samples": 64}))
+    reads = []
+
+    class DB:
+        def trials(self, states=None):
+            reads.append(1)
+            return study.get_trials(deepcopy=False, states=states)
+
+    evaluator = SimpleNamespace(metric=Accuracy(Head("p", "binary", 1)), dataset=SimpleNamespace(n=64))
+    runner = trial_mod.TrialRunner(DB(), None, evaluator, None, fuse=False)
+    clock = [100.0]
+    monkeypatch.setattr(trial_mod.time, "monotonic", lambda: clock[0])
+    assert runner._dominated(5, 100, 0.95, 32) is None  # reach above the finished trial's 0.9: not dominated
+    assert runner._dominated(5, 100, 0.95, 40) is None and len(reads) == 1
+    study.add_trial(optuna.trial.create_trial(values=[80.0, 0.97], user_attrs={"evaluated_samples": 64}))
+    assert runner._dominated(5, 100, 0.95, 48) is None and len(reads) == 1  # the read is fresh enough
+    clock[0] += trial_mod.DOMINATING_REFRESH_S
+    stop = runner._dominated(5, 100, 0.95, 56)  # refreshed: the new trial dominates
+    assert stop is not None and stop.dominated_by.number == 1 and len(reads) == 2
+    assert runner._dominated(6, 100, 0.95, 32) is not None and len(reads) == 3  # a new candidate reads afresh
