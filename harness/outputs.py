@@ -379,7 +379,7 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
                    "reused": int(complete["reused_from"].notna().sum())},
         "pareto_front": records(front),
         "target": target,  # type: ignore[typeddict-item]
-        "racing": racing_entry(table, evaluator),
+        "racing": racing_entry(table, evaluator, int(dataset.n)),
         "worker": {"id": worker_id(), "trials_started": len(loop.started), "stopped_by": loop.stopped_by,
                    "elapsed_s": round(time.time() - t_start, 2)},
     }
@@ -402,17 +402,19 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
                        files=files, loop=loop)
 
 
-def racing_entry(table: pd.DataFrame, evaluator: Any) -> rundir.RacingEntry:
-    """``summary["racing"]``: the mode and the sample evaluations of the study's trials against a full run."""
+def racing_entry(table: pd.DataFrame, evaluator: Any, n: int) -> rundir.RacingEntry:
+    """``summary["racing"]``: the mode and the sample evaluations of the study's trials against a full run
+    (``n`` test samples); the activation cache's figures are this worker's (none in a rebuild)."""
     seen = pd.to_numeric(table[rundir.EVALUATED_COLUMN], errors="coerce")
     own = seen.notna() & table["reused_from"].isna()
-    full = int(own.sum()) * int(evaluator.dataset.n)
+    full = int(own.sum()) * int(n)
     done = int(seen.fillna(0).sum())
     cache = evaluator.cache
+    stats = {} if cache is None else {**cache.stats, "memory_mb": round(cache.memory_budget / 2**20, 1),
+                                      "spill_mb": round(cache.spill_budget / 2**20, 1)}
     return {**evaluator.racing_record(), "stopped": int(table[rundir.DOMINATED_COLUMN].notna().sum()),  # type: ignore[typeddict-item]
             "sample_evaluations": done, "full_evaluations": full, "ratio": round(done / full, 4) if full else None,
-            "activation_cache": {**cache.stats, "memory_mb": round(cache.memory_budget / 2**20, 1),
-                                 "spill_mb": round(cache.spill_budget / 2**20, 1)}}
+            "activation_cache": stats}
 
 
 def _print_outcome(study_name: str, table: pd.DataFrame, complete: pd.DataFrame, front: pd.DataFrame,
