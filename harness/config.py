@@ -371,9 +371,66 @@ class MetricConfig:
     bootstrap: int = 1000
 
 
+class Racing(str, enum.Enum):
+    """``evaluation.racing``: stop a candidate once it is dominated (see :mod:`harness.racing`).
+
+    ``off``: every candidate sees every sample. ``exact``: stop only when no completion of the remaining
+    samples could put it on the front (the front is identical to ``off``). ``confident``: stop when it is
+    dominated at ``evaluation.confidence``.
+    """
+
+    off = "off"
+    exact = "exact"
+    confident = "confident"
+
+
+@dataclass
+class EvaluationConfig:
+    """How candidates are measured on the test set (see :mod:`harness.racing` and :mod:`harness.activations`).
+
+    racing: ``off`` | ``exact`` | ``confident``; confidence: of a ``confident`` stop (0.5 .. 1, exclusive).
+    chunk: samples per chunk of the fixed, seeded order (null: N/32 rounded to a multiple of 32, within
+    32..256). activation_cache_mb: memory for the float model's activations at the first changed layer
+    (0 turns activation reuse off); activation_spill_mb: disk space (a temporary folder) for entries
+    past the memory budget (0: entries past it are not cached).
+    """
+
+    racing: Racing = Racing.exact
+    confidence: float = 0.99
+    chunk: Optional[int] = None
+    activation_cache_mb: float = 512.0
+    activation_spill_mb: float = 2048.0
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"evaluation.confidence must be at least 0.5 and below 1 (e.g. 0.99), got "
+                              f"{self.confidence!r}.")
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError(f"evaluation.chunk must be a positive number of samples (or null), got {self.chunk!r}.")
+        for key in ("activation_cache_mb", "activation_spill_mb"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"evaluation.{key} must be >= 0 (0 turns it off), got {getattr(self, key)!r}.")
+
+
+def evaluation_options(node: Any) -> EvaluationConfig:
+    """The ``evaluation`` node as an :class:`EvaluationConfig`, its ranges checked.
+
+    Raises:
+        ConfigError: a value out of range (names the key).
+    """
+    if isinstance(node, EvaluationConfig):
+        node.__post_init__()
+        return node
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(EvaluationConfig), node if node else {})
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"evaluation: {e}") from None
+    return OmegaConf.to_object(merged)
+
+
 @dataclass
 class QsweepConfig:
-    """The whole experiment (``metric``: :class:`MetricConfig`)."""
+    """The whole experiment (``metric``: :class:`MetricConfig`; ``evaluation``: :class:`EvaluationConfig`)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -387,6 +444,7 @@ class QsweepConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     metric: MetricConfig = field(default_factory=MetricConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0
     progress: bool = True
 

@@ -10,6 +10,15 @@ with the float model's, and the output SNR / PSNR in dB of every numeric output
 as coremltools' ``compare_models`` defines them (``snr_db`` is the worst
 output). Sizes are the serialized bytes (:func:`quantizer.model_size`).
 
+A candidate runs on the test set chunk by chunk, in the fixed seeded order of
+:class:`harness.racing.SampleOrder` (every mode, ``racing=off`` included, so the
+figures never depend on the mode); :meth:`Evaluator.measure` asks a stop rule
+after each chunk (racing) and, when it stops, returns the figures of the
+samples seen. A finished candidate's figures are computed on its outputs put
+back in test-set order, exactly as on one big batch. Chunks start at the
+candidate's first changed layer when the float model's activations there are
+cached (:mod:`harness.activations`).
+
 Example:
     >>> from harness import zoo
     >>> spec, test = zoo.load("digits_mlp")                          # doctest: +SKIP
@@ -20,16 +29,30 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from harness import rundir, stats
+from harness.activations import ActivationCache
+from harness.config import EvaluationConfig, evaluation_options
 from harness.errors import ConfigError, DataError, ExecutorError
 from harness.metric_choice import CLASSIFYING, MetricRequest, choose_metric, classifies, numeric_outputs
+from harness.racing import Bounds, SampleOrder, Stop, chunk_size, difficulty_strata
 from harness.scores import REFERENCE_METRICS, Score, SampleMetric, TaskMetric
 
-__all__ = ["Evaluator", "TaskMetric"]
+__all__ = ["Evaluator", "TaskMetric", "Measured"]
+
+
+@dataclass
+class Measured:
+    """What :meth:`Evaluator.measure` found: the figures, the samples evaluated, and why it stopped
+    (None: it saw every sample)."""
+
+    figures: dict[str, Any]
+    seen: int
+    stop: Stop | None = None
 
 log = logging.getLogger("qsweep")
 
@@ -43,14 +66,15 @@ class Evaluator:
         executor: ``numpy``, ``coreml`` or ``auto`` (see :func:`harness.executors.make_executor`).
         metric: the ``metric`` config node, a :class:`~harness.metric_choice.MetricRequest`, or a metric name.
         batch_size: samples per ``predict`` call.
-        seed: the seed of the bootstrap resamples (the run's ``seed``).
+        seed: the seed of the bootstrap resamples and of the sample order (the run's ``seed``).
+        evaluation: the ``evaluation`` config node (racing, chunks, activation cache); None: the defaults.
 
     Raises:
         ConfigError / DataError: a metric the model and data cannot give (before any trial).
     """
 
     def __init__(self, spec: Any, dataset: Any, *, executor: str = "numpy", metric: Any = "auto",
-                 batch_size: int = 512, seed: int = 0):
+                 batch_size: int = 512, seed: int = 0, evaluation: Any = None):
         import quantizer
         from harness.data import task_of
 
@@ -81,6 +105,9 @@ class Evaluator:
             rundir.drop_p_column(self.metric.name): 1.0 if self.metric.drop_test else None,
             "agreement": 1.0 if self._agreement else None,
         }
+        self.options: EvaluationConfig = evaluation_options(evaluation) if evaluation is not None \
+            else EvaluationConfig()
+        self._setup_chunks(spec, seed)
         log.info("metric: %s on %s; 95%% interval: %s", self.metric.name,
                  f"output {self.metric.head.describe(self.metric.name in CLASSIFYING)}, "
                  f"chosen as {self.metric.head.chosen}"
@@ -110,6 +137,14 @@ class Evaluator:
                 "fn": getattr(m, "path", None),
                 "bootstrap": None if self.metric_is_proportion else self.boot.resamples}
 
+    def racing_record(self) -> dict[str, Any]:
+        """What decides which trials racing stops, for the study's experiment record (and summary.json):
+        the mode, its confidence, the chunk and the order's strata."""
+        o = self.options
+        return {"mode": o.racing.value, "confidence": o.confidence if o.racing.value == "confident" else None,
+                "chunk": self.order.ends[0], "strata": np.bincount(self.order.strata).tolist(),
+                "stops": self.bounds.stops}
+
     @property
     def metric_is_proportion(self) -> bool:
         return isinstance(self.metric, SampleMetric) and self.metric.proportion
@@ -128,6 +163,81 @@ class Evaluator:
             "drop_test": m.drop_test, "snr_outputs": list(self.snr_outputs),
         }
 
+    # -- chunks ----------------------------------------------------------------------------
+    def _setup_chunks(self, spec: Any, seed: int) -> None:
+        """The sample order, the stop bounds, each chunk's feeds / labels / float outputs, the activation cache."""
+        import quantizer
+
+        o = self.options
+        n = self.dataset.n
+        strata = difficulty_strata(self.metric, self.reference.rows, self.float_outputs)
+        self.order = SampleOrder.build(strata, seed, chunk_size(n, o.chunk))
+        self.bounds = Bounds(self.metric, self.order, self.labels, o.racing, o.confidence)
+        self._chunks = self.order.chunks()
+        feeds = self.dataset.feeds
+        self._chunk_feeds = [{k: v[idx] for k, v in feeds.items()} for idx in self._chunks]
+        #: Samples run through a candidate's network by :meth:`measure` (every chunk of every candidate).
+        self.sample_evaluations = 0
+        self.cache = ActivationCache(o.activation_cache_mb, o.activation_spill_mb)
+        if self.cache.enabled:
+            self.cache.add_reference(self._float_executor)
+            fused = quantizer.fuse(spec)
+            if fused.SerializeToString() != spec.SerializeToString():
+                self.cache.add_reference(self.executor_for(fused))
+        self._float_executor = None
+
+    def _run_chunk(self, ex: Any, prefix: Any, j: int) -> dict[str, np.ndarray]:
+        """``ex``'s outputs on chunk ``j`` (in batches of ``batch_size``; from the activation cache if it can)."""
+        feeds = self._chunk_feeds[j]
+        n = len(self._chunks[j])
+        parts: dict[str, list[np.ndarray]] = {}
+        for b, start in enumerate(range(0, n, self.batch_size)):
+            batch = {k: v[start:start + self.batch_size] for k, v in feeds.items()}
+            if prefix is not None:
+                out = self.cache.run(ex, prefix, (j, b), batch)
+            else:
+                out = ex.predict(batch)
+            for k, v in out.items():
+                parts.setdefault(k, []).append(np.asarray(v))
+        return {k: v[0] if len(v) == 1 else np.concatenate(v, axis=0) for k, v in parts.items()}
+
+    def _rows(self, outputs: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        """Per-sample rows of the task metric on samples ``idx`` (their outputs)."""
+        labels = None if self.labels is None else self.labels[idx]
+        float_outputs = {k: v[idx] for k, v in self.float_outputs.items()}
+        return self.metric.per_sample(outputs, labels, float_outputs)
+
+    def measure(self, spec: Any, check: Callable[[float | None, int], Stop | None] | None = None) -> Measured:
+        """Run ``spec`` chunk by chunk; after each chunk but the last, ``check(reach, seen)`` may stop it
+        (``reach``: :meth:`harness.racing.Bounds.reach` of the samples seen). A stopped candidate's
+        figures are those of the samples it saw (:meth:`partial_figures`)."""
+        ex = self.executor_for(spec)
+        prefix = self.cache.prefix(ex)
+        racing = check is not None and self.bounds.stops
+        chunks: list[dict[str, np.ndarray]] = []
+        rows: list[np.ndarray] = []
+        seen = 0
+        for j, idx in enumerate(self._chunks):
+            out = self._run_chunk(ex, prefix, j)
+            chunks.append(out)
+            seen += len(idx)
+            self.sample_evaluations += len(idx)
+            if racing and j < len(self._chunks) - 1:
+                rows.append(self._rows(out, idx))
+                stop = check(self.bounds.reach(np.concatenate(rows, axis=0)), seen)
+                if stop is not None:
+                    idx_seen = self.order.order[:seen]
+                    joined = {k: np.concatenate([c[k] for c in chunks], axis=0) for k in chunks[0]}
+                    return Measured(self.partial_figures(spec, joined, idx_seen), seen, stop)
+        outputs = {}
+        for k in chunks[0]:
+            first = chunks[0][k]
+            full = np.empty((self.dataset.n,) + first.shape[1:], dtype=first.dtype)
+            for idx, c in zip(self._chunks, chunks):
+                full[idx] = c[k]
+            outputs[k] = full
+        return Measured(self.figures(spec, outputs), seen)
+
     # -- running -------------------------------------------------------------------------
     def executor_for(self, spec: Any) -> Any:
         """Build the executor for ``spec`` (compiles and checks every layer)."""
@@ -136,9 +246,10 @@ class Evaluator:
         return make_executor(self.executor_kind, spec)
 
     def predict(self, spec: Any) -> dict[str, np.ndarray]:
-        """Every output of ``spec`` on the whole test set (in batches)."""
+        """Every output of ``spec`` on the whole test set in test-set order (in batches)."""
         ex = self.executor_for(spec)
         self.executor_name = type(ex).__name__
+        self._float_executor = ex
         feeds = self.dataset.feeds
         n = next(iter(feeds.values())).shape[0]
         parts: dict[str, list[np.ndarray]] = {}
@@ -148,14 +259,14 @@ class Evaluator:
                 parts.setdefault(k, []).append(np.asarray(v))
         return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
 
-    def _snr(self, outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
+    def _snr(self, outputs: Mapping[str, np.ndarray], float_outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Mean per-sample SNR of each numeric output (``snr_db:<output>``) and the worst SNR and PSNR."""
         from harness import metrics
 
         out: dict[str, float] = {}
         snrs, psnrs = [], []
         for k in self.snr_outputs:
-            st = metrics.noise_stats(self.float_outputs[k], outputs[k])
+            st = metrics.noise_stats(float_outputs[k], outputs[k])
             out[rundir.snr_column(k)] = st.snr_mean
             snrs.append(st.snr_mean)
             psnrs.append(st.psnr_mean)
@@ -164,15 +275,30 @@ class Evaluator:
         return out
 
     def evaluate(self, spec: Any) -> dict[str, Any]:
-        """All figures of ``spec`` against the float model (:attr:`figure_keys`; see module docstring)."""
+        """All figures of ``spec`` against the float model on every sample (:attr:`figure_keys`)."""
+        return self.measure(spec).figures
+
+    def figures(self, spec: Any, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """All figures of ``spec`` from its outputs on the whole test set, in test-set order."""
+        return self._figures(spec, outputs, self.labels, self.float_outputs, self.reference)
+
+    def partial_figures(self, spec: Any, outputs: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, Any]:
+        """The figures of the samples ``idx`` only (a stopped candidate): interval, drop and its p-value
+        against the float model on those same samples."""
+        labels = None if self.labels is None else self.labels[idx]
+        float_outputs = {k: v[idx] for k, v in self.float_outputs.items()}
+        ref = self.metric.score(float_outputs, labels, float_outputs, boot=self.boot)
+        return self._figures(spec, outputs, labels, float_outputs, ref)
+
+    def _figures(self, spec: Any, outputs: Mapping[str, np.ndarray], labels: Any,
+                 float_outputs: Mapping[str, np.ndarray], reference: Score) -> dict[str, Any]:
         import quantizer
 
-        outputs = self.predict(spec)
-        missing = [k for k in self.float_outputs if k not in outputs]
+        missing = [k for k in float_outputs if k not in outputs]
         if missing:
             raise DataError(f"The quantized model lacks output(s) {missing} of the float model.")
         m = self.metric
-        score = m.score(outputs, self.labels, self.float_outputs, boot=self.boot, reference=self.reference)
+        score = m.score(outputs, labels, float_outputs, boot=self.boot, reference=reference)
         if not np.isfinite(score.value):
             raise ExecutorError(f"{m.name} of this model is not a number: {_non_finite(outputs)}; the quantized "
                                 "weights break the network (recorded as a failed trial).")
@@ -180,16 +306,16 @@ class Evaluator:
         lo, hi = self.ci_names
         agreement = None
         if self._agreement:
-            agreement = float(np.mean(m.head.predictions(outputs) == m.head.predictions(self.float_outputs)))
+            agreement = float(np.mean(m.head.predictions(outputs) == m.head.predictions(float_outputs)))
         figures = {
             "size_bytes": int(size),
             "compression_ratio": self.float_size / size,
             "agreement": agreement,
-            **self._snr(outputs),
+            **self._snr(outputs, float_outputs),
             m.name: score.value,
             lo: score.ci_low,
             hi: score.ci_high,
-            m.drop_name: m.drop(self.reference.value, score.value),
+            m.drop_name: m.drop(reference.value, score.value),
             rundir.drop_p_column(m.name): score.drop_p,
         }
         return {k: figures[k] for k in self.figure_keys}

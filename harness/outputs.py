@@ -397,6 +397,7 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
                    "reused": int(complete["reused_from"].notna().sum())},
         "pareto_front": records(front),
         "target": target,  # type: ignore[typeddict-item]
+        "racing": racing_entry(table, evaluator, int(dataset.n)),
         "worker": {"id": worker_id(), "trials_started": len(loop.started), "stopped_by": loop.stopped_by,
                    "elapsed_s": round(time.time() - t_start, 2)},
         "calibration": _calibration_entry(calibration),
@@ -411,10 +412,29 @@ def write_run(run_dir: Path, cfg: Any, *, study: optuna.Study, storage_url: str,
     # The target as written (a strategy may have replaced its message, e.g. mixed's best-effort note).
     _print_outcome(study.study_name, table, complete, front, baseline, metric.name,
                    summary["target"]["message"] if max_drop is not None else None, run_dir)
+    r = summary["racing"]
+    if r["full_evaluations"]:
+        print(f"Racing ({r['mode']}): {r['sample_evaluations']:,} sample evaluations of {r['full_evaluations']:,} "
+              f"without racing ({r['ratio']:.0%}); {r['stopped']} trial(s) stopped early.")
     if bool(cfg.report.enabled):
         _write_report(run_dir)
     return SweepResult(run_dir, study.study_name, table, front, dict(summary), interrupted=loop.interrupted,
                        files=files, loop=loop)
+
+
+def racing_entry(table: pd.DataFrame, evaluator: Any, n: int) -> rundir.RacingEntry:
+    """``summary["racing"]``: the mode and the sample evaluations of the study's trials against a full run
+    (``n`` test samples); the activation cache's figures are this worker's (none in a rebuild)."""
+    seen = pd.to_numeric(table[rundir.EVALUATED_COLUMN], errors="coerce")
+    own = seen.notna() & table["reused_from"].isna()
+    full = int(own.sum()) * int(n)
+    done = int(seen.fillna(0).sum())
+    cache = evaluator.cache
+    stats = {} if cache is None else {**cache.stats, "memory_mb": round(cache.memory_budget / 2**20, 1),
+                                      "spill_mb": round(cache.spill_budget / 2**20, 1)}
+    return {**evaluator.racing_record(), "stopped": int(table[rundir.DOMINATED_COLUMN].notna().sum()),  # type: ignore[typeddict-item]
+            "sample_evaluations": done, "full_evaluations": full, "ratio": round(done / full, 4) if full else None,
+            "activation_cache": stats}
 
 
 def _print_outcome(study_name: str, table: pd.DataFrame, complete: pd.DataFrame, front: pd.DataFrame,
@@ -423,8 +443,11 @@ def _print_outcome(study_name: str, table: pd.DataFrame, complete: pd.DataFrame,
     counts = table["state"].value_counts()
     parts = [f"{len(complete) - n_reused} evaluated", f"{n_reused} reused the result of an identical plan",
              f"{int(counts.get(rundir.FAIL, 0))} failed"]
-    if counts.get(rundir.PRUNED, 0):
-        parts.append(f"{int(counts[rundir.PRUNED])} skipped (invalid combination)")
+    raced = int(table[rundir.DOMINATED_COLUMN].notna().sum())
+    if raced:
+        parts.append(f"{raced} stopped early by racing (dominated)")
+    if counts.get(rundir.PRUNED, 0) - raced:
+        parts.append(f"{int(counts[rundir.PRUNED]) - raced} skipped (invalid combination)")
     if counts.get(rundir.RUNNING, 0) or counts.get(rundir.WAITING, 0):
         parts.append(f"{int(counts.get(rundir.RUNNING, 0) + counts.get(rundir.WAITING, 0))} not finished")
     print(f"\n{len(table)} trial(s) in study {study_name!r}: " + ", ".join(parts) + ".")

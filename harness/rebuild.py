@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,18 @@ class RecordedEvaluation:
     executor_name: str
     snr_outputs: list[str]
     evaluation: dict[str, Any]
+    #: The experiment record's ``racing`` (mode, confidence, chunk, strata, stops).
+    racing: dict[str, Any] = field(default_factory=dict)
+    #: A rebuild evaluates nothing: no activation cache.
+    cache: None = None
 
     def evaluation_entry(self) -> dict[str, Any]:
         """``summary["evaluation"]`` as the sweep wrote it."""
         return dict(self.evaluation)
+
+    def racing_record(self) -> dict[str, Any]:
+        """How the study's trials were raced, as the experiment record holds it."""
+        return dict(self.racing)
 
 
 @dataclass
@@ -224,7 +232,8 @@ def rebuild(study_name: str, storage_url: str, out_dir: str | Path, *, model_pat
     m = record["metric"]
     metric = RecordedMetric(str(m["name"]), bool(m["maximize"]), m.get("drop_test"))
     evaluation = RecordedEvaluation(metric, dict(record["baseline"]), str(record["executor"]),
-                                    list(record["snr_outputs"]), dict(record["evaluation"]))
+                                    list(record["snr_outputs"]), dict(record["evaluation"]),
+                                    dict(experiment.get("racing") or {}))
     data = RecordedData(**record["data"])
     log.info("rebuilding study %r of %s into %s from the study alone", study_name, mask(storage.url), out_dir)
     loop = LoopState(stopped_by="rebuilt from the study")

@@ -11,8 +11,9 @@ A run directory holds:
 * ``environment.json`` — package versions, model/data sha256, seed, machine (:data:`ENVIRONMENT`);
 * ``trials.csv`` — one row per trial (:data:`TRIALS`): :func:`leading_columns` (the task metric
   with its 95% interval :func:`ci_columns`, its drop and the drop's p-value :func:`drop_p_column`,
-  one :func:`snr_column` per numeric output), then the attributes a search strategy adds in name
-  order, then :data:`TAIL_COLUMNS`;
+  one :func:`snr_column` per numeric output, then :data:`RACING_COLUMNS`), then the attributes a
+  search strategy adds in name order, then :data:`TAIL_COLUMNS`. A PRUNED row that racing stopped
+  holds the figures of the samples it saw (``evaluated_samples`` of them);
 * ``pareto.csv`` — the Pareto-optimal trials sorted by size, same columns (:data:`PARETO`);
 * ``summary.json`` — :class:`Summary` (:data:`SUMMARY`);
 * ``<name>.csv`` — each table a search strategy returns (``StrategyResult.tables``), e.g.
@@ -77,8 +78,16 @@ TAIL_COLUMNS = ["retry_of", "worker", "datetime_start", "datetime_complete", "la
 SIZE_KB_ATTR = "size_kb"
 #: User attributes of a trial that are not trials.csv columns.
 STUDY_ONLY_ATTRS = ("grid_point", "failure", SIZE_KB_ATTR)
+#: The samples a trial ran through its model (every sample when it finished; fewer when racing stopped it;
+#: 0 for a trial that reused another's result).
+EVALUATED_COLUMN = "evaluated_samples"
+#: A trial racing stopped (PRUNED): the finished trial that dominates it, the best final figure it could
+#: still have reached, and the least drop it could still have reached (the drop at that figure).
+DOMINATED_COLUMN, REACH_COLUMN, DROP_BOUND_COLUMN = "dominated_by", "best_reachable", "drop_lower_bound"
+#: The racing columns, after the figures (empty for a trial that was not stopped).
+RACING_COLUMNS = [EVALUATED_COLUMN, DOMINATED_COLUMN, REACH_COLUMN, DROP_BOUND_COLUMN]
 #: Integer columns (nullable ``Int64`` when written).
-INTEGER_COLUMNS = ("trial", "reused_from", "retry_of", "size_bytes", "nbits")
+INTEGER_COLUMNS = ("trial", "reused_from", "retry_of", "size_bytes", "nbits", EVALUATED_COLUMN, DOMINATED_COLUMN)
 
 
 def drop_column(metric: str) -> str:
@@ -117,7 +126,7 @@ def figure_columns(metric: str, outputs: Iterable[str] = ()) -> list[str]:
 def leading_columns(metric: str, outputs: Iterable[str] = ()) -> list[str]:
     """The first columns of trials.csv / pareto.csv for task metric ``metric`` (always present);
     ``outputs``: the model's numeric outputs (``summary["evaluation"]["snr_outputs"]``)."""
-    return (["trial", "state"] + SETTING_COLUMNS + figure_columns(metric, outputs)
+    return (["trial", "state"] + SETTING_COLUMNS + figure_columns(metric, outputs) + RACING_COLUMNS
             + ["plan_hash", "reused_from", "model_file", "model_sha256", "quantize_s", "evaluate_s", "encodings",
                "error"])
 
@@ -230,6 +239,21 @@ class EvaluationEntry(TypedDict):
     snr_outputs: list[str]  # numeric outputs, one snr_db:<output> column each
 
 
+class RacingEntry(TypedDict):
+    """``summary["racing"]``: how candidates were stopped early (:mod:`harness.racing`)."""
+
+    mode: str  # off | exact | confident
+    confidence: float | None  # of a confident stop
+    chunk: int  # samples per chunk of the fixed seeded order
+    strata: list[int]  # samples per stratum of the order, hardest first
+    stops: bool  # whether the task metric can stop a candidate at all (not: off, metric.fn, exact snr_db)
+    stopped: int  # trials racing stopped (PRUNED, with dominated_by)
+    sample_evaluations: int  # the sum of evaluated_samples over the study's trials
+    full_evaluations: int  # what every evaluated trial would have run without racing (trials x samples)
+    ratio: float | None  # sample_evaluations / full_evaluations
+    activation_cache: dict[str, Any]  # this worker's activation cache: hits, misses, stored, spilled, ...
+
+
 class WorkerEntry(TypedDict):
     id: str
     trials_started: int
@@ -249,6 +273,7 @@ class _SummaryFields(TypedDict):
     trials: dict[str, int]  # total, one count per state (lower case), reused
     pareto_front: list[dict[str, Any]]  # the rows of pareto.csv
     target: Target
+    racing: RacingEntry
     worker: WorkerEntry
     calibration: CalibrationEntry | None  # the calibration data and statistics (None: no calibration)
     calibration_s: float  # seconds spent collecting calibration statistics (0 without)

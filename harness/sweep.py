@@ -106,7 +106,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     kind = strategy_class(str(cfg.search.kind))
     # The float model on the test set: binds the metric to an output (refusals happen here, before the storage).
     evaluator = Evaluator(model.spec, dataset, executor=executor_kind, metric=request,
-                          batch_size=int(cfg.executor.batch_size), seed=seed)
+                          batch_size=int(cfg.executor.batch_size), seed=seed, evaluation=cfg.get("evaluation"))
     metric = evaluator.metric
     baseline = evaluator.baseline
     lo, hi = evaluator.ci_names
@@ -123,7 +123,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
     storage = open_storage(cfg.storage)
     experiment = {"model_sha256": model.sha256, "data_sha256": dataset.sha256, "metric": evaluator.record(),
                   "search": strategy.describe(), "seed": seed, "executor": executor_kind,
-                  "fuse": bool(cfg.search.fuse)}
+                  "fuse": bool(cfg.search.fuse), "racing": evaluator.racing_record()}
     if stats is not None:  # the plans read these statistics (their digests are in the plan hashes too)
         experiment["calibration"] = {"sha256": calib.record["sha256"], "stats": stats.digest(), "gptq": gptq}
     name = str(cfg.study.name) if cfg.study.name else _study_name(model, str(cfg.search.kind), experiment)
@@ -156,6 +156,7 @@ def run_sweep(cfg: Any, run_dir: str | Path) -> SweepResult:
             loop = worker.run()
     finally:
         progress.close()
+        evaluator.cache.close()
     if loop.interrupted:
         back = (f"trial(s) {', '.join(map(str, loop.requeued))} put back in the queue" if loop.requeued
                 else "no trial was in flight")

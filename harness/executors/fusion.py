@@ -33,7 +33,7 @@ def fuse(network: Network, keep: Iterable[str]) -> dict[str, str]:
         for name in _reads(op.layer):
             readers[name] = readers.get(name, 0) + 1
     ops, fused, i = network.ops, {}, 0
-    out = []
+    out, layers = [], []
     while i < len(ops):
         a = ops[i]
         b = ops[i + 1] if i + 1 < len(ops) else None
@@ -42,11 +42,13 @@ def fuse(network: Network, keep: Iterable[str]) -> dict[str, str]:
             a.absorb_scale(b)
             fused["scale"] = "mvn"
             out.append(a)
+            layers.append(network.op_layers[i])
             i += 2
             continue
         out.append(a)
+        layers.append(network.op_layers[i])
         i += 1
-    network.ops = out
+    network.ops, network.op_layers = out, layers
     producer = {o: op for op in out for o in op.outputs}
     for op in out:
         src = producer.get(op.inputs[0]) if op.type == "transpose" and op.inputs else None

@@ -1,7 +1,7 @@
 """The numpy reference executor: runs a neural-network spec with the op registry."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -47,6 +47,8 @@ class NumpyExecutor(Executor):
         #: fusions of the predict network (harness.executors.fusion): {absorbed type: host type}
         self.fused = fusion.fuse(self.network, wanted)
         self.network.release_dead_blobs(wanted)
+        #: The internal blobs the outputs are read from (never released).
+        self.output_blobs: list[str] = wanted
         self._plain: Network | None = None  # unfused, for trace (every layer's output); built on demand
         self._labels = np.asarray(io.class_labels) if io.class_labels is not None else None
 
@@ -73,6 +75,26 @@ class NumpyExecutor(Executor):
         blobs = self._input_blobs(split)
         self.network.run(blobs, release=True)
         return self._outputs(blobs, n)
+
+    def run_blobs(self, blobs: Blobs, n: int, *, start: int = 0, capture: int | None = None,
+                  keep: Iterable[str] | None = None) -> tuple[dict[str, np.ndarray], Blobs | None]:
+        """The outputs of ``n`` samples, running the layers from ``start`` on over ``blobs``.
+
+        ``start`` and ``capture`` are op boundaries (``network.layer_boundaries()`` maps them to the
+        model's layers; a fused op counts once). ``blobs`` are the internal blobs at that boundary: :meth:`input_blobs` for ``start=0``, or
+        what an earlier run left there (:mod:`harness.activations`; the dict is copied, its arrays are
+        only read). With ``capture=i`` the blobs named in ``keep`` that exist when layer ``i`` is about
+        to run are returned too (``(outputs, captured)``; ``captured`` is None without ``capture``).
+        """
+        blobs = dict(blobs)
+        captured = None
+        if capture is not None and start <= capture:
+            self.network.run(blobs, release=True, start=start, stop=capture)
+            names = set(keep) if keep is not None else set(blobs)
+            captured = {k: v for k, v in blobs.items() if k in names}
+            start = capture
+        self.network.run(blobs, release=True, start=start)
+        return self._outputs(blobs, n), captured
 
     def trace(self, feeds: Mapping[str, np.ndarray]) -> Blobs:
         """Run the network and return every blob (inputs and layer outputs) in the internal layout.

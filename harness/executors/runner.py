@@ -72,7 +72,15 @@ class Network:
 
     def __init__(self, ops: list[Op]) -> None:
         self.ops = ops
+        #: The top-level layer each op starts at (a fused op covers several layers, :mod:`.fusion`).
+        self.op_layers: list[int] = list(range(len(ops)))
+        #: How many layers the network was compiled from.
+        self.n_layers = len(ops)
         self._release: list[list[str]] | None = None
+
+    def layer_boundaries(self) -> list[int]:
+        """Per op boundary ``j`` (``0 .. len(ops)``): the layer boundary it is (layers before op ``j``)."""
+        return [*self.op_layers, self.n_layers]
 
     def release_dead_blobs(self, keep: Iterable[str]) -> None:
         """Drop every blob after its last reader when run with ``release=True`` (top-level network only).
@@ -90,16 +98,21 @@ class Network:
             if name not in keep:
                 self._release[i].append(name)
 
-    def run(self, blobs: Blobs, release: bool = False, observer: Callable[[Op, Blobs], None] | None = None) -> Blobs:
-        """Run every op over ``blobs`` (mutated in place and returned).
+    def run(self, blobs: Blobs, release: bool = False, observer: Callable[[Op, Blobs], None] | None = None, *,
+            start: int = 0, stop: int | None = None) -> Blobs:
+        """Run the ops ``start`` .. ``stop - 1`` (default: every op) over ``blobs`` (mutated in place and returned).
 
         ``release=True`` drops blobs no later layer reads (see :meth:`release_dead_blobs`),
         which bounds peak memory on large batches. ``observer(op, blobs)`` is called
         before each op runs (its inputs are in ``blobs``); ops inside loop/branch
-        bodies are not observed.
+        bodies are not observed. Starting at ``start > 0``, ``blobs`` must hold
+        what the layers before it left (e.g. the float model's activations at that layer:
+        :mod:`harness.activations`).
         """
         drop = self._release if release else None
-        for i, op in enumerate(self.ops):
+        stop = len(self.ops) if stop is None else stop
+        for i in range(start, stop):
+            op = self.ops[i]
             if observer is not None:
                 observer(op, blobs)
             try:

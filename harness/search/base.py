@@ -32,6 +32,7 @@ import pandas as pd
 
 from harness.config import options_record, search_options
 from harness.errors import ConfigError
+from harness.search.raced import RacedTrialsSampler
 from harness.space import SearchSpace
 from harness.study import StudyDB, budget_used, mark_running
 
@@ -44,12 +45,15 @@ class SkipTrial(Exception):
 class Candidate:
     """What one trial tries: record ``attrs`` as columns, apply ``plan``.
 
-    ``label`` names the saved model file (``trial_0012_<label>.mlmodel``).
+    ``label`` names the saved model file (``trial_0012_<label>.mlmodel``). ``race=False``: a
+    measurement the search itself reads (a sensitivity cell, a mixed probe or greedy point) is
+    evaluated on every sample, never stopped by racing.
     """
 
     attrs: dict[str, Any]
     plan: Any
     label: str
+    race: bool = True
 
 
 @dataclass
@@ -151,7 +155,7 @@ class SearchStrategy(abc.ABC):
                 # constraints_func is deprecated in Optuna 5 in favour of Trial.set_constraint, which must
                 # be called before the driver tells the result; constraints_func works on Optuna 4 and 5.
                 warnings.filterwarnings("ignore", message=".*constraints_func.*deprecated", category=FutureWarning)
-                return cls(**kwargs)
+                return RacedTrialsSampler(cls(**kwargs))
         except TypeError as e:
             raise ConfigError(f"search.sampler={given!r} does not fit {cls.__name__}: {e}") from None
 
@@ -168,7 +172,8 @@ class SearchStrategy(abc.ABC):
         return {}
 
     def sampler(self) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler of the study."""
+        """The Optuna sampler of the study (wrapped: trials racing stopped read as finished at their best
+        reachable figure, :mod:`harness.search.raced`)."""
         return self._sampler
 
     def describe(self) -> dict[str, Any]:

@@ -64,6 +64,7 @@ from optuna.trial import TrialState
 
 from harness.config import MixedAlgorithm, MixedOptions
 from harness.errors import ConfigError
+from harness.rundir import DROP_BOUND_COLUMN
 from harness.search.base import Candidate, SearchStrategy, StrategyResult
 from harness.search.choices import FLOAT, Choice, space_choices
 from harness.search.greedy import greedy_path, spread
@@ -76,13 +77,20 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MixedSearch", "GREEDY_FLAG", "PARAM_PREFIX"]
 
+#: Seeds whose figures the search itself reads: evaluated on every sample, never stopped by racing.
+MEASURED_SEEDS = ("probe", "greedy", "refine")
 #: Study system attribute holding the greedy path once it is queued (every worker reads the same path).
 GREEDY_FLAG = "qsweep:mixed_greedy"
 PARAM_PREFIX = "codec:"
 
 
 def _drop_of(trial: optuna.trial.FrozenTrial) -> float | None:
-    """The task-metric drop (``<metric>_drop`` user attribute) of a trial, or None."""
+    """The task-metric drop (``<metric>_drop`` user attribute) of a trial, or None; for a trial racing
+    stopped, the least drop it could still have reached (``drop_lower_bound``: its recorded drop is
+    that of the samples it saw)."""
+    bound = trial.user_attrs.get(DROP_BOUND_COLUMN)
+    if bound is not None:
+        return float(bound)
     for k, v in trial.user_attrs.items():
         if k.endswith("_drop") and isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
@@ -189,8 +197,8 @@ class MixedSearch(SearchStrategy):
                         self._enqueue(db, {**{v: self.rest_label for v in self.units.units}, u: self.probe_label},
                                       "probe")
                         n += 1
-            if self.options.seed_uniform:
-                for c in self.codecs:
+            if self.options.seed_uniform:  # smallest first: racing stops a seed only once a smaller one finished
+                for c in reversed(self.codecs):
                     self._enqueue(db, {u: c.label for u in self.units.units}, "uniform")
                     n += 1
         log.info("mixed: queued %d seed trial(s) (%s)", n, "uniform settings" if self.sens_table is not None
@@ -330,7 +338,11 @@ class MixedSearch(SearchStrategy):
     def suggest(self, trial: optuna.Trial) -> Candidate:
         params = {self.param(u): trial.suggest_categorical(self.param(u), self.labels) for u in self.units.units}
         cand = self.candidate(params)
-        cand.attrs[SEED_ATTR] = trial.user_attrs.get(SEED_ATTR) or "sampled"
+        seed = trial.user_attrs.get(SEED_ATTR) or "sampled"
+        cand.attrs[SEED_ATTR] = seed
+        # Probes give the sensitivity ranking (their SNR) and path points the bisection (their drop): measured
+        # on every sample. Uniform seeds and sampled trials race.
+        cand.race = seed not in MEASURED_SEEDS
         return cand
 
     def candidate(self, params: Mapping[str, Any]) -> Candidate:

@@ -55,9 +55,9 @@ def hv_block(df: pd.DataFrame, metric: Any, baseline: Mapping[str, Any], n_trial
 
 
 def finished_budget(table: pd.DataFrame) -> int:
-    """Trials that used budget and finished (COMPLETE or FAIL; not queued and left unrun)."""
+    """Trials that used budget and finished (COMPLETE, FAIL, or stopped by racing; not queued and left unrun)."""
     counted = counted_rows(table)
-    return int(counted["state"].isin(["COMPLETE", "FAIL"]).sum())
+    return int(counted["state"].isin(["COMPLETE", "FAIL", "PRUNED"]).sum())
 
 
 def mixed_summary(table: pd.DataFrame, metric: Any, baseline: Mapping[str, Any],

@@ -96,7 +96,8 @@ class SensitivitySearch(QueuedSearch):
         attrs = {"unit": unit, "codec": label, "codec_mode": choice.mode, "codec_nbits": choice.nbits,
                  "layer_type": self.units.layer_type.get(layer, "?"), "setting": f"{label} on {unit} alone"}
         safe = unit.replace("/", "_").replace(".", "_")
-        return Candidate(attrs=attrs, plan=self.units.single(unit, label), label=f"{safe}_{label}")
+        # Every cell of the table is a measurement: racing never stops one (the activation cache speeds them up).
+        return Candidate(attrs=attrs, plan=self.units.single(unit, label), label=f"{safe}_{label}", race=False)
 
     # -- outputs ---------------------------------------------------------------------------
     def finish(self, table: pd.DataFrame, summary: dict[str, Any], evaluator: Any) -> StrategyResult:

@@ -1,7 +1,9 @@
 """Which trials use up a study's trial budget (``search.n_trials``): one rule, for live trials and tables.
 
 A trial counts unless it was skipped (PRUNED: an invalid sampled combination)
-or it is a dead trial that another trial re-ran. Retries are recognised from the
+or it is a dead trial that another trial re-ran. A trial racing stopped early is
+PRUNED too but it was evaluated, so it counts: it carries ``dominated_by`` (the
+trials.csv column of the same name). Retries are recognised from the
 structured retry record, never from message text: every retry carries
 ``failed_trial`` (the first trial of its chain) as a system attribute, which
 ``trials.csv`` holds as the column ``retry_of``. A chain (the dead trial, its
@@ -22,6 +24,8 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.rundir import DOMINATED_COLUMN
+
 
 def retry_successors(chains: Iterable[tuple[int, Any]]) -> dict[int, int]:
     """Dead trial number -> number of the trial that re-ran it, from ``(number, retry_of)`` pairs.
@@ -41,8 +45,14 @@ def retry_successors(chains: Iterable[tuple[int, Any]]) -> dict[int, int]:
     return out
 
 
-def _counts(number: int, state: str, retried: dict[int, int]) -> bool:
-    return state != TrialState.PRUNED.name and not (state == TrialState.FAIL.name and number in retried)
+#: The attribute (and column) of a trial racing stopped.
+RACED = DOMINATED_COLUMN
+
+
+def _counts(number: int, state: str, retried: dict[int, int], raced: bool = False) -> bool:
+    if state == TrialState.PRUNED.name:
+        return raced
+    return not (state == TrialState.FAIL.name and number in retried)
 
 
 def retried_numbers(trials: Sequence[FrozenTrial]) -> dict[int, int]:
@@ -51,9 +61,9 @@ def retried_numbers(trials: Sequence[FrozenTrial]) -> dict[int, int]:
 
 
 def counted_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials that use up budget (any state but PRUNED, and not a retried dead trial)."""
+    """The trials that use up budget (any state but a skipped PRUNED one, and not a retried dead trial)."""
     retried = retried_numbers(trials)
-    return [t for t in trials if _counts(t.number, t.state.name, retried)]
+    return [t for t in trials if _counts(t.number, t.state.name, retried, t.user_attrs.get(RACED) is not None)]
 
 
 def counted_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -62,7 +72,8 @@ def counted_rows(table: pd.DataFrame) -> pd.DataFrame:
         return table
     roots = table["retry_of"] if "retry_of" in table.columns else [None] * len(table)
     retried = retry_successors(zip(table["trial"], roots))
-    keep = [_counts(int(n), str(s), retried) for n, s in zip(table["trial"], table["state"])]
+    raced = table[RACED].notna() if RACED in table.columns else [False] * len(table)
+    keep = [_counts(int(n), str(s), retried, bool(r)) for n, s, r in zip(table["trial"], table["state"], raced)]
     return table[keep]
 
 

@@ -76,6 +76,8 @@ def test_rebuild_gives_back_the_run_directory(lost_run):
     for key in ("pareto_front", "baseline", "target", "trials", "search", "metric", "direction", "model", "data"):
         assert a[key] == b[key], key
     assert b["worker"]["stopped_by"] == "rebuilt from the study"
+    raced = [{k: v for k, v in d["racing"].items() if k != "activation_cache"} for d in (a, b)]
+    assert raced[0] == raced[1] and b["racing"]["activation_cache"] == {}  # a rebuild evaluates nothing
     models = sorted(p.relative_to(original) for p in (original / "models").iterdir())
     assert models and models == sorted(p.relative_to(out) for p in (out / "models").iterdir())
     for rel in models:

@@ -40,6 +40,12 @@ SMALL_GRID = ["model=digits_mlp", "search.space.nbits=[8,2]", "search.space.mode
 RUN_SPECIFIC = ["quantize_s", "evaluate_s", "worker", "datetime_start", "datetime_complete"]
 
 
+def finished(df: pd.DataFrame) -> pd.Series:
+    """Rows of a trials table that ran to their end: COMPLETE, or PRUNED by racing (``dominated_by`` set)."""
+    raced = df["dominated_by"].notna() if "dominated_by" in df.columns else False
+    return (df["state"] == "COMPLETE") | ((df["state"] == "PRUNED") & raced)
+
+
 def compose(overrides: Sequence[str]) -> Any:
     """The qsweep config with ``overrides``, composed by Hydra from the repo's conf/."""
     from hydra import compose as hydra_compose
@@ -119,7 +125,8 @@ def frame(result_or_dir: Any, name: str = "trials.csv") -> pd.DataFrame:
 
 
 def grid_points(df: pd.DataFrame) -> list[tuple[int, str]]:
-    done = df[df["state"] == "COMPLETE"]
+    """(nbits, mode) of every finished row (COMPLETE, or stopped early by racing)."""
+    done = df[finished(df)]
     return [(int(n), str(m)) for n, m in zip(done["nbits"], done["mode"])]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.sweep.support import cli_command, cli_env, free_port, frame, grid_points
+from tests.sweep.support import cli_command, cli_env, finished, free_port, frame, grid_points
 
 #: 5 nbits x 3 modes on digits_mlp = 15 points; the three 16-bit ones share one plan.
 WORKER_GRID = ["model=digits_mlp", "selector=all", "search.space.nbits=[16,8,4,2,1]",
@@ -82,16 +82,21 @@ def _start(args, cwd: Path, log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+def _done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """COMPLETE trials and those racing stopped (PRUNED with ``dominated_by``)."""
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    return [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE or "dominated_by" in t.user_attrs]
+
+
 def _complete_points(study: optuna.Study) -> list[tuple[int, str]]:
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return [(t.params["nbits"], t.params["mode"]) for t in done]
+    return [(t.params["nbits"], t.params["mode"]) for t in _done(study)]
 
 
 def _check_study(study: optuna.Study, n_points: int = WORKER_POINTS) -> None:
-    """Every grid point COMPLETE exactly once; every plan evaluated by exactly one trial."""
+    """Every grid point finished exactly once; every plan evaluated by exactly one trial."""
     points = _complete_points(study)
     assert len(points) == n_points and len(set(points)) == n_points, Counter(points).most_common(3)
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done = _done(study)
     evaluated = [t.user_attrs["plan_hash"] for t in done if "reused_from" not in t.user_attrs]
     assert len(evaluated) == len(set(evaluated)) == len({t.user_attrs["plan_hash"] for t in done})
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,
@@ -161,7 +166,7 @@ def test_sigkill_mid_run_then_resume_completes_without_duplicates(tmp_path):
         row = df[df["trial"] == number].iloc[0]
         assert row["state"] == "FAIL" and "retried as trial" in row["error"]
         retry = df[df["retry_of"] == number]
-        assert len(retry) == 1 and retry.iloc[0]["state"] == "COMPLETE"
+        assert len(retry) == 1 and finished(retry).iloc[0]
     assert killed_running, "the worker was not caught mid-trial"
 
 

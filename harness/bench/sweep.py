@@ -1,0 +1,189 @@
+"""Sweep benchmark: racing off / exact / confident on the default grid, and activation reuse on sensitivity and mixed.
+
+Run ``python -m harness.bench sweep [--model NAME] [--all-zoo] [--out DIR] [--seed 0]``. With the
+config tree of ``qsweep`` and one process:
+
+1. the default grid (``search=grid``, the default space and selector) on ``--model`` -- by default
+   the largest zoo model (most weights) whose test set has at least ``--min-samples`` (1 000)
+   samples -- with ``evaluation.racing=off``, ``exact`` and ``confident``, each in its own study;
+   it prints the wall time, the sample evaluations (the sum of ``evaluated_samples``: samples run
+   through a candidate's network), their ratio to ``off``, the trials stopped, and whether the
+   Pareto front (``pareto.csv``: plan hash, size and metric of every row) is identical to
+   ``off``'s; ``--all-zoo`` repeats the three runs on every other zoo model (front identity on
+   every zoo model), ``--zoo a,b`` on the models named;
+2. ``search=sensitivity`` on the same model (``--sens-nbits`` x ``--sens-modes``, default
+   [8, 4, 2] x [linear, kmeans_lut]) with ``evaluation.activation_cache_mb=0`` and with the
+   default cache: wall time, speed-up, and whether the two sensitivity tables are identical;
+3. ``search=mixed`` the same way (``--mixed-trials`` trials, default 40);
+4. ``--held-out`` synthetic sweeps built to be hard for a confident stop (:mod:`harness.bench._heldout`,
+   default 100): fronts and best-within models changed, wrong stops, sample evaluations.
+
+Targets (issue 11): exact at most 60% of off's sample evaluations with an identical front;
+confident at most 30% with an identical front on every zoo model; sensitivity at least 1.5x
+faster with activation reuse. Timings are wall-clock on this machine: others' load shows.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+MODES = ("off", "exact", "confident")
+
+
+def _compose(overrides: Sequence[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    import harness.cli as cli
+
+    with initialize_config_dir(config_dir=cli.config_dir(), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def default_model(min_samples: int) -> str:
+    """The zoo model with the most weights among those whose test set has at least ``min_samples`` samples."""
+    from harness import zoo
+
+    fits = [(zoo.info(n).get("weight_count", 0), n) for n in zoo.names()
+            if (zoo.info(n)["dataset"].get("n") or zoo.load_data(n).n) >= min_samples]
+    if not fits:
+        raise SystemExit(f"no zoo model has {min_samples} test samples; pass --model or a smaller --min-samples")
+    return max(fits)[1]
+
+
+def _run(out: Path, name: str, overrides: Sequence[str]) -> tuple[Any, float]:
+    from harness.sweep import run_sweep
+
+    cfg = _compose([f"storage.url=sqlite:///{out / 'bench.db'}", f"study.name={name}-{time.time_ns()}",
+                    "progress=false", "report.enabled=false", "output.save_models=false", *overrides])
+    t0 = time.perf_counter()
+    res = run_sweep(cfg, out / name)
+    return res, time.perf_counter() - t0
+
+
+def front_key(front: Any, metric: str) -> list[tuple[str, int, float]]:
+    """What "the same front" means: every row's plan hash, size and metric value."""
+    return [(str(r["plan_hash"]), int(r["size_bytes"]), float(r[metric])) for _, r in front.iterrows()]
+
+
+def racing_rows(model: str, out: Path, seed: int, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The grid with each racing mode: wall time, sample evaluations, ratio to off, front identity."""
+    rows, ref = [], None
+    for mode in MODES:
+        res, secs = _run(out, f"{model}-grid-{mode}", [f"model={model}", f"seed={seed}", "search=grid",
+                                                        f"evaluation.racing={mode}", *extra])
+        r = res.summary["racing"]
+        key = front_key(res.front, res.summary["metric"])
+        if ref is None:
+            ref = (r["sample_evaluations"], key)
+        rows.append({"model": model, "mode": mode, "seconds": secs, "evaluations": r["sample_evaluations"],
+                     "ratio": r["sample_evaluations"] / ref[0] if ref[0] else float("nan"), "stopped": r["stopped"],
+                     "trials": len(res.trials), "front": len(key), "identical": key == ref[1],
+                     "n": res.summary["data"]["n"], "metric": res.summary["metric"]})
+        print(f"  {model} racing={mode}: {secs:.1f} s, {r['sample_evaluations']:,} sample evaluations", flush=True)
+    return rows
+
+
+def reuse_rows(model: str, out: Path, seed: int, kind: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """``search=<kind>`` without and with activation reuse: wall times and whether the results are identical."""
+    import pandas as pd
+
+    runs = {}
+    for label, mb in (("without", "0"), ("with", "512")):
+        res, secs = _run(out, f"{model}-{kind}-reuse-{label}", [f"model={model}", f"seed={seed}", f"search={kind}",
+                                                                f"evaluation.activation_cache_mb={mb}", *overrides])
+        runs[label] = (res, secs)
+        print(f"  {model} search={kind} activation reuse {label}: {secs:.1f} s", flush=True)
+    (a, ta), (b, tb) = runs["without"], runs["with"]
+    metric = a.summary["metric"]
+    cols = ["plan_hash", "state", "size_bytes", metric, "snr_db", "evaluated_samples"]
+    same = a.trials[cols].reset_index(drop=True).equals(b.trials[cols].reset_index(drop=True))
+    table = a.files.get("sensitivity")
+    if table is not None:
+        same = same and pd.read_csv(table).equals(pd.read_csv(b.files["sensitivity"]))
+    cache = b.summary["racing"]["activation_cache"]
+    return {"kind": kind, "without": ta, "with": tb, "speedup": ta / tb if tb else float("nan"), "identical": same,
+            "trials": len(a.trials), "hits": cache["hits"], "misses": cache["misses"],
+            "skipped_layers": cache["skipped_layers"], "spilled": cache["spilled"]}
+
+
+def print_racing(rows: list[dict[str, Any]]) -> None:
+    print("\n| model | samples | racing | wall s | sample evaluations | ratio to off | stopped | front identical |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['n']} | {r['mode']} | {r['seconds']:.1f} | {r['evaluations']:,} | "
+              f"{r['ratio']:.1%} | {r['stopped']} of {r['trials']} | {'yes' if r['identical'] else 'NO'} |")
+
+
+def print_reuse(rows: list[dict[str, Any]], model: str) -> None:
+    print(f"\n| {model} | trials | without reuse s | with reuse s | speed-up | identical results | cache hits / misses |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| search={r['kind']} | {r['trials']} | {r['without']:.1f} | {r['with']:.1f} | {r['speedup']:.2f}x | "
+              f"{'yes' if r['identical'] else 'NO'} | {r['hits']} / {r['misses']} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness import zoo
+
+    ap = argparse.ArgumentParser(prog="python -m harness.bench sweep", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="zoo model (default: the largest with --min-samples test samples)")
+    ap.add_argument("--min-samples", type=int, default=1000)
+    ap.add_argument("--all-zoo", action="store_true", help="also race off/exact/confident on every other zoo model")
+    ap.add_argument("--zoo", default="", help="also race these other zoo models (comma-separated names)")
+    ap.add_argument("--skip-reuse", action="store_true", help="only the racing table")
+    ap.add_argument("--sens-nbits", default="[8,4,2]")
+    ap.add_argument("--sens-modes", default="[linear,kmeans_lut]")
+    ap.add_argument("--mixed-trials", type=int, default=40)
+    ap.add_argument("--held-out", type=int, default=100, help="synthetic hard sweeps raced exact and confident")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
+    args = ap.parse_args(argv)
+    model = args.model or default_model(args.min_samples)
+    out = args.out or Path(tempfile.mkdtemp(prefix="qsweep-bench-sweep-"))
+    out.mkdir(parents=True, exist_ok=True)
+    info = zoo.info(model)
+    print(f"model {model}: {info.get('weight_count', 0):,} weights, {info['dataset'].get('n')} test samples; "
+          f"runs in {out}", flush=True)
+    rows = racing_rows(model, out, args.seed)
+    others = list(zoo.names()) if args.all_zoo else [n for n in args.zoo.split(",") if n]
+    for other in others:
+        if other != model:
+            rows += racing_rows(other, out, args.seed)
+    reuse = []
+    if not args.skip_reuse:
+        space = [f"search.space.nbits={args.sens_nbits}", f"search.space.mode={args.sens_modes}"]
+        reuse.append(reuse_rows(model, out, args.seed, "sensitivity", space))
+        reuse.append(reuse_rows(model, out, args.seed, "mixed", [*space, f"search.n_trials={args.mixed_trials}"]))
+    held = None
+    if args.held_out:
+        from harness.bench._heldout import held_out
+
+        held = held_out(args.held_out, args.seed)
+    print_racing(rows)
+    if reuse:
+        print_reuse(reuse, model)
+    if held is not None:
+        print(f"\n| held-out synthetic sweeps ({held['cases']} x 40 candidates x 1024 samples) | sample evaluations "
+              "| fronts changed | best within 1 point changed | wrong stops |")
+        print("|---|---|---|---|---|")
+        for mode in ("exact", "confident"):
+            h = held[mode]
+            print(f"| {mode} | {h['ratio']:.1%} | {h['front_changed']} | {h['best_changed']} | "
+                  f"{h['wrong_stops']} of {h['stops']} |")
+    main_rows = [r for r in rows if r["model"] == model]
+    exact = next(r for r in main_rows if r["mode"] == "exact")
+    conf = [r for r in rows if r["mode"] == "confident"]
+    print(f"\ntargets: exact <= 60% with an identical front: {exact['ratio']:.1%}, "
+          f"{'identical' if exact['identical'] else 'DIFFERENT'}; confident <= 30%: "
+          f"{next(r for r in main_rows if r['mode'] == 'confident')['ratio']:.1%}, fronts identical on "
+          f"{sum(r['identical'] for r in conf)} of {len(conf)} model(s)"
+          + (f"; sensitivity with reuse {reuse[0]['speedup']:.2f}x (>= 1.5x)" if reuse else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
