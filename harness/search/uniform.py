@@ -33,4 +33,7 @@ def algorithm_result(ctx: SearchContext, table: Any, evaluator: Any) -> Strategy
 def setting_candidate(ctx: SearchContext, params: Mapping[str, Any]) -> Candidate:
     """The candidate of a uniform setting's parameters."""
     s = Setting.from_params(params)
-    return Candidate(attrs=s.params(), plan=ctx.build_plan(s), label=s.label)
+    # With calibration-aware points the round-to-nearest ones are the reference front (summary.json
+    # hypervolume): they are evaluated on every sample, never stopped by a calibrated trial.
+    reference = ctx.space.calibrated and s.algorithm == "rtn" and not s.bias_correction
+    return Candidate(attrs=s.params(), plan=ctx.build_plan(s), label=s.label, race=not reference)

@@ -23,7 +23,9 @@ def test_calibrated_grid_columns_summary_and_environment(calibrated_grid):
     res = calibrated_grid
     df = pd.read_csv(res.run_dir / "trials.csv")
     # 2 nbits x (linear: rtn, gptq; kmeans_lut: rtn, gptq, awkm) x 2 bias corrections (awkm/linear dropped)
-    assert len(df) == 20 and set(df["state"]) == {"COMPLETE"}
+    assert len(df) == 20 and set(df["state"]) <= {"COMPLETE", "PRUNED"}
+    reference = df[(df["algorithm"] == "rtn") & ~df["bias_correction"]]
+    assert set(reference["state"]) == {"COMPLETE"}  # the round-to-nearest front is never raced away
     assert set(zip(df["algorithm"], df["bias_correction"])) == {(a, b) for a in ("rtn", "gptq", "awkm")
                                                                 for b in (False, True)}
     assert not ((df["algorithm"] == "awkm") & (df["mode"] == "linear")).any()
@@ -37,7 +39,8 @@ def test_calibrated_grid_columns_summary_and_environment(calibrated_grid):
     assert summary["calibration_s"] > 0 and summary["calibration"]["kind"] == "zoo"
     assert summary["calibration"]["samples"] == 256 and summary["calibration"]["source"] == "float"
     hv = summary["hypervolume"]
-    assert hv["all_algorithms"]["trials"] == 20 and hv["round_to_nearest"]["trials"] == 4
+    assert hv["all_algorithms"]["trials"] == (df["state"] == "COMPLETE").sum()  # racing stopped the others
+    assert hv["round_to_nearest"]["trials"] == 4
     assert hv["all_algorithms"]["hypervolume"] >= hv["round_to_nearest"]["hypervolume"]
     front = hv["round_to_nearest_front"]
     assert front["points"] >= 1 and 0 <= front["dominated_by_calibrated"] <= front["points"]
