@@ -203,7 +203,13 @@ def open_storage(cfg: Any) -> optuna.storages.RDBStorage:
             # Several workers creating the tables of a new database at once: try again.
             last, races = e, races + 1
             time.sleep(0.3 + random.random() * 0.7)
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, optuna.exceptions.StorageInternalError) as exc:
+            # Optuna wraps a failure of its first session (the version check) in StorageInternalError.
+            e = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+            if isinstance(e, (sa_exc.IntegrityError, sa_exc.ProgrammingError)):  # the table-creation race
+                last, races = e, races + 1
+                time.sleep(0.3 + random.random() * 0.7)
+                continue
             if server_restarting(e) and time.monotonic() < deadline:  # starting up / shutting down: wait for it
                 if last is None or not server_restarting(last):
                     log.warning("storage: %s is restarting (%s); waiting up to %g s (storage.retry_s)", shown,

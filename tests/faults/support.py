@@ -80,6 +80,13 @@ def check_plans(study: optuna.Study) -> None:
     assert set(evaluated) == {t.user_attrs["plan_hash"] for t in done}
 
 
+def workers_started(study: optuna.Study) -> int:
+    """How many distinct workers have started a trial (each opened the storage already)."""
+    from harness.study import WORKER_ATTR
+
+    return len({t.system_attrs.get(WORKER_ATTR) for t in study.get_trials(deepcopy=False)} - {None})
+
+
 def logs(paths: Sequence[Path]) -> list[str]:
     return [p.read_text() for p in paths]
 

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.faults.support import CNN_GRID, CNN_POINTS, check_grid, load, logs, n_complete, start_worker, wait_for
+from tests.faults.support import (CNN_GRID, CNN_POINTS, check_grid, load, logs, n_complete, start_worker, wait_for,
+                                  workers_started)
 from tests.sweep.support import cli_command, cli_env
 
 pytestmark = pytest.mark.postgres
@@ -20,7 +21,7 @@ def test_three_workers_ride_out_a_server_restart(pg, tmp_path):
     args = CNN_GRID + [f"storage.url={pg.url}", "study.name=restart", "storage.retry_s=60"]
     paths = [tmp_path / f"w{i}.log" for i in range(3)]
     procs = [start_worker(args + [f"hydra.run.dir={tmp_path / f'w{i}'}"], tmp_path, paths[i]) for i in range(3)]
-    study = wait_for(pg.url, "restart", lambda s: n_complete(s) >= 2, procs)
+    study = wait_for(pg.url, "restart", lambda s: n_complete(s) >= 2 and workers_started(s) == 3, procs)
     before = n_complete(study)
     took = pg.restart()
     for p in procs:
@@ -68,7 +69,7 @@ def test_an_outage_longer_than_the_grace_period_reaps_no_live_trial(pg, tmp_path
     args = CNN_GRID + [f"storage.url={pg.url}", "study.name=long", "storage.retry_s=60"]
     paths = [tmp_path / f"w{i}.log" for i in range(3)]
     procs = [start_worker(args + [f"hydra.run.dir={tmp_path / f'w{i}'}"], tmp_path, paths[i]) for i in range(3)]
-    study = wait_for(pg.url, "long", lambda s: n_complete(s) >= 2, procs)
+    study = wait_for(pg.url, "long", lambda s: n_complete(s) >= 2 and workers_started(s) == 3, procs)
     before = n_complete(study)
     pg.stop("fast")
     time.sleep(8)
