@@ -389,8 +389,8 @@ class EvaluationConfig:
     """How candidates are measured on the test set (see :mod:`harness.racing` and :mod:`harness.activations`).
 
     racing: ``off`` | ``exact`` | ``confident``; confidence: of a ``confident`` stop (0.5 .. 1, exclusive).
-    chunk: samples per chunk of the fixed, seeded order (null: N/32 rounded to a multiple of 32, within
-    32..256). activation_cache_mb: memory for the float model's activations at the first changed layer
+    chunk: samples per chunk of the fixed, seeded order (null: N/64 rounded to a multiple of 16, within
+    16..256). activation_cache_mb: memory for the float model's activations at the first changed layer
     (0 turns activation reuse off); activation_spill_mb: disk space (a temporary folder) for entries
     past the memory budget (0: entries past it are not cached).
     """

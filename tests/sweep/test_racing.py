@@ -60,7 +60,7 @@ def test_every_trial_records_its_evaluated_samples(runs):
         assert (df.loc[df["reused_from"].notna(), "evaluated_samples"] == 0).all()
         summary = runs[mode].summary["racing"]
         assert summary["sample_evaluations"] == int(df["evaluated_samples"].sum())
-        assert summary["mode"] == mode and summary["chunk"] == 32
+        assert summary["mode"] == mode and summary["chunk"] == 16  # racing.chunk_size(450)
 
 
 def test_pruned_rows_hold_partial_figures_and_their_dominator(runs):
@@ -70,7 +70,7 @@ def test_pruned_rows_hold_partial_figures_and_their_dominator(runs):
     assert len(pruned) > 0
     base = res.summary["baseline"]["accuracy"]
     for number, row in pruned.iterrows():
-        assert 0 < row["evaluated_samples"] < N and row["evaluated_samples"] % 32 == 0
+        assert 0 < row["evaluated_samples"] < N and row["evaluated_samples"] % 16 == 0  # whole chunks
         assert 0 <= row["accuracy"] <= 1 and row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"]
         assert not pd.isna(row["snr_db"]) and not pd.isna(row["size_bytes"])
         dom = df.loc[int(row["dominated_by"])]

@@ -190,8 +190,9 @@ def test_order_is_seeded_proportional_first_then_hardest_first():
     after = strata[a.order[a.phase:]]
     assert (np.diff(after) >= 0).all()  # then the strata, hardest first
     assert a.ends[-1] == 100 and a.ends[0] == 10
-    assert chunk_size(1024) == 32 and chunk_size(450) == 32 and chunk_size(4096) == 128
-    assert chunk_size(10_000) == 256 and chunk_size(20) == 20 and chunk_size(1024, 100) == 100
+    assert chunk_size(1024) == 16 and chunk_size(450) == 16 and chunk_size(4096) == 64
+    assert chunk_size(10_000) == 160 and chunk_size(20_000) == 256 and chunk_size(10) == 10
+    assert chunk_size(1024, 100) == 100
 
 
 def test_the_dominating_set_is_read_once_per_candidate_and_refreshed_while_it_runs(monkeypatch):
