@@ -107,7 +107,9 @@ def layers_figure(run: analysis.RunData) -> tuple[Figure, list[str]]:
     """The per-layer encodings figure of ``layers.png`` and notes on missing models."""
     rows, labels, notes = _pareto_layer_rows(run)
     n_layers = rows["layer"].nunique() if not rows.empty else 1
-    fig, ax = _figure((max(6.0, 0.45 * n_layers + 3.5), max(2.5, 0.35 * len(labels) + 2.0)))
+    # room under the axes for the rotated layer names (converted models have long ones)
+    names = 0.0 if rows.empty else min(5.0, 0.06 * float(rows["layer"].astype(str).str.len().max()))
+    fig, ax = _figure((max(6.0, 0.45 * n_layers + 3.5), max(2.5, 0.35 * len(labels) + 2.0) + names))
     if rows.empty:
         ax.text(0.5, 0.5, "no Pareto-optimal model files to show", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
