@@ -36,7 +36,6 @@ from omegaconf import OmegaConf
 
 from harness.config import QsweepConfig, StorageConfig
 from harness.errors import ConfigError, StorageError
-from harness import rundir
 from harness.scores import TaskMetric
 from harness.inputs import ModelInput
 from harness.outputs import SweepResult, config_record, write_run
@@ -57,15 +56,10 @@ class RecordedMetric:
     maximize: bool
     drop_test: str | None
 
-    @property
-    def direction(self) -> str:
-        return "maximize" if self.maximize else "minimize"
-
-    @property
-    def drop_name(self) -> str:
-        return rundir.drop_column(self.name)
-
-    drop = TaskMetric.drop  # the one rule (reads ``maximize`` only)
+    # the task metric's own rules (they read ``name`` and ``maximize`` only)
+    direction = TaskMetric.direction
+    drop_name = TaskMetric.drop_name
+    drop = TaskMetric.drop
 
 
 @dataclass
