@@ -15,12 +15,11 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scipy.stats import hypergeom
 
 from harness import pareto
 from harness.config import Racing
 from harness.heads import Head
-from harness.racing import (Bounds, Finished, SampleOrder, chunk_size, count_upper_bound, difficulty_strata,
+from harness.racing import (Bounds, Finished, SampleOrder, chunk_size, difficulty_strata,
                             dominator)
 from harness.scores import Accuracy, Cosine, Fidelity, Regression
 
@@ -147,13 +146,32 @@ def test_dominator_follows_the_fronts_tie_break():
     assert dominator(100, 5, None, [d], maximize=True) is None
 
 
-@pytest.mark.parametrize("size,n,alpha", [(40, 10, 0.05), (60, 25, 0.01), (30, 29, 0.2), (50, 1, 0.01)])
-def test_hypergeometric_bound_covers_every_total(size, n, alpha):
-    """P[bound < true total] <= alpha for every true total, computed exactly from the pmf."""
-    for total in range(size + 1):
-        ks = np.arange(max(0, n - (size - total)), min(n, total) + 1)
-        miss = sum(hypergeom.pmf(k, size, total, n) for k in ks if count_upper_bound(int(k), n, size, alpha) < total)
-        assert miss <= alpha + 1e-12, (total, miss)
+def test_confident_bound_is_the_stratified_normal_bound():
+    """Seen hits + per-stratum estimate of the unseen ones + z x the standard error of their sum (by hand)."""
+    from scipy.stats import norm
+
+    strata = np.array([0] * 40 + [1] * 60)
+    order = SampleOrder.build(strata, 3, 10, phase=20)
+    b = Bounds(_metric("accuracy"), order, None, Racing.confident, 0.9)
+    pos = strata[order.order]
+    hits = (np.arange(100) % 3 != 0).astype(float)[:, None]  # any rows
+    n = 20
+    seen = hits[:n]
+    expected_mean, var = seen.sum(), 0.0
+    for s_, size in ((0, 40), (1, 60)):
+        ns, ks = (pos[:n] == s_).sum(), seen[pos[:n] == s_, 0].sum()
+        rest, p = size - ns, (ks + 1) / (ns + 2)
+        expected_mean += rest * ks / ns
+        var += size * rest * p * (1 - p) / ns * size / (size - 1)
+    z = norm.ppf(1 - 0.1 / order.looks)
+    bound = min(seen.sum() + 80, expected_mean + z * math.sqrt(var)) / 100
+    assert b.reach(seen) == pytest.approx(bound, rel=1e-12)
+    exact = Bounds(_metric("accuracy"), order, None, Racing.exact, 0.9)
+    assert b.reach(seen) <= exact.reach(seen)
+    # a stratum not seen yet: all its unseen samples count as hits (no rate to extrapolate from)
+    hard_first = SampleOrder.build(strata, 3, 10, phase=0)
+    c = Bounds(_metric("accuracy"), hard_first, None, Racing.confident, 0.9)
+    assert c.reach(np.zeros((10, 1))) >= 60 / 100
 
 
 def test_confident_stop_is_wrong_at_most_one_minus_confidence_of_the_time():
