@@ -5,23 +5,19 @@ sweep looks but harder for a confident stop: a float model right on a fraction o
 with a margin per sample; candidates that flip the float model's prediction, more often on
 low-margin samples, with flip rates spread from zero (near-ties of the float model, many of them)
 to 60%; sizes that shrink with the flip rate, with noise and repeated sizes; one candidate in five
-an exact copy of another (a tie). Every case is raced with ``harness.racing`` exactly as the trial
-runner races (the sample order of the float model's strata, smallest candidate first) in ``exact``
-and ``confident`` mode and compared with ``racing=off``: the Pareto front, the smallest model
-within a 1-point drop, the sample evaluations, and the stops whose final figure was above the
-reach they stopped at (wrong stops).
+an exact copy of another (a tie). Every case is raced offline (:mod:`harness.bench._race`: the sample
+order of the float model's strata, smallest candidate first) in ``exact`` and ``confident`` mode and
+compared with ``racing=off``.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from harness import pareto
-from harness.config import Racing
+from harness.bench._race import add, race, tally
 from harness.heads import Head
-from harness.racing import Bounds, Finished, SampleOrder, chunk_size, difficulty_strata, dominator
+from harness.racing import SampleOrder, chunk_size, difficulty_strata
 from harness.scores import Accuracy
 
 
@@ -44,37 +40,11 @@ def _case(rng: np.random.Generator, n: int = 1024, m: int = 40) -> tuple[np.ndar
     return right.astype(np.float64), prob, np.array(rows), np.array(sizes)
 
 
-def _race(metric: Any, rows: np.ndarray, sizes: np.ndarray, order: SampleOrder, mode: Racing):
-    bounds = Bounds(metric, order, None, mode, 0.99)
-    cands = list(np.argsort(sizes, kind="stable"))
-    finished: list[Finished] = []
-    done, seen, wrong = set(), 0, 0
-    for number, c in enumerate(cands):
-        r = rows[c][order.order][:, None]
-        stop = None
-        for end in order.ends[:-1]:
-            reach = bounds.reach(r[:end])
-            if dominator(int(sizes[c]), number, reach, finished, maximize=True) is not None:
-                stop = (end, reach)
-                break
-        final = float(rows[c].mean())
-        if stop is None:
-            seen += order.n
-            done.add(number)
-            finished.append(Finished(number, int(sizes[c]), final))
-        else:
-            seen += stop[0]
-            wrong += final > stop[1]
-    table = pd.DataFrame({"trial": range(len(cands)), "size_bytes": sizes[cands], "m": rows[cands].mean(axis=1)})
-    return table, done, seen, wrong
-
-
 def held_out(cases: int, seed: int = 0) -> dict[str, Any]:
     """Race ``cases`` synthetic sweeps; front and best-within changes, wrong stops and sample evaluations."""
     rng = np.random.default_rng(seed)
     metric = Accuracy(Head("p", "binary", 1))
-    out = {mode: {"front_changed": 0, "best_changed": 0, "wrong_stops": 0, "stops": 0, "evaluations": 0}
-           for mode in ("exact", "confident")}
+    out = tally()
     full = 0
     for case in range(cases):
         float_rows, prob, rows, sizes = _case(rng)
@@ -82,17 +52,7 @@ def held_out(cases: int, seed: int = 0) -> dict[str, Any]:
         order = SampleOrder.build(strata, case, chunk_size(rows.shape[1]))
         full += rows.size
         for mode, o in out.items():
-            table, done, seen, wrong = _race(metric, rows, sizes, order, Racing(mode))
-            raced = table[table["trial"].isin(done)]
-            o["front_changed"] += pareto.front(table, "m")["trial"].tolist() != pareto.front(raced, "m")["trial"].tolist()
-            base = float(float_rows.mean())
-            drop = table.assign(d=base - table["m"]), raced.assign(d=base - raced["m"])
-            a, b = pareto.best_within(drop[0], "d", 0.01), pareto.best_within(drop[1], "d", 0.01)
-            o["best_changed"] += not ((a is None and b is None) or (a is not None and b is not None
-                                                                     and int(a["trial"]) == int(b["trial"])))
-            o["wrong_stops"] += wrong
-            o["stops"] += len(table) - len(done)
-            o["evaluations"] += seen
+            add(o, race(metric, rows, sizes, order, mode), float(float_rows.mean()))
     for o in out.values():
         o["ratio"] = o["evaluations"] / full
     return {"cases": cases, **out}

@@ -16,7 +16,10 @@ config tree of ``qsweep`` and one process:
    default cache: wall time, speed-up, and whether the two sensitivity tables are identical;
 3. ``search=mixed`` the same way (``--mixed-trials`` trials, default 40);
 4. ``--held-out`` synthetic sweeps built to be hard for a confident stop (:mod:`harness.bench._heldout`,
-   default 100): fronts and best-within models changed, wrong stops, sample evaluations.
+   default 100): fronts and best-within models changed, wrong stops, sample evaluations;
+5. ``--replay`` (default 20): each raced model's ``off`` run records every candidate's per-sample rows,
+   which are raced again offline on that many seeded sample orders (:mod:`harness.bench._replay`): the
+   measured chance of a wrong confident stop on real models.
 
 Targets (issue 11): exact at most 60% of off's sample evaluations with an identical front;
 confident at most 30% with an identical front on every zoo model; sensitivity at least 1.5x
@@ -25,6 +28,7 @@ faster with activation reuse. Timings are wall-clock on this machine: others' lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -69,12 +73,19 @@ def front_key(front: Any, metric: str) -> list[tuple[str, int, float]]:
     return [(str(r["plan_hash"]), int(r["size_bytes"]), float(r[metric])) for _, r in front.iterrows()]
 
 
-def racing_rows(model: str, out: Path, seed: int, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The grid with each racing mode: wall time, sample evaluations, ratio to off, front identity."""
+def racing_rows(model: str, out: Path, seed: int, extra: Sequence[str] = (), replays: dict | None = None,
+                replay_seeds: int = 0) -> list[dict[str, Any]]:
+    """The grid with each racing mode: wall time, sample evaluations, ratio to off, front identity; with
+    ``replay_seeds``, the off run's per-sample rows replayed on that many orders into ``replays[model]``."""
+    from harness.bench._replay import recording, replay
+
     rows, ref = [], None
     for mode in MODES:
-        res, secs = _run(out, f"{model}-grid-{mode}", [f"model={model}", f"seed={seed}", "search=grid",
-                                                        f"evaluation.racing={mode}", *extra])
+        with recording() if mode == "off" and replay_seeds else contextlib.nullcontext() as recorded:
+            res, secs = _run(out, f"{model}-grid-{mode}", [f"model={model}", f"seed={seed}", "search=grid",
+                                                            f"evaluation.racing={mode}", *extra])
+        if recorded is not None and replays is not None:
+            replays[model] = replay(recorded, replay_seeds)
         r = res.summary["racing"]
         key = front_key(res.front, res.summary["metric"])
         if ref is None:
@@ -126,6 +137,25 @@ def print_reuse(rows: list[dict[str, Any]], model: str) -> None:
               f"{'yes' if r['identical'] else 'NO'} | {r['hits']} / {r['misses']} |")
 
 
+def print_replays(replays: dict[str, Any]) -> None:
+    """The recorded off runs replayed on seeded orders (:mod:`harness.bench._replay`)."""
+    print("\n| replayed (model, candidates x orders) | racing | sample evaluations | fronts changed "
+          "| best within 1 point changed | wrong stops |")
+    print("|---|---|---|---|---|---|")
+    total = {m: [0, 0, 0, 0] for m in ("exact", "confident")}
+    for model, r in replays.items():
+        if r is None:
+            continue
+        for mode in ("exact", "confident"):
+            h = r[mode]
+            print(f"| {model}, {r['candidates']} x {r['seeds']} | {mode} | {h['ratio']:.1%} | {h['front_changed']} of "
+                  f"{h['races']} | {h['best_changed']} | {h['wrong_stops']} of {h['stops']} |")
+            t = total[mode]
+            t[0] += h["front_changed"]; t[1] += h["races"]; t[2] += h["wrong_stops"]; t[3] += h["stops"]  # noqa: E702
+    for mode, (f, n, w, s) in total.items():
+        print(f"| all | {mode} | | {f} of {n} | | {w} of {s} ({w / max(1, s):.2%}) |")
+
+
 def main(argv: list[str] | None = None) -> int:
     from harness import zoo
 
@@ -139,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sens-modes", default="[linear,kmeans_lut]")
     ap.add_argument("--mixed-trials", type=int, default=40)
     ap.add_argument("--held-out", type=int, default=100, help="synthetic hard sweeps raced exact and confident")
+    ap.add_argument("--replay", type=int, default=20,
+                    help="seeded sample orders each zoo model's recorded off run is replayed on (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -148,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     info = zoo.info(model)
     print(f"model {model}: {info.get('weight_count', 0):,} weights, {info['dataset'].get('n')} test samples; "
           f"runs in {out}", flush=True)
-    rows = racing_rows(model, out, args.seed)
+    replays: dict[str, Any] = {}
+    rows = racing_rows(model, out, args.seed, replays=replays, replay_seeds=args.replay)
     others = list(zoo.names()) if args.all_zoo else [n for n in args.zoo.split(",") if n]
     for other in others:
         if other != model:
-            rows += racing_rows(other, out, args.seed)
+            rows += racing_rows(other, out, args.seed, replays=replays, replay_seeds=args.replay)
     reuse = []
     if not args.skip_reuse:
         space = [f"search.space.nbits={args.sens_nbits}", f"search.space.mode={args.sens_modes}"]
@@ -174,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             h = held[mode]
             print(f"| {mode} | {h['ratio']:.1%} | {h['front_changed']} | {h['best_changed']} | "
                   f"{h['wrong_stops']} of {h['stops']} |")
+    if any(replays.values()):
+        print_replays(replays)
     main_rows = [r for r in rows if r["model"] == model]
     exact = next(r for r in main_rows if r["mode"] == "exact")
     conf = [r for r in rows if r["mode"] == "confident"]
