@@ -15,16 +15,23 @@ matrix's delta goes to its gate's bias vector (the input and recurrent
 matrices' deltas add up; an LSTM without biases gets zero float32 bias vectors
 and ``hasBiasVectors``). A bias that is not in the plan is written as float32.
 
+The ``affine`` codecs of a batchnorm layer's vectors (:mod:`quantizer.algorithms.affine`) are
+encoded together, once per layer, from the layer's source values and the codecs of all four
+fields (a field without an ``affine`` codec enters the fit as the value the runtime will read);
+the codec cache keys each result on the digests and codecs of all four fields.
+
 >>> import quantizer                                               # doctest: +SKIP
 >>> plan = quantizer.build_plan("model.mlmodel", 4, "kmeans_lut")    # doctest: +SKIP
 >>> small = quantizer.apply_plan("model.mlmodel", plan)            # doctest: +SKIP
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from .algorithms.affine import BATCHNORM_FIELDS, encode_batchnorm
 from .algorithms.support import bias_field
 from .cache import CodecCache, codec_cache, tensor_digest
 from .codecs import Codec, Encoded
@@ -89,6 +96,46 @@ def _encode_tensor(
         return encode(), enc == "int8"
     digest = tensor_digest(values, shape, slot.channel_axis)
     return cache.get_or_encode(digest, codec, encode), enc == "int8"
+
+
+def _affine_layers(wanted: Mapping[Key, Codec]) -> set[str]:
+    return {name for (name, _), codec in wanted.items() if codec.algorithm == "affine"}
+
+
+def _affine_encodings(layer: Any, wanted: Mapping[Key, Codec], cache: CodecCache) -> dict[str, Encoded]:
+    """The encodings of a batchnorm layer's ``affine`` fields, fitted together (read from the layer before
+    any of its fields is written)."""
+    p = _layer_params(layer)
+    c, eps = int(p.channels), float(p.epsilon or 1e-5)  # the runtime's default epsilon
+    values, codecs, fixed, parts = {}, {}, {}, [f"batchnorm eps={eps!r}"]
+    for f in BATCHNORM_FIELDS:
+        where = _where(layer, f)
+        wp = get_weight_params(layer, f)
+        enc, _ = encoding_of(wp)
+        if enc == "empty":
+            raise InvalidWeightsError(f"{where} is empty: a batchnorm without computeMeanVar needs all four vectors")
+        v = decode_weights(wp, (c,), 0, name=where, exact=True).reshape(-1).astype(np.float32)
+        values[f], codecs[f] = v, wanted.get((layer.name, f))
+        parts.append(f"{f}={tensor_digest(v, (c,), 0)}:{'keep' if codecs[f] is None else codecs[f].token()}")
+        if codecs[f] is None or codecs[f].algorithm != "affine":
+            fixed[f] = v if codecs[f] is None else _decoded(codecs[f].encode(v, (c,), 0, where=where), c, where)
+    joint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    fitted: dict[str, Encoded] = {}
+
+    def fit(field: str) -> Encoded:
+        if not fitted:
+            fitted.update(encode_batchnorm(values, codecs, fixed, eps))
+        return fitted[field]
+
+    return {f: cache.get_or_encode(f"{joint}|{f}", codecs[f], lambda f=f: fit(f))
+            for f in BATCHNORM_FIELDS if codecs[f] is not None and codecs[f].algorithm == "affine"}
+
+
+def _decoded(enc: Encoded, n: int, where: str) -> np.ndarray:
+    """The float32 values a runtime reads from ``enc`` (any encoding)."""
+    wp = coremltools().proto.NeuralNetwork_pb2.WeightParams()
+    enc.write(wp)
+    return decode_weights(wp, (n,), 0, name=where, exact=True).reshape(-1)
 
 
 def _check_missing(plan: QuantPlan, found: set[Key], known: set[Key] | None) -> None:
@@ -159,16 +206,22 @@ def apply_in_place(spec: Any, plan: QuantPlan, *, cache: CodecCache | None = Non
     wanted = {k: c for k, c in plan.items() if c is not None}
     found: set[Key] = set()
     deltas: dict[Key, np.ndarray] = {}
+    affine, fitted = _affine_layers(wanted), {}
     changed = 0
     for layer, slot in _all_slots(spec):
         key = (layer.name, slot.field)
         if key in plan:
             found.add(key)
+        if layer.name in affine and layer.name not in fitted:  # before any of its fields is written
+            fitted[layer.name] = _affine_encodings(layer, wanted, cache)
         codec = wanted.get(key)
         if codec is None or key in deltas:
             continue  # a corrected bias is encoded after the correction
         wp = get_weight_params(layer, slot.field)
-        encoded, was_int8 = _encode_tensor(wp, layer, slot, codec, cache)
+        if codec.algorithm == "affine":
+            encoded, was_int8 = fitted[layer.name][slot.field], False
+        else:
+            encoded, was_int8 = _encode_tensor(wp, layer, slot, codec, cache)
         if encoded is None:
             continue
         encoded.write(wp)
@@ -220,6 +273,7 @@ class _CopyApplier:
         self.cache = cache
         self.found: set[Key] = set()
         self.deltas: dict[Key, np.ndarray] = {}
+        self.affine, self.fitted = _affine_layers(self.wanted), {}
 
     def copy(self, src: Any, dst: Any, layer: Any = None, slots: dict | None = None, path: str = "") -> bool:
         """Copy ``src`` into ``dst``; returns True if an int8 tensor was replaced inside."""
@@ -289,7 +343,11 @@ class _CopyApplier:
         slot = slots.get(field)
         encoded = None
         int8 = False
-        if codec is not None and slot is not None and key not in self.deltas:
+        if codec is not None and codec.algorithm == "affine" and slot is not None:
+            if layer.name not in self.fitted:  # the source layer: never written
+                self.fitted[layer.name] = _affine_encodings(layer, self.wanted, self.cache)
+            encoded = self.fitted[layer.name][field]
+        elif codec is not None and slot is not None and key not in self.deltas:
             encoded, int8 = _encode_tensor(src, layer, slot, codec, self.cache)
         if encoded is None:
             _copy_whole(src, dst)

@@ -49,8 +49,8 @@ from .errors import InvalidArgumentError, InvalidWeightsError
 from .fingerprint import function_token
 from .kmeans import kmeans_lut
 from .labels import (
-    ALGORITHM_MODES, ALGORITHMS, LUT_MODES, MODE_ALIASES, MODES, QUANTIZATION_MODES, VALID_NBITS, algorithm_suffix,
-    check_nbits, codec_label, normalize_mode,
+    ALGORITHM_MODES, ALGORITHMS, CODEC_ALGORITHMS, LUT_MODES, MODE_ALIASES, MODES, QUANTIZATION_MODES, VALID_NBITS,
+    algorithm_suffix, check_nbits, codec_label, normalize_mode,
 )
 from .packing import pack_bits
 from .weightparams import clear_payload, write_float32, write_quantized
@@ -149,8 +149,11 @@ class Codec:
 
     def _check_algorithm(self) -> None:
         algo, bc = self.algorithm, self.bias_correction
-        if algo not in ALGORITHMS:
+        if algo not in CODEC_ALGORITHMS:
             raise InvalidArgumentError(f"unknown algorithm {algo!r}: use one of {', '.join(ALGORITHMS)}")
+        if algo == "affine" and bc:
+            raise InvalidArgumentError("algorithm 'affine' fits a batchnorm layer's effective bias itself: it takes "
+                                       "no bias_correction")
         if not isinstance(bc, (bool, np.bool_)):
             raise InvalidArgumentError(f"bias_correction must be True or False, got {bc!r}")
         object.__setattr__(self, "bias_correction", bool(bc))

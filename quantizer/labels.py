@@ -14,7 +14,7 @@ import numpy as np
 from .errors import InvalidArgumentError
 
 __all__ = ["MODES", "MODE_ALIASES", "QUANTIZATION_MODES", "VALID_NBITS", "LUT_MODES", "ALGORITHMS",
-           "ALGORITHM_MODES", "normalize_mode", "check_nbits", "algorithm_suffix", "codec_label"]
+           "CODEC_ALGORITHMS", "ALGORITHM_MODES", "normalize_mode", "check_nbits", "algorithm_suffix", "codec_label"]
 
 #: The modes that compress a tensor to n bits, as coremltools names them (at 16 bits any of
 #: them means float16, as in coremltools).
@@ -29,8 +29,13 @@ LUT_MODES = ("kmeans_lut", "linear_lut", "custom_lut")
 #: ``gptq`` (linear, linear_symmetric, linear_lut, kmeans_lut) and ``awkm`` (activation-weighted
 #: k-means, kmeans_lut only); see :mod:`quantizer.algorithms`.
 ALGORITHMS = ("rtn", "gptq", "awkm")
+#: What a single codec may carry: the plan-wide algorithms plus ``affine`` -- the joint per-channel fit of a
+#: batchnorm layer's four parameter vectors (:mod:`quantizer.algorithms.affine`), which a plan gives the
+#: batchnorm layers of any calibration-aware request; it is not a plan-wide or search algorithm.
+CODEC_ALGORITHMS = ALGORITHMS + ("affine",)
 #: The modes each calibration-aware algorithm handles.
-ALGORITHM_MODES = {"gptq": ("linear", "linear_symmetric", "linear_lut", "kmeans_lut"), "awkm": ("kmeans_lut",)}
+ALGORITHM_MODES = {"gptq": ("linear", "linear_symmetric", "linear_lut", "kmeans_lut"), "awkm": ("kmeans_lut",),
+                   "affine": ("linear", "linear_symmetric", "linear_lut", "kmeans_lut")}
 
 
 def normalize_mode(mode: Any) -> str:
@@ -53,13 +58,13 @@ def check_nbits(nbits: Any) -> int:
 
 
 def algorithm_suffix(algorithm: str = "rtn", bias_correction: bool = False) -> str:
-    """The label suffix of a codec's algorithm: ``""`` (rtn), ``-gptq``, ``-awkm``, plus ``-bc``
+    """The label suffix of a codec's algorithm: ``""`` (rtn), ``-gptq``, ``-awkm``, ``-affine``, plus ``-bc``
     with bias correction (file-name safe).
 
     >>> algorithm_suffix(), algorithm_suffix("gptq", True), algorithm_suffix("rtn", True)
     ('', '-gptq-bc', '-bc')
     """
-    if algorithm not in ALGORITHMS:
+    if algorithm not in CODEC_ALGORITHMS:
         raise InvalidArgumentError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
     return ("" if algorithm == "rtn" else f"-{algorithm}") + ("-bc" if bias_correction else "")
 

@@ -13,6 +13,10 @@ runs, adds its input to that layer's
   their leading axes; rank 4/5 inputs over ``C*H*W``);
 * ``batchedMatmul`` with a weight matrix: one row per leading index of the
   last axis;
+* ``batchnorm`` (``computeMeanVar`` false): per channel, the sum of squares and
+  the mean of its input over every sample and position (one group per channel,
+  one column): what the ``affine`` fit of its four vectors reads
+  (:mod:`quantizer.algorithms.affine`);
 * ``uniDirectionalLSTM`` / ``biDirectionalLSTM``: per direction, the input
   ``x_t`` of every step (what the four input-to-gate matrices ``W_*``
   multiply) and the float model's hidden state ``h_{t-1}`` of every step, ``h_0``
@@ -53,7 +57,7 @@ from harness.calibration.store import DEFAULT_MEMORY_BYTES, CalibrationStats, _S
 from harness.errors import DataError
 from harness.executors.ops.conv import pair, same_pads, valid_pads
 from quantizer.algorithms import ConvGeometry, GramAccumulator, block_size_for, dense_rows
-from quantizer.algorithms.support import LSTM_LAYER_TYPES, lstm_prefixes, observed, stats_key
+from quantizer.algorithms.support import AFFINE_LAYER_TYPES, LSTM_LAYER_TYPES, lstm_prefixes, observed, stats_key
 from quantizer.io import source_spec
 
 log = logging.getLogger("qsweep")
@@ -92,6 +96,8 @@ class LayerTarget:
             self.pads = None if self.same else valid_pads(p.valid)
         elif self.kind == "innerProduct":
             self.columns = int(p.inputChannels)
+        elif self.kind in AFFINE_LAYER_TYPES:  # per channel: sum x^2 and E[x]
+            self.columns, self.groups = 1, int(p.channels)
         else:  # batchedMatmul with one input
             self.columns = int(p.weightMatrixFirstDimension)
         self.block = block_size_for(self.columns, self.groups, self.unit)
@@ -137,6 +143,11 @@ class LayerTarget:
             acc.add_conv_input(x, self.geometry(*x.shape[-2:]))
         elif self.kind == "innerProduct":
             acc.add(dense_rows(x, self.columns))
+        elif self.kind in AFFINE_LAYER_TYPES:
+            if x.ndim < 4 or x.shape[-3] != self.groups:
+                raise DataError(f"layer {self.name!r}: input of shape {tuple(x.shape[1:])} does not have the "
+                                f"{self.groups} channels (axis -3) the batchnorm has")
+            acc.add(np.moveaxis(x, -3, 0).reshape(self.groups, -1, 1))
         else:
             if x.shape[-1] != self.columns:
                 raise DataError(f"layer {self.name!r}: input's last axis is {x.shape[-1]}, the weights expect "
@@ -174,8 +185,8 @@ def stats_layers(spec: Any, names: Iterable[str] | None = None) -> tuple[list[La
     if wanted is not None:
         missing = sorted(wanted - seen)
         if missing:
-            raise DataError(f"no convolution/innerProduct/batchedMatmul/LSTM layer(s) named {missing} to collect "
-                            "statistics for")
+            raise DataError(f"no convolution/innerProduct/batchedMatmul/LSTM/batchnorm layer(s) named {missing} to "
+                            "collect statistics for")
     return targets, skipped
 
 

@@ -1,4 +1,4 @@
-"""Calibration-aware weight quantization for Core ML neuralnetwork models .
+"""Calibration-aware weight quantization for Core ML neuralnetwork models.
 
 - :mod:`quantizer.algorithms.stats`: :class:`LayerStats` (input Gram matrix + mean per layer, with the
   matricization convention) and :class:`GramAccumulator`;
@@ -6,6 +6,7 @@
 - :mod:`quantizer.algorithms.gptq`: :func:`gptq` for ``linear``, ``linear_symmetric``, ``linear_lut``, ``kmeans_lut``;
 - :mod:`quantizer.algorithms.bias_correction`: :func:`bias_correction`;
 - :mod:`quantizer.algorithms.weighted_kmeans`: activation-weighted k-means LUTs;
+- :mod:`quantizer.algorithms.affine`: a batchnorm layer's four vectors chosen together (the ``affine`` codec);
 - :mod:`quantizer.algorithms.grids`: the codecs' grids, :class:`QuantizedTensor`, :func:`rtn`;
 - :mod:`quantizer.algorithms.calibrated`: :func:`quantize_calibrated` (one call per tensor) and
   :func:`algorithm_token` (the codec-identity text for plan digests and cache keys).

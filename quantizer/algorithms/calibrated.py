@@ -11,7 +11,9 @@ every option; :func:`algorithm_token` is that identity text.
 Algorithms: ``rtn`` (round-to-nearest, with ``bias_correction`` the same bytes
 as today's codec plus the bias delta), ``gptq`` (:func:`~quantizer.algorithms.gptq.gptq`)
 and ``awkm`` (round-to-nearest on the activation-weighted k-means LUT,
-``kmeans_lut`` only).
+``kmeans_lut`` only); ``affine`` (a batchnorm layer's vectors chosen together,
+:mod:`quantizer.algorithms.affine`) is encoded per layer by :func:`quantizer.apply_plan`,
+so only its options and identity live here.
 
 >>> import numpy as np
 >>> from quantizer.algorithms.stats import LayerStats
@@ -27,11 +29,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import InvalidArgumentError, InvalidWeightsError
-from ..labels import ALGORITHMS
+from ..labels import ALGORITHMS, CODEC_ALGORITHMS
 from ..packing import unpack_bits
 from .bias_correction import bias_correction as _bias_delta
 from .gptq import DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, gptq
 from .grids import QuantizedTensor, rtn
+from .affine import DEFAULT_WINDOW
 from .stats import LayerStats
 from .weighted_kmeans import activation_weighted_lut
 
@@ -64,6 +67,14 @@ def resolve_options(algorithm: str, bias_correction: bool, options: Any) -> tupl
         InvalidArgumentError: an unknown option name or a bad value (names it).
     """
     given = dict(options.items() if isinstance(options, Mapping) else tuple(options or ()))
+    if algorithm == "affine":  # a batchnorm layer's joint fit (quantizer.algorithms.affine)
+        unknown = sorted(set(given) - {"window"})
+        if unknown:
+            raise InvalidArgumentError(f"unknown affine option(s) {unknown}; valid: window")
+        window = given.get("window", DEFAULT_WINDOW)
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or int(window) < 1:
+            raise InvalidArgumentError(f"affine option window must be an integer >= 1, got {window!r}")
+        return (("window", int(window)),)
     if algorithm != "gptq":
         if given:
             raise InvalidArgumentError(f"algorithm {algorithm!r} takes no options, got {sorted(given)}")
@@ -81,7 +92,7 @@ def resolve_options(algorithm: str, bias_correction: bool, options: Any) -> tupl
 def algorithm_token(algorithm: str, stats: LayerStats | None, *, bias_correction: bool = False, **options) -> str:
     """Stable text identity of (algorithm, options, bias correction, statistics digest): what
     :meth:`quantizer.Codec.token` appends after ``mode:nbits|``."""
-    if algorithm not in ALGORITHMS:
+    if algorithm not in CODEC_ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if algorithm == "rtn" and not bias_correction:
         return "rtn"  # today's behaviour: no statistics involved
@@ -157,6 +168,10 @@ def encode_calibrated(codec: Any, values: np.ndarray, shape: tuple[int, ...], ch
     from ..codecs import Codec
 
     who = where or "tensor"
+    if codec.algorithm == "affine":
+        raise InvalidArgumentError(
+            f"{who}: an affine codec chooses a batchnorm layer's four vectors together; it is applied by "
+            "quantizer.apply_plan (a plan entry per field), not encoded on one tensor")
     stats = codec.stats
     if channel_axis != 0 or len(shape) < 2:
         raise InvalidArgumentError(

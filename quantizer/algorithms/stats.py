@@ -374,6 +374,9 @@ class GramAccumulator:
         self.rows += n
 
     def _accumulate(self, xc: np.ndarray) -> None:
+        if self.columns == 1 and self.block is None:  # one value per group (batchnorm channels): sum of squares
+            self._gram[:, 0, 0] += np.einsum("gn,gn->g", xc[..., 0], xc[..., 0], dtype=np.float64)
+            return
         if self.block is None:
             for gi in range(self.groups):  # x^T x: numpy calls BLAS syrk for a matrix times its own transpose
                 self._gram[gi] += xc[gi].T @ xc[gi]

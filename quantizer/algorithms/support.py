@@ -12,9 +12,12 @@ direction, keyed by :func:`stats_key`. A plan-wide ``bias_correction`` is not
 applied to them (:data:`LSTM_GATE_BIAS_CORRECTION`: measured harmful, see the
 README; the gate matrices get the algorithm alone, with a note); a codec built
 with ``bias_correction=True`` for a gate matrix corrects its gate's bias vector
-(:func:`bias_field`). Everything else a plan
+(:func:`bias_field`). The four vectors of a ``batchnorm`` layer (``computeMeanVar`` false) get
+the ``affine`` codec whatever calibration-aware algorithm was requested: they are chosen together
+(:mod:`quantizer.algorithms.affine`) on the statistics of the layer's input (one group per
+channel, one column). Everything else a plan
 quantizes -- GRU and simpleRecurrent matrices, LSTM peepholes, embedding tables, deconvolution
-weights, batchnorm/scale/bias parameters, constants -- falls back to
+weights, scale/bias parameters, constants -- falls back to
 round-to-nearest: :func:`calibrated_codec` returns the plain codec with a
 ``note`` saying why (logged once per layer and reason), and biases are left to
 their own codec (bias correction changes them through the weights' codec).
@@ -35,13 +38,15 @@ from typing import Any, Mapping
 from ..codecs import ALGORITHM_MODES, ALGORITHMS, Codec
 from ..errors import InvalidArgumentError
 
-__all__ = ["CALIBRATED_LAYER_TYPES", "LSTM_LAYER_TYPES", "unsupported_reason", "calibrated_codec", "applied_algorithms",
+__all__ = ["CALIBRATED_LAYER_TYPES", "LSTM_LAYER_TYPES", "AFFINE_LAYER_TYPES", "affine_reason", "unsupported_reason", "calibrated_codec", "applied_algorithms",
            "check_request", "stats_key", "bias_field", "lstm_prefixes", "lstm_matrix", "observed"]
 
 log = logging.getLogger("quantizer")
 
 #: Layer types whose ``weights`` the calibration-aware algorithms handle.
 CALIBRATED_LAYER_TYPES = ("convolution", "innerProduct", "batchedMatmul")
+#: Layer types whose parameter vectors are chosen together by the ``affine`` codec.
+AFFINE_LAYER_TYPES = ("batchnorm",)
 #: Layer types whose gate matrices (``weightParams[.d].<gate>WeightMatrix`` / ``RecursionMatrix``) are handled.
 LSTM_LAYER_TYPES = ("uniDirectionalLSTM", "biDirectionalLSTM")
 _LSTM_MATRIX = re.compile(r"^(weightParams\.(?:\d+\.)?)(inputGate|forgetGate|blockInput|outputGate)"
@@ -92,7 +97,18 @@ def bias_field(layer: Any, field: str) -> str:
 
 def observed(layer: Any) -> bool:
     """True when the statistics collector observes ``layer`` (it has a tensor an algorithm handles)."""
-    return layer.WhichOneof("layer") in LSTM_LAYER_TYPES or unsupported_reason(layer, "weights") is None
+    kind = layer.WhichOneof("layer")
+    if kind in AFFINE_LAYER_TYPES:
+        return affine_reason(layer) is None
+    return kind in LSTM_LAYER_TYPES or unsupported_reason(layer, "weights") is None
+
+
+def affine_reason(layer: Any) -> str | None:
+    """Why the ``affine`` fit does not apply to a batchnorm ``layer`` (None: it does)."""
+    if layer.batchnorm.computeMeanVar:
+        return ("batchnorm computing its mean and variance from the data (gamma and beta act on normalized "
+                "inputs: round-to-nearest is already the best fit)")
+    return None
 
 
 def unsupported_reason(layer: Any, field: str) -> str | None:
@@ -155,6 +171,8 @@ def calibrated_codec(layer: Any, field: str, codec: Codec, *, algorithm: str = "
     if (algorithm == "rtn" and not bias_correction) or not codec.quantizes or codec.mode == "dequantization":
         return codec
     kind = layer.WhichOneof("layer")
+    if kind in AFFINE_LAYER_TYPES:
+        return _affine_codec(layer, codec, requested, calibration)
     if (field != "weights" and kind in CALIBRATED_LAYER_TYPES) or (kind in LSTM_LAYER_TYPES
                                                                    and field.endswith("BiasVector")):
         return codec  # a bias: corrected (if asked) through the weights' codec, stored with its own
@@ -188,6 +206,27 @@ def calibrated_codec(layer: Any, field: str, codec: Codec, *, algorithm: str = "
                  options=opts, stats=stats, note=note)
 
 
+def _affine_codec(layer: Any, codec: Codec, requested: str, calibration: Mapping[str, Any] | None) -> Codec:
+    """A batchnorm field's codec: ``affine`` with the layer's statistics, or a fallback with a note."""
+    reason = affine_reason(layer)
+    if reason is not None:
+        return _fallback(codec, layer, reason, requested)
+    modes = ALGORITHM_MODES["affine"]
+    if codec.mode not in modes:
+        return _fallback(codec, layer, f"affine handles {', '.join(modes)}, not {codec.mode}", requested)
+    stats = (calibration or {}).get(layer.name)
+    if stats is None:
+        return _fallback(codec, layer, "no calibration statistics for this layer (its input was not observed)",
+                         requested)
+    channels = int(layer.batchnorm.channels)
+    if stats.columns != 1 or stats.groups != channels:
+        raise InvalidArgumentError(
+            f"layer {layer.name!r}: calibration statistics of {stats.groups} group(s) x {stats.columns} columns do "
+            f"not fit a batchnorm of {channels} channels (one group per channel, one column): were they collected "
+            "on another model?")
+    return Codec(codec.mode, codec.nbits, algorithm="affine", stats=stats)
+
+
 def _label(codec: Codec) -> str:
     base = codec.algorithm + ("+bc" if codec.bias_correction else "")
     return f"{base} (fallback: {codec.note})" if codec.note else base
@@ -195,7 +234,7 @@ def _label(codec: Codec) -> str:
 
 def applied_algorithms(plan: Mapping[tuple[str, str], Any]) -> dict[str, str]:
     """``{layer: what was applied}`` for every layer with an n-bit entry in ``plan``: ``gptq``,
-    ``gptq+bc``, ``awkm``, ``rtn+bc``, ``rtn``, or ``rtn (fallback: <why>)`` where a requested
+    ``gptq+bc``, ``awkm``, ``affine`` (batchnorm), ``rtn+bc``, ``rtn``, or ``rtn (fallback: <why>)`` where a requested
     algorithm could not be applied (a calibration-aware entry wins over its layer's biases)."""
     out: dict[str, tuple[int, str]] = {}
     for (layer, _field), codec in plan.items():

@@ -150,34 +150,44 @@ def test_calibrated_files_are_plain_models_equal_to_their_dequantized_network(tm
     """coremltools loads the saved files, quantizer.load decodes them, and the executor's outputs equal those of the
     same network with the dequantized weights written as float32."""
     from harness import zoo
-    from quantizer.coremltools_quiet import coremltools
-    from quantizer.weightparams import write_float32
 
     spec, test = zoo.load("digits_cnn")
     feeds = {k: v[:64] for k, v in zoo.load_data("digits_cnn", spec, part="train").feeds.items()}
     stats = collect_stats(spec, feeds)
-    for nbits, mode, algo, bc in [(4, "linear", "gptq", False), (3, "linear_symmetric", "gptq", True),
-                                  (2, "kmeans_lut", "gptq", True), (3, "kmeans_lut", "awkm", False),
-                                  (4, "linear_lut", "rtn", True)]:
+    for nbits, mode, algo, bc in CALIBRATED_CASES:
         q = quantizer.quantize_weights(spec, nbits, mode, algorithm=algo, bias_correction=bc, calibration=stats)
-        path = quantizer.save(q, tmp_path / f"{mode}-{algo}.mlmodel")
-        loaded = coremltools().models.MLModel(str(path), skip_model_load=True)  # coremltools reads the file
-        assert loaded.get_spec() == q
-        back = quantizer.load(path)
-        assert back == q and path.read_bytes() == quantizer.io.serialize(back)
-        assert {t.encoding for t in quantizer.weight_tensors(back)} - {"float32"}  # stored quantized
-        deq = quantizer.load(path)
-        for lay in iter_layers(deq):
-            for field, (wp, shape, axis) in layer_weights(lay).items():
-                values = quantizer.decode_weights(wp, shape, axis)  # the executor's decoder
-                assert np.isfinite(values).all()
-                write_float32(wp, values)
-        assert all(t.encoding == "float32" for t in quantizer.weight_tensors(deq))
-        a = NumpyExecutor(back).predict(test.feeds)
-        b = NumpyExecutor(deq).predict(test.feeds)
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k])
-        ref = quantizer.quantize_weights(back, None, "dequantization")  # quantizer's own dequantization
-        c = NumpyExecutor(ref).predict(test.feeds)
-        for k in a:
-            np.testing.assert_allclose(a[k], c[k], rtol=1e-5, atol=1e-6)
+        assert_plain_file_equal_to_dequantized(q, tmp_path / f"{mode}-{algo}.mlmodel", test.feeds)
+
+
+#: (nbits, mode, algorithm, bias correction) of the plain-file checks.
+CALIBRATED_CASES = [(4, "linear", "gptq", False), (3, "linear_symmetric", "gptq", True), (2, "kmeans_lut", "gptq", True),
+                    (3, "kmeans_lut", "awkm", False), (4, "linear_lut", "rtn", True)]
+
+
+def assert_plain_file_equal_to_dequantized(q, path, feeds):
+    """``q`` saved to ``path``: coremltools reads it, quantizer.load decodes it, it stores quantized tensors, and
+    the executor's outputs on ``feeds`` equal those of the same network with the dequantized weights as float32."""
+    from quantizer.coremltools_quiet import coremltools
+    from quantizer.weightparams import write_float32
+
+    path = quantizer.save(q, path)
+    loaded = coremltools().models.MLModel(str(path), skip_model_load=True)  # coremltools reads the file
+    assert loaded.get_spec() == q
+    back = quantizer.load(path)
+    assert back == q and path.read_bytes() == quantizer.io.serialize(back)
+    assert {t.encoding for t in quantizer.weight_tensors(back)} - {"float32"}  # stored quantized
+    deq = quantizer.load(path)
+    for lay in iter_layers(deq):
+        for field, (wp, shape, axis) in layer_weights(lay).items():
+            values = quantizer.decode_weights(wp, shape, axis)  # the executor's decoder
+            assert np.isfinite(values).all()
+            write_float32(wp, values)
+    assert all(t.encoding == "float32" for t in quantizer.weight_tensors(deq))
+    a = NumpyExecutor(back).predict(feeds)
+    b = NumpyExecutor(deq).predict(feeds)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    ref = quantizer.quantize_weights(back, None, "dequantization")  # quantizer's own dequantization
+    c = NumpyExecutor(ref).predict(feeds)
+    for k in a:
+        np.testing.assert_allclose(a[k], c[k], rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(c[k]).max())))

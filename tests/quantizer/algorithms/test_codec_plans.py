@@ -118,7 +118,8 @@ def test_round_to_nearest_with_statistics_is_todays_bytes(nn_model):
 @pytest.mark.parametrize("name,reason", [("gru", "recurrent gate"),
                                          ("simpleRecurrent", "recurrent weight matrix"),
                                          ("deconvolution", "deconvolution"), ("embeddingND", "embedding table"),
-                                         ("batchnorm", "not a matrix multiply")])
+                                         ("scale", "not a matrix multiply"), ("bias", "not a matrix multiply"),
+                                         ("batchnorm", "no calibration statistics")])
 def test_layers_no_algorithm_handles_fall_back_with_a_note(nn_model, name, reason, caplog):
     spec = nn_model(name)
     with caplog.at_level("INFO", logger="quantizer"):
