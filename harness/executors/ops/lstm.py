@@ -242,9 +242,8 @@ def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.
 
     if len(tasks) == 1:
         run(0, 1)
-    else:
-        with par.single_threaded_blas():
-            par.for_chunks(run, len(tasks), 1, n_threads=min(n, len(tasks)))
+    else:  # pool workers, single-threaded BLAS (for_chunks holds owned_threads)
+        par.for_chunks(run, len(tasks), 1, n_threads=min(n, len(tasks)))
     return [(ys[:, j], h[j], c[j]) for ys, h, c in results for j in range(ys.shape[1])]
 
 
