@@ -202,6 +202,7 @@ def test_bidirectional_lstm_blocks_and_groups(threads, same_acts, monkeypatch):
     """Many sequences (several column blocks), peepholes, an active cell clip; the two directions in
     lockstep (same activations) or run separately (different ones); 1 or 2 threads."""
     monkeypatch.setattr(lstm_mod, "MIN_BLOCK", 4)
+    monkeypatch.setattr(lstm_mod, "MIN_TASK_WORK", 1)
     S, B, X, H, n = 6, 3, 4, 5, 7
     acts_f = ("sigmoid", "tanh", "tanh")
     acts_b = acts_f if same_acts else ("sigmoidHard", "scaledTanh", "tanh")
