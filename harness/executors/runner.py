@@ -19,6 +19,10 @@ Sub-networks (``loop``, ``branch``): an op compiles its bodies with
 ``ctx.compile(neural_network_message)`` in :meth:`Op.build` and runs
 them with ``network.run(blobs)`` from its ``run_blobs`` over the *same* dict,
 so bodies read and write outer blobs.
+
+Threads: a run holds :func:`~harness.executors.ops._parallel.owned_threads` — numpy's
+BLAS stays single-threaded and the executor's own pool (sized from BLAS's thread
+count on entry) splits the large products and the elementwise work.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import numpy as np
 import quantizer
 from harness.errors import ExecutorError, UnsupportedLayerError
 from harness.executors import weights as _weights
+from harness.executors.ops._parallel import owned_threads
 from harness.executors.ops.base import Blobs, Op, _get_field
 from harness.executors.registry import load_ops, supported_layer_types
 
@@ -111,12 +116,25 @@ class Network:
         """
         drop = self._release if release else None
         stop = len(self.ops) if stop is None else stop
+        if observer is None:
+            with owned_threads():  # BLAS single-threaded, the executor's pool sized from its count
+                self._run(blobs, drop, None, start, stop)
+        else:  # the observer's own products (calibration's Gram matrices) keep BLAS's threads
+            self._run(blobs, drop, observer, start, stop)
+        return blobs
+
+    def _run(self, blobs: Blobs, drop: list[list[str]] | None, observer: Callable[[Op, Blobs], None] | None,
+             start: int, stop: int) -> None:
         for i in range(start, stop):
             op = self.ops[i]
             if observer is not None:
                 observer(op, blobs)
             try:
-                op.run_blobs(blobs)
+                if observer is None:
+                    op.run_blobs(blobs)
+                else:
+                    with owned_threads():
+                        op.run_blobs(blobs)
             except ExecutorError:
                 raise
             except (ValueError, IndexError, TypeError, ArithmeticError, KeyError, AttributeError) as e:
@@ -128,7 +146,6 @@ class Network:
             if drop is not None:
                 for name in drop[i]:
                     blobs.pop(name, None)
-        return blobs
 
     def __len__(self) -> int:
         return len(self.ops)

@@ -132,12 +132,58 @@ def test_for_chunks_covers_every_item_once_and_propagates_errors():
         par.for_chunks(boom, 1000, 37)
 
 
-def test_single_threaded_blas_restores_the_count():
+def test_owned_threads_hold_blas_at_one_and_restore_the_count():
+    blas = par._numpy_blas()
     with threadpool_limits(2):
         before = par.threads()
-        with par.single_threaded_blas():
-            assert par.threads() == 1
-        assert par.threads() == before
+        with par.owned_threads() as n:
+            assert n == par.threads() == before  # the pool keeps the count BLAS had on entry
+            assert blas.get_num_threads() == 1  # OpenBLAS's own workers never wake (never spin)
+            with par.owned_threads():  # nested: still owned
+                assert blas.get_num_threads() == 1 and par.threads() == before
+            assert blas.get_num_threads() == 1
+        assert par.threads() == before and blas.get_num_threads() == before
+
+
+def test_network_run_owns_the_threads_while_ops_run(monkeypatch):
+    """Inside a run every op sees BLAS at one thread and the pool at the caller's count; an observer
+    (calibration's Gram products) sees BLAS's own count."""
+    from harness.executors import NumpyExecutor
+    from harness.executors.ops.dense import InnerProduct
+    from tests.executors.executor_specs import weights
+
+    spec, nn = net({"x": (8,)}, ["y"])
+    p = layer(nn, "innerProduct", "fc", ["x"], ["y"])
+    p.inputChannels, p.outputChannels = 8, 4
+    weights(p.weights, RNG.normal(size=(4, 8)).astype(np.float32))
+    ex = NumpyExecutor(spec)
+    blas, seen = par._numpy_blas(), []
+    real = InnerProduct.run
+    monkeypatch.setattr(InnerProduct, "run", lambda self, x: (seen.append(("op", blas.get_num_threads(), par.threads())), real(self, x))[1])
+    with threadpool_limits(2):
+        ex.predict({"x": f32(3, 8)})
+        ex.network.run(ex.input_blobs({"x": f32(3, 8)}), observer=lambda op, b: seen.append(("obs", blas.get_num_threads(), par.threads())))
+        assert blas.get_num_threads() == 2
+    assert seen == [("op", 1, 2), ("obs", 2, 2), ("op", 1, 2)]
+
+
+@pytest.mark.parametrize("shape", [(4096, 384, 384), (300, 64, 1500), (1000, 77, 40), (33, 129, 31)])
+def test_split_matmul_equals_one_blas_call(shape, monkeypatch):
+    """Row blocks (M >= N) or column blocks (N > M) over the pool: the same sums over K as one product."""
+    monkeypatch.setattr(par, "SPLIT_MATMUL", 1)
+    m, k, n = shape
+    a = RNG.normal(size=(m, k)).astype(np.float32)
+    b = RNG.normal(size=(k, n)).astype(np.float32)
+    with threadpool_limits(1):
+        want = a @ b
+    with threadpool_limits(2):
+        got = par.matmul(a, b)
+        out = np.zeros((m, n + 3), np.float32)
+        par.matmul(a, np.asfortranarray(b), out=out[:, 1:n + 1])  # strided output, transposed operand
+    bound = 2 * np.finfo(np.float32).eps * k * (np.abs(a) @ np.abs(b))  # float32 rounding of a sum over K
+    assert (np.abs(got - want) <= bound).all()
+    assert (np.abs(out[:, 1:n + 1] - want) <= bound).all()
+    assert not out[:, 0].any() and not out[:, n + 1:].any()
 
 
 @pytest.mark.parametrize("threads", THREADS)
@@ -156,6 +202,7 @@ def test_bidirectional_lstm_blocks_and_groups(threads, same_acts, monkeypatch):
     """Many sequences (several column blocks), peepholes, an active cell clip; the two directions in
     lockstep (same activations) or run separately (different ones); 1 or 2 threads."""
     monkeypatch.setattr(lstm_mod, "MIN_BLOCK", 4)
+    monkeypatch.setattr(lstm_mod, "MIN_TASK_WORK", 1)
     S, B, X, H, n = 6, 3, 4, 5, 7
     acts_f = ("sigmoid", "tanh", "tanh")
     acts_b = acts_f if same_acts else ("sigmoidHard", "scaledTanh", "tanh")

@@ -6,14 +6,26 @@ numpy's ufuncs run on one core and stream whole arrays through memory once per
 operation; PyTorch's pointwise kernels are fused and multi-threaded. Ops whose
 cost is elementwise (gelu, softmax, mvn, scale...) therefore process their
 arrays in chunks of about :data:`GRAIN` elements: every intermediate of a chunk
-stays in cache, and chunks are spread over a thread pool (numpy releases the
+stays in cache (L2 or L3), and chunks are spread over a thread pool (numpy releases the
 GIL inside ufunc loops).
 
 **How many threads.** As many as numpy's BLAS may use: :func:`threads` reads
 OpenBLAS's (or MKL's) current thread count through threadpoolctl, so
 ``threadpool_limits(n)``, ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS`` size
-both the matrix products and the executor's own loops, and one knob fixes the
-executor's threads. With one thread every op runs inline, in the calling thread.
+the executor's threads, one knob for everything. With one thread every op runs
+inline, in the calling thread.
+
+**One pool, not two.** While the executor runs (:func:`owned_threads`, entered by
+the runner around every network run) BLAS is held at one thread and the executor's
+pool does all the parallel work: large matrix products are split into row (or
+column) blocks over the pool (:func:`matmul`), each block a single-threaded BLAS
+call. The reason is measured: after every multi-threaded call OpenBLAS's worker
+threads busy-wait for about 0.1 s (its ``THREAD_TIMEOUT``, 2^28 cycles) before they
+sleep, so in a network that runs a product every few milliseconds one core is
+always taken by a spinning BLAS thread, and the pool's chunks of gelu, softmax,
+layer norm or LSTM steps got *slower* with a second thread (gelu on 6.3 M floats:
+14.5 ms at 1 thread, 16.5 ms at 2 after a product; 8.8 ms at 2 when OpenBLAS does
+not spin). The pool's idle workers block instead of spinning.
 
 Scratch buffers (:func:`scratch`) are per thread, so chunk kernels need no
 allocation in their inner loop.
@@ -30,9 +42,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-#: Elements per chunk: large enough to amortise a ufunc call, small enough that a chunk's few
-#: temporaries stay in the L2 cache (measured best at 2^15..2^16 on the transformer kernels).
-GRAIN = 1 << 16
+#: Elements per chunk. Every ufunc call of a chunk kernel releases and retakes the GIL, and with
+#: two threads each retake can wait for the other thread's wake-up, so fewer, larger calls win
+#: over L2-sized ones: on MiniLM's shapes (2-core EPYC, medians) gelu 14.9 -> 7.6 ms, softmax
+#: 6.5 -> 4.0 ms, layer norm 2.3 -> 0.9 ms at 2 threads from 2^16 to 2^18 elements, and 1-thread
+#: times 5-10% lower too (2^19 is no better).
+GRAIN = 1 << 18
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -53,45 +68,53 @@ def _numpy_blas():
     return _blas or None
 
 
+_owned = {"depth": 0, "before": 1, "threads": 1}
+_owned_lock = threading.Lock()
+
+
 def threads() -> int:
-    """Threads the executor may use now: numpy's BLAS thread count (1 when it cannot be read)."""
+    """Threads the executor may use now: numpy's BLAS thread count outside :func:`owned_threads`
+    (1 when it cannot be read), the count BLAS had when the outermost block was entered inside one."""
+    if _owned["depth"]:
+        return _owned["threads"]
     blas = _numpy_blas()
     if blas is None:
         return 1
     return max(1, int(blas.get_num_threads()))
 
 
-_single = {"depth": 0, "before": 1}
-_single_lock = threading.Lock()
-
-
 @contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Limit numpy's BLAS to one thread inside the block (for ops that spread many small products
-    over :func:`for_chunks` themselves); restores the previous count when the last block exits
-    (blocks entered from several threads at once nest instead of racing)."""
+def owned_threads() -> Iterator[int]:
+    """The executor owns the threads inside the block: numpy's BLAS is held at one thread (its own
+    workers never wake, so they never spin against the pool) and :func:`threads` keeps returning
+    the count BLAS had on entry, which sizes the pool. The outermost block restores BLAS's count
+    when it exits; blocks nest, and blocks entered from several threads at once share one state.
+    Yields the thread count."""
     blas = _numpy_blas()
     if blas is None:
-        yield
+        yield 1
         return
-    with _single_lock:
-        if _single["depth"] == 0:
-            _single["before"] = blas.get_num_threads()
-            blas.set_num_threads(1)
-        _single["depth"] += 1
+    with _owned_lock:
+        if _owned["depth"] == 0:
+            before = max(1, int(blas.get_num_threads()))
+            _owned["before"] = _owned["threads"] = before
+            if before > 1:
+                blas.set_num_threads(1)
+        _owned["depth"] += 1
+        n = _owned["threads"]
     try:
-        yield
+        yield n
     finally:
-        with _single_lock:
-            _single["depth"] -= 1
-            if _single["depth"] == 0:
-                blas.set_num_threads(_single["before"])
+        with _owned_lock:
+            _owned["depth"] -= 1
+            if _owned["depth"] == 0 and _owned["before"] > 1:
+                blas.set_num_threads(_owned["before"])
 
 
 def _reset_after_fork() -> None:
-    global _pool, _pool_size, _lock, _single_lock
-    _pool, _pool_size, _lock, _single_lock = None, 0, threading.Lock(), threading.Lock()
-    _single["depth"] = 0
+    global _pool, _pool_size, _lock, _owned_lock
+    _pool, _pool_size, _lock, _owned_lock = None, 0, threading.Lock(), threading.Lock()
+    _owned["depth"] = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -150,10 +173,11 @@ def for_chunks(fn: Callable[[int, int], None], n: int, grain: int, n_threads: in
                 s = i * grain
                 fn(s, min(n, s + grain))
 
-    futures = [_get_pool(k - 1).submit(worker) for _ in range(k - 1)]
-    worker()
-    for f in futures:
-        f.result()
+    with owned_threads():  # BLAS calls inside chunks stay single-threaded
+        futures = [_get_pool(k - 1).submit(worker) for _ in range(k - 1)]
+        worker()
+        for f in futures:
+            f.result()
 
 
 def scratch(count: int, size: int, dtype=np.float32) -> list[np.ndarray]:
@@ -204,4 +228,39 @@ def binary(ufunc: Callable, a: np.ndarray, b, errstate: dict | None = None) -> n
     def run(s: int, e: int) -> None:
         ufunc(a[s:e] if a.shape[0] > 1 else a, b_arr[s:e] if split_b else b, out=out[s:e])
     for_chunks(run, n, -(-n // (2 * k)), n_threads=k, errstate=errstate)
+    return out
+
+
+#: Matrix products of fewer multiply-adds run as one BLAS call (splitting them costs more than it saves).
+SPLIT_MATMUL = 1 << 20
+#: Row / column blocks of a split product are multiples of this (whole register tiles of the BLAS kernels).
+_TILE = 16
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` for 2-D ``a (M, K)`` and ``b (K, N)``, split into row blocks (column blocks when
+    ``N > M``) over the pool when :func:`threads` allows and the product is large.
+
+    Every block is one single-threaded BLAS call on views of the same operands (the sums over K
+    run in the same order), so the result equals the unsplit product's. ``out``: an ``(M, N)``
+    array to write (any layout BLAS accepts, e.g. a slice of a larger array).
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = np.empty((m, n), np.result_type(a, b))
+    t = threads()
+    side = max(m, n)
+    if t <= 1 or m * k * n < SPLIT_MATMUL or side < 2 * _TILE or _in_pool():
+        return np.matmul(a, b, out=out)
+    blocks = min(-(-side // _TILE), 2 * t)  # two blocks per thread: a core slowed by other load takes fewer
+    grain = -(-side // blocks)
+    grain = -(-grain // _TILE) * _TILE
+    if m >= n:
+        def run(s: int, e: int) -> None:
+            np.matmul(a[s:e], b, out=out[s:e])
+    else:
+        def run(s: int, e: int) -> None:
+            np.matmul(a, b[:, s:e], out=out[:, s:e])
+    for_chunks(run, side, grain, n_threads=t)
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from harness.executors.ops import _parallel as par
 from harness.executors.ops.base import F32, Op, f32
 from harness.executors.registry import register
 
@@ -186,7 +187,7 @@ class Convolution(Op):
             cols = np.ascontiguousarray(v).reshape((hi - lo) * ho * wo, k)
             dst = out[lo:hi].reshape((hi - lo) * ho * wo, self.cout)
             if g == 1:
-                np.matmul(cols, self.wmat[0], out=dst)
+                par.matmul(cols, self.wmat[0], out=dst)
             else:
                 cg = cols.reshape(-1, kh * kw, g, kc).transpose(2, 0, 1, 3).reshape(g, -1, kh * kw * kc)
                 dst[...] = np.matmul(cg, self.wmat).transpose(1, 0, 2).reshape(-1, self.cout)
@@ -199,7 +200,7 @@ class Convolution(Op):
         m, c = xp.shape[:2]
         win = windows(xp, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, ho, wo)  # (M, C, kh, kw, Ho, Wo)
         cols = np.ascontiguousarray(win.transpose(1, 2, 3, 0, 4, 5)).reshape(c * self.kh * self.kw, m * ho * wo)
-        y = self.wrows @ cols  # (Cout, M*Ho*Wo)
+        y = par.matmul(self.wrows, cols)  # (Cout, M*Ho*Wo)
         if self.b is not None:
             y += self.b[:, None]
         return y.reshape(self.cout, m, ho, wo).transpose(1, 0, 2, 3)
@@ -226,7 +227,7 @@ class Convolution(Op):
         g, cg, kh, kw = self.groups, self.cout // self.groups, self.kh, self.kw
         # columns: (M, H*W, Cout/g*kh*kw) per group
         xg = x.reshape(m, g, c // g, h * w).transpose(1, 0, 3, 2).reshape(g, m * h * w, c // g)
-        cols = np.matmul(xg, self.wd)  # (g, M*H*W, Cout/g*kh*kw)
+        cols = par.matmul(xg[0], self.wd[0])[None] if g == 1 else np.matmul(xg, self.wd)  # (g, M*H*W, Cout/g*kh*kw)
         cols = cols.reshape(g, m, h, w, cg, kh, kw).transpose(1, 0, 4, 5, 6, 2, 3).reshape(m, self.cout, kh, kw, h, w)
         hf = (h - 1) * self.sh + (kh - 1) * self.dh + 1
         wf = (w - 1) * self.sw + (kw - 1) * self.dw + 1

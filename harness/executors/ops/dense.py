@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness.executors.ops import _parallel as par
 from harness.executors.ops.base import Op, f32, rank
 from harness.executors.registry import register
 
@@ -38,8 +39,8 @@ class InnerProduct(Op):
             raise self.error(
                 f"input has {m.shape[-1]} channels per row (Core ML shape {tuple(x.shape[1:])}), "
                 f"the weights expect inputChannels={self.cin}")
-        # one 2-D GEMM (a stacked matmul would call BLAS once per row)
-        y = f32(m).reshape(-1, self.cin) @ self.wt
+        # one 2-D GEMM (a stacked matmul would call BLAS once per row), split over the pool's threads
+        y = par.matmul(f32(m).reshape(-1, self.cin), self.wt)
         if self.b is not None:
             y += self.b
         return y.reshape(lead + ((self.cout, 1, 1) if r >= 4 else (self.cout,)))

@@ -9,7 +9,8 @@ activation to i, f and o together. Every step is about a dozen in-place ufunc
 calls on contiguous arrays and one GEMM. The M sequences are independent: with
 more than one thread (:func:`~harness.executors.ops._parallel.threads`) they
 are split into column blocks run concurrently, each with single-threaded BLAS,
-and the two directions of a bidirectional layer run concurrently too.
+and the two directions of a bidirectional layer run concurrently too, when a
+block's per-step arrays are large enough to pay for it (:data:`MIN_TASK_WORK`).
 
 Exactness notes (both bounded, documented deviations from a literal reading of
 NeuralNetwork.proto, whose results they leave unchanged in float32):
@@ -42,6 +43,12 @@ _BOUND = {"sigmoid": 1.0, "sigmoidHard": 1.0, "tanh": 1.0, "scaledTanh": 1.7159,
 _ONE = F32(1)
 #: Sequences per block below which splitting the batch over threads does not pay.
 MIN_BLOCK = 16
+#: Elements of one task's per-step gate array (directions x 4H x sequences of its block) below
+#: which tasks run one after another in the calling thread: each step is about a dozen ufunc calls,
+#: and on small arrays two threads spend more on handing the GIL back and forth than they gain
+#: (measured: lstm_text, H=24, 256 sequences, 2 blocks: 1.6 ms at 2 threads vs 0.8 ms at 1;
+#: digits_lstm, H=64: 1.34 vs 1.63 ms, so it keeps its blocks).
+MIN_TASK_WORK = 1 << 15
 
 InPlace = Callable[[np.ndarray], None]
 
@@ -212,8 +219,10 @@ def groups(dirs: list[Direction]) -> list[Group]:
     return [Group([d]) for d in dirs]
 
 
-def _blocks(m: int, n_threads: int) -> list[tuple[int, int]]:
-    k = max(1, min(n_threads, m // MIN_BLOCK))
+def _blocks(m: int, n_threads: int, rows: int) -> list[tuple[int, int]]:
+    """Column blocks of the ``m`` sequences, one per thread, each at least :data:`MIN_BLOCK` wide and
+    with a per-step gate array (``rows`` x width) of at least :data:`MIN_TASK_WORK` elements."""
+    k = max(1, min(n_threads, m // MIN_BLOCK, rows * m // MIN_TASK_WORK))
     edges = np.linspace(0, m, k + 1).astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
@@ -227,7 +236,8 @@ def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.
     s, _, m = xs.shape
     hs = gs[0].r.shape[2]
     n = par.threads()
-    blocks = _blocks(m, n)
+    rows = max(len(g.dirs) for g in gs) * 4 * hs
+    blocks = _blocks(m, n, rows)
     first = np.cumsum([0] + [len(g.dirs) for g in gs])
     results = [(np.empty((s, len(g.dirs), hs, m), F32), np.empty((len(g.dirs), hs, m), F32),
                 np.empty((len(g.dirs), hs, m), F32)) for g in gs]
@@ -240,11 +250,11 @@ def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.
             out = results[i]
             out[0][..., a:b], out[1][..., a:b], out[2][..., a:b] = ys, h, c
 
-    if len(tasks) == 1:
-        run(0, 1)
-    else:
-        with par.single_threaded_blas():
-            par.for_chunks(run, len(tasks), 1, n_threads=min(n, len(tasks)))
+    width = blocks[0][1] - blocks[0][0]
+    if len(tasks) == 1 or rows * width < MIN_TASK_WORK:
+        run(0, len(tasks))
+    else:  # pool workers, single-threaded BLAS (for_chunks holds owned_threads)
+        par.for_chunks(run, len(tasks), 1, n_threads=min(n, len(tasks)))
     return [(ys[:, j], h[j], c[j]) for ys, h, c in results for j in range(ys.shape[1])]
 
 

@@ -14,12 +14,12 @@ as the row-major array ``(X2, X1)`` — coremltools' builder writes
 ``(X2, X1)`` with channels on axis 0. int8 dynamic-quantized weights decode
 to ``int8 * scale`` and run in float32 (the layer's own bias is added).
 
-Speed: numpy's matmul calls BLAS once per matrix of a stack, and OpenBLAS splits
-even a small product (attention's 128x32 @ 32x128) over its threads, paying a
-synchronisation per matrix. With more than one thread, a stack of small
-products is instead split along the sample axis over the executor's thread
-pool, each slice run with single-threaded BLAS (:func:`stacked_matmul`).
-Transposed inputs stay views: BLAS reads them with a transpose flag.
+Speed: numpy's matmul calls BLAS once per matrix of a stack. With more than one
+thread, a stack is split along the sample axis over the executor's thread pool,
+each slice run with single-threaded BLAS (:func:`stacked_matmul`); one large
+product (one sample, or stored weights) is split into row blocks
+(:func:`~harness.executors.ops._parallel.matmul`). Transposed inputs stay views:
+BLAS reads them with a transpose flag.
 """
 from __future__ import annotations
 
@@ -73,14 +73,10 @@ class BatchedMatmul(Op):
         if a.shape[-1] != self.x1:
             raise self.error(f"the input's last dim is {a.shape[-1]} (per-sample shape {tuple(a.shape[1:])}), "
                              f"the weights expect weightMatrixFirstDimension={self.x1}")
-        y = a @ self.w
+        y = par.matmul(a.reshape(-1, self.x1), self.w).reshape(a.shape[:-1] + (self.x2,))
         if self.b is not None:
             y += self.b
         return y
-
-
-#: Products of at most this many multiply-adds are "small": a stack of them is split over threads.
-SMALL_MATMUL = 1 << 21
 
 
 def _output(a: np.ndarray, b: np.ndarray, out_axes: list[int] | None) -> np.ndarray:
@@ -96,19 +92,23 @@ def _output(a: np.ndarray, b: np.ndarray, out_axes: list[int] | None) -> np.ndar
 
 
 def stacked_matmul(a: np.ndarray, b: np.ndarray, out_axes: list[int] | None = None) -> np.ndarray:
-    """``np.matmul(a, b)`` for equal-rank stacks; many small products run sliced over the thread pool.
+    """``np.matmul(a, b)`` for equal-rank stacks, sliced along the sample axis over the thread pool
+    (each slice single-threaded BLAS); a single product of 2-D matrices is split by rows instead.
 
     ``out_axes``: the layout hint of :func:`_output` (BLAS writes the strided result directly).
     """
     n_threads = par.threads()
-    m, k, p = a.shape[-2], a.shape[-1], b.shape[-1]
     n = max(a.shape[0], b.shape[0])
     out = _output(a, b, out_axes)
-    if n_threads <= 1 or n < 2 or m * k * p > SMALL_MATMUL:
+    if n_threads <= 1:
+        return np.matmul(a, b, out=out)
+    if n < 2:
+        if out.size == out.shape[-2] * out.shape[-1]:  # one matrix product
+            par.matmul(a.reshape(a.shape[-2:]), b.reshape(b.shape[-2:]), out=out.reshape(out.shape[-2:]))
+            return out
         return np.matmul(a, b, out=out)
 
     def run(s: int, e: int) -> None:
         np.matmul(a[s:e] if a.shape[0] > 1 else a, b[s:e] if b.shape[0] > 1 else b, out=out[s:e])
-    with par.single_threaded_blas():
-        par.for_chunks(run, n, -(-n // (2 * n_threads)), n_threads=n_threads)
+    par.for_chunks(run, n, -(-n // (2 * n_threads)), n_threads=n_threads)
     return out

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from harness.executors.ops import _parallel as par
 from harness.executors.ops.base import F32, Op, f32, rank
 from harness.executors.registry import register
 
@@ -151,15 +152,15 @@ class GRU(_Recurrent):
         h = self.state(h0, n, b, "the initial state")
         s, m, _ = xs.shape
         hs = self.out_size
-        proj = (xs.reshape(s * m, -1) @ self.w).reshape(s, m, 3 * hs) + self.b
+        proj = par.matmul(xs.reshape(s * m, -1), self.w).reshape(s, m, 3 * hs) + self.b
         ys = np.empty((s, m, hs), F32)
         for k in range(s):
             t = s - 1 - k if self.reverse else k
-            zr = proj[t, :, :2 * hs] + h @ self.r_zr
+            zr = proj[t, :, :2 * hs] + par.matmul(h, self.r_zr)
             z = self.f(_clip(zr[:, :hs]))
             r = self.f(_clip(zr[:, hs:]))
             c = _clip(h * r)
-            o = self.g(_clip(proj[t, :, 2 * hs:] + c @ self.r_o))
+            o = self.g(_clip(proj[t, :, 2 * hs:] + par.matmul(c, self.r_o)))
             h = f32((F32(1) - z) * o + z * h)
             ys[k] = h
         y = ys if self.seq_out else ys[-1:]
@@ -186,11 +187,11 @@ class SimpleRecurrent(_Recurrent):
         xs, n, b = self.sequence(x)
         h = self.state(h0, n, b, "the initial state")
         s, m, _ = xs.shape
-        proj = (xs.reshape(s * m, -1) @ self.w).reshape(s, m, -1) + self.b
+        proj = par.matmul(xs.reshape(s * m, -1), self.w).reshape(s, m, -1) + self.b
         ys = np.empty((s, m, self.out_size), F32)
         for k in range(s):
             t = s - 1 - k if self.reverse else k
-            h = f32(self.f(_clip(proj[t] + h @ self.r)))
+            h = f32(self.f(_clip(proj[t] + par.matmul(h, self.r))))
             ys[k] = h
         y = ys if self.seq_out else ys[-1:]
         self.write(blobs, [self.blob(y, n, b), self.blob(h[None], n, b)])
