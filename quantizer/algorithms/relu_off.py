@@ -6,8 +6,9 @@ their float output is practically always 0, round-to-nearest's error there
 happens to be hidden by the ReLU, but GPTQ's zero-mean error switches inactive
 positions on (measured on silero_vad_8k's ``conv_4``, see the README). For a
 layer whose :class:`~quantizer.algorithms.stats.LayerStats` carries ``relu``
-statistics (per output channel ``c``: ``E_c = sum relu(y_c)^2`` and ``E[y_c]``
-of the float pre-activation over the calibration rows), each channel gets the
+statistics (per output channel ``c``: ``E_c = sum relu(y_c)^2``, ``E[y_c]`` and
+the share of rows with ``y_c > 0`` of the float pre-activation over the calibration
+rows), each channel gets the
 cheaper of two choices on the calibration rows:
 
 - *quantized* (the algorithm's row, with its bias delta ``d_c``): its error
@@ -17,14 +18,19 @@ cheaper of two choices on the calibration rows:
   the bias clipped to ``min(b_c, 0)``, so the channel outputs exactly 0 after
   the ReLU; its error is exactly ``E_c``. The float bias ``b_c = E[y_c] - w_c.m``.
 
-A channel is switched off when ``E_c < e_c``. Only the linear modes
+A channel is switched off when ``E_c < e_c`` and it is (almost) never active: on fewer
+than ``max_activity`` (default 3%) of the calibration rows. The bound ``e_c`` can be
+several times the real error after the ReLU; on channels active more often, switching
+off by it was measured to hurt the model (crepe_tiny 2-bit: output SNR on the
+calibration samples 11.8 -> 7.9 dB with no activity limit, 11.8 with 1% or 3%, 11.5 with
+10%; the README has the measurement). Only the linear modes
 (per-channel scale/offset) can store an exact zero row; LUT modes are left as
 they are. The stored file is plain (the same ``rawValue`` + linear parameters).
 
 >>> import numpy as np
 >>> from quantizer.algorithms.stats import LayerStats
 >>> from quantizer.algorithms.grids import rtn
->>> st = LayerStats(np.eye(3) * 100, np.zeros(3), 100, relu=np.array([[0.0, 50.0], [-3.0, 1.0]]))
+>>> st = LayerStats(np.eye(3) * 100, np.zeros(3), 100, relu=np.array([[0.0, 50.0], [-3.0, 1.0], [0.0, 0.01]]))
 >>> w = np.array([[1.0, -2.0, 0.25], [0.5, 0.25, 0.5]], np.float32)
 >>> q, delta, off = off_channels(w, rtn(w, "linear", 1), None, st)
 >>> off.tolist(), q.dequantize()[0].tolist()
@@ -39,7 +45,10 @@ import numpy as np
 from .grids import QuantizedTensor
 from .stats import LayerStats, matricize
 
-__all__ = ["off_channels", "row_errors"]
+__all__ = ["off_channels", "row_errors", "DEFAULT_ACTIVITY"]
+
+#: Default most activity (share of calibration rows with ``y > 0``) of a channel that may be switched off.
+DEFAULT_ACTIVITY = 0.03
 
 
 def row_errors(dw: np.ndarray, stats: LayerStats, delta: np.ndarray | None) -> np.ndarray:
@@ -68,10 +77,11 @@ def row_errors(dw: np.ndarray, stats: LayerStats, delta: np.ndarray | None) -> n
     return np.maximum(out, 0.0)
 
 
-def off_channels(weights: np.ndarray, qt: QuantizedTensor, delta: np.ndarray | None,
-                 stats: LayerStats) -> tuple[QuantizedTensor, np.ndarray | None, np.ndarray]:
+def off_channels(weights: np.ndarray, qt: QuantizedTensor, delta: np.ndarray | None, stats: LayerStats,
+                 max_activity: float = DEFAULT_ACTIVITY) -> tuple[QuantizedTensor, np.ndarray | None, np.ndarray]:
     """Switch off the channels of ``qt`` (quantized ``weights``; bias delta ``delta`` or None)
-    where that costs less on the calibration rows (module docstring).
+    active on fewer than ``max_activity`` of the calibration rows where that costs less on
+    them (module docstring).
 
     Returns ``(tensor, delta, off)``: the tensor with off rows stored as zeros, the bias delta
     (None when nothing needs adding: no delta given and no off channel with a positive bias)
@@ -80,16 +90,16 @@ def off_channels(weights: np.ndarray, qt: QuantizedTensor, delta: np.ndarray | N
     """
     cout = int(np.asarray(weights).shape[0])
     none = np.zeros(cout, dtype=bool)
-    if stats.relu is None or qt.mode not in ("linear", "linear_symmetric") or stats.relu.shape[1] != cout:
+    if stats.relu is None or not max_activity > 0 or qt.mode not in ("linear", "linear_symmetric") or stats.relu.shape[1] != cout:
         return qt, delta, none
     w = np.asarray(weights, np.float64)
-    err = row_errors(w - qt.dequantize(), stats, delta)
-    energy, out_mean = stats.relu
-    off = energy < err
-    if not off.any():
-        return qt, delta, off
+    dw = w - qt.dequantize()
+    energy, out_mean, active = stats.relu
     wm = matricize(w, stats.groups)
     bias = out_mean - np.einsum("grc,gc->gr", wm, stats.mean).reshape(-1)  # the float bias b_c
+    off = (active < max_activity) & (energy < row_errors(dw, stats, delta))
+    if not off.any():
+        return qt, delta, off
     new_delta = np.zeros(cout) if delta is None else np.array(delta, np.float64).reshape(-1)
     new_delta[off] = -np.maximum(bias[off], 0.0)  # b_c + delta_c = min(b_c, 0)
     if delta is None and not new_delta.any():

@@ -127,9 +127,9 @@ class LayerStats:
         rows: number of rows accumulated (per group; every group sees the same count).
         block: None (full ``H``) or the diagonal block size.
         relu: None, or for a layer whose output feeds only a ReLU (through layers that only
-            reshape it) the float64 ``(2, Cout)`` array of, per output channel, the sum over the
-            calibration rows of ``relu(y)^2`` and the mean ``E[y]`` of the float
-            pre-activation ``y = W x + b``: what the ReLU-aware choice of
+            reshape it) the float64 ``(3, Cout)`` array of, per output channel, the sum over the
+            calibration rows of ``relu(y)^2``, the mean ``E[y]`` and the share of rows with
+            ``y > 0`` (its activity), ``y = W x + b`` the float pre-activation: what the ReLU-aware choice of
             :func:`quantizer.algorithms.relu_off.off_channels` reads.
 
     A 2-D ``gram`` (``C x C``) and 1-D ``mean`` are taken as one group. Arrays
@@ -174,8 +174,8 @@ class LayerStats:
             raise ValueError(f"rows must be >= 0, got {rows}")
         if relu is not None:
             relu = np.ascontiguousarray(relu, dtype="<f8")
-            if relu.ndim != 2 or relu.shape[0] != 2:
-                raise ValueError(f"relu must be (2, Cout) (sum relu(y)^2, E[y]), got shape {relu.shape}")
+            if relu.ndim != 2 or relu.shape[0] != 3:
+                raise ValueError(f"relu must be (3, Cout) (sum relu(y)^2, E[y], share of y > 0), got shape {relu.shape}")
             relu = _readonly(relu)
         self._relu = relu
         self._gram: np.ndarray | None = _readonly(gram)
@@ -208,7 +208,8 @@ class LayerStats:
 
     @property
     def relu(self) -> np.ndarray | None:
-        """``(2, Cout)``: per output channel ``sum relu(y)^2`` and ``E[y]`` (None: no ReLU follows)."""
+        """``(3, Cout)``: per output channel ``sum relu(y)^2``, ``E[y]`` and the share of rows with
+        ``y > 0`` (None: no ReLU follows)."""
         return self._relu
 
     @property
@@ -383,7 +384,7 @@ class GramAccumulator:
             r = self._relu_w.shape[1]
             self._relu_b = (np.zeros((g, r)) if relu_bias is None
                             else np.asarray(relu_bias, np.float64).reshape(g, r))
-            self._relu_acc = np.zeros((2, g, r))
+            self._relu_acc = np.zeros((3, g, r))
 
     def add(self, x: np.ndarray, column_order: np.ndarray | None = None) -> None:
         """Add a batch of rows: ``(n, C)`` when ``groups == 1``, else ``(G, n, C)``."""
@@ -406,6 +407,7 @@ class GramAccumulator:
                 y = np.matmul(xc, self._relu_w.transpose(0, 2, 1).astype(xc.dtype), dtype=np.float64)
                 y += self._relu_b[:, None, :]
                 self._relu_acc[1] += y.sum(axis=1)
+                self._relu_acc[2] += (y > 0).sum(axis=1)
                 np.maximum(y, 0.0, out=y)
                 self._relu_acc[0] += np.einsum("gnr,gnr->gr", y, y)
         self.rows += n
@@ -449,7 +451,9 @@ class GramAccumulator:
             self._gram = None  # type: ignore[assignment]  # finished: a further add() fails loudly
         relu = None
         if self._relu_w is not None:
-            relu = np.stack([self._relu_acc[0].reshape(-1), self._relu_acc[1].reshape(-1) / max(self.rows, 1)])
+            n = max(self.rows, 1)
+            relu = np.stack([self._relu_acc[0].reshape(-1), self._relu_acc[1].reshape(-1) / n,
+                             self._relu_acc[2].reshape(-1) / n])
         return LayerStats(gram, mean, self.rows, self.block, relu)
 
 

@@ -47,6 +47,7 @@ def test_relu_statistics_equal_the_executors_pre_activations():
     y = np.moveaxis(y.reshape((-1,) + y.shape[-3:]), 1, -1).reshape(-1, 5)
     np.testing.assert_allclose(stats["conv"].relu[0], (np.maximum(y, 0) ** 2).sum(axis=0), rtol=1e-4)
     np.testing.assert_allclose(stats["conv"].relu[1], y.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats["conv"].relu[2], (y > 0).mean(axis=0))
     yi = blobs["i"].astype(np.float64).reshape(-1, 4)
     np.testing.assert_allclose(stats["ip"].relu[0], (np.maximum(yi, 0) ** 2).sum(axis=0), rtol=1e-4)
 
@@ -61,7 +62,7 @@ def test_a_layer_read_by_anything_else_gets_no_relu_statistics():
 def test_relu_statistics_are_part_of_the_digest_and_survive_files(tmp_path):
     g, m = np.eye(2) * 3.0, np.array([0.5, 1.0])
     plain = LayerStats(g, m, 10)
-    with_relu = LayerStats(g, m, 10, relu=np.array([[1.0, 2.0], [0.1, -0.2]]))
+    with_relu = LayerStats(g, m, 10, relu=np.array([[1.0, 2.0], [0.1, -0.2], [0.3, 0.0]]))
     assert plain.digest() == LayerStats(g, m, 10).digest() != with_relu.digest()
     back = LayerStats.open(with_relu.save(tmp_path / "s"))
     assert back.digest() == with_relu.digest()
@@ -101,4 +102,19 @@ def test_dead_channels_are_switched_off_in_a_plain_file(tmp_path):
                                        algorithm_options={"relu_off": False})
     assert quantizer.io.serialize(plain) != quantizer.io.serialize(q)
     token = quantizer.Codec("linear", 2, algorithm="gptq", stats=stats["conv"]).token()
-    assert "relu_off=1" in token
+    assert "relu_off=0.03" in token
+
+
+def test_only_almost_never_active_channels_are_switched_off():
+    """A channel firing on more rows than relu_off (a share) keeps its quantized row, whatever the costs."""
+    from quantizer.algorithms.grids import rtn
+    from quantizer.algorithms.relu_off import off_channels
+
+    st = LayerStats(np.eye(3) * 100, np.zeros(3), 100, relu=np.array([[0.0, 0.0], [-3.0, -3.0], [0.0, 0.2]]))
+    w = np.array([[1.0, -2.0, 0.25], [1.0, -2.0, 0.25]], np.float32)
+    _, _, off = off_channels(w, rtn(w, "linear", 1), None, st)
+    assert off.tolist() == [True, False]
+    _, _, off = off_channels(w, rtn(w, "linear", 1), None, st, max_activity=0.5)
+    assert off.tolist() == [True, True]
+    _, _, off = off_channels(w, rtn(w, "kmeans_lut", 1), None, st)
+    assert not off.any()  # a LUT cannot store an exact zero row
