@@ -47,33 +47,48 @@ from .stats import LayerStats, matricize
 
 __all__ = ["off_channels", "row_errors", "DEFAULT_ACTIVITY"]
 
+_ROW_CHUNK = 64  # output channels per product in row_errors
 #: Default most activity (share of calibration rows with ``y > 0``) of a channel that may be switched off.
 DEFAULT_ACTIVITY = 0.03
 
 
-def row_errors(dw: np.ndarray, stats: LayerStats, delta: np.ndarray | None) -> np.ndarray:
+def row_errors(dw: np.ndarray, stats: LayerStats, delta: np.ndarray | None,
+               rows: np.ndarray | None = None) -> np.ndarray:
     """Per output channel, the summed squared error over the calibration rows of a layer whose
     weights are off by ``dw`` (stored shape) and whose bias is shifted by ``delta`` (or None):
-    ``dw H dw^T - 2 n d dw.m + n d^2`` (block-diagonal ``H`` block by block)."""
+    ``dw H dw^T - 2 n d dw.m + n d^2`` (block-diagonal ``H`` block by block). With ``rows``
+    (output channel indices), ``dw`` holds only those channels' rows ``(len(rows), C)`` and the
+    result is in their order. Channels go in chunks of :data:`_ROW_CHUNK` (bounded memory)."""
     g = stats.groups
-    d = matricize(np.asarray(dw, np.float64), g)  # (G, R, C)
-    gram = stats.gram
-    if stats.block is None:
-        quad = np.einsum("grc,grc->gr", np.matmul(d, gram), d)
+    dw = np.asarray(dw)
+    if rows is None:
+        cout = dw.shape[0]
+        rows = np.arange(cout)
     else:
-        b, nb, c = stats.block, gram.shape[1], stats.columns
-        pad = np.zeros(d.shape[:2] + (nb * b,))
-        pad[..., :c] = d
-        quad = np.zeros(d.shape[:2])
-        for k in range(nb):
-            part = pad[..., k * b:(k + 1) * b]
-            quad += np.einsum("grc,grc->gr", np.matmul(part, np.asarray(gram[:, k])), part)
-    out = quad.reshape(-1)
-    if delta is not None:
-        n = float(stats.rows)
-        dm = np.einsum("grc,gc->gr", d, stats.mean).reshape(-1)
-        dd = np.asarray(delta, np.float64).reshape(-1)
-        out = out - 2.0 * n * dd * dm + n * dd * dd
+        rows = np.asarray(rows, dtype=np.int64)
+        cout = int(stats.relu.shape[1]) if stats.relu is not None else int(rows.max(initial=-1) + 1)
+    flat = dw.reshape(rows.size, -1)
+    r = cout // g
+    gram = stats.gram
+    n = float(stats.rows)
+    out = np.zeros(rows.size)
+    for a in range(0, rows.size, _ROW_CHUNK):
+        sel = rows[a:a + _ROW_CHUNK]
+        for gi in np.unique(sel // r):
+            k = np.nonzero(sel // r == gi)[0]
+            part = flat[a + k].astype(np.float64)  # (k, C)
+            if stats.block is None:
+                quad = np.einsum("kc,kc->k", part @ gram[gi], part)
+            else:
+                b, c = stats.block, stats.columns
+                quad = np.zeros(k.size)
+                for j in range(gram.shape[1]):
+                    p = part[:, j * b:min((j + 1) * b, c)]
+                    quad += np.einsum("kc,kc->k", p @ np.asarray(gram[gi, j])[:p.shape[1], :p.shape[1]], p)
+            if delta is not None:
+                dd = np.asarray(delta, np.float64).reshape(-1)[sel[k]]
+                quad += -2.0 * n * dd * (part @ stats.mean[gi]) + n * dd * dd
+            out[a + k] = quad
     return np.maximum(out, 0.0)
 
 
@@ -92,16 +107,23 @@ def off_channels(weights: np.ndarray, qt: QuantizedTensor, delta: np.ndarray | N
     none = np.zeros(cout, dtype=bool)
     if stats.relu is None or not max_activity > 0 or qt.mode not in ("linear", "linear_symmetric") or stats.relu.shape[1] != cout:
         return qt, delta, none
-    w = np.asarray(weights, np.float64)
-    dw = w - qt.dequantize()
     energy, out_mean, active = stats.relu
-    wm = matricize(w, stats.groups)
-    bias = out_mean - np.einsum("grc,gc->gr", wm, stats.mean).reshape(-1)  # the float bias b_c
-    off = (active < max_activity) & (energy < row_errors(dw, stats, delta))
+    cand = np.nonzero(active < max_activity)[0]  # (almost) never active: the only ones that may go off
+    if cand.size == 0:
+        return qt, delta, none
+    q = qt.indices.reshape(cout, -1)[cand].astype(np.float32)
+    w = np.asarray(weights, np.float32).reshape(cout, -1)[cand]
+    deq = q * qt.scale[cand, None] + qt.bias[cand, None]  # the rows as the runtime decodes them
+    err = row_errors(w - deq, stats, delta, cand)
+    off = np.zeros(cout, dtype=bool)
+    off[cand] = energy[cand] < err
     if not off.any():
         return qt, delta, off
+    r = cout // stats.groups
+    wm = np.asarray(weights, np.float64).reshape(cout, -1)[off]
+    bias = out_mean[off] - np.einsum("kc,kc->k", wm, stats.mean[np.nonzero(off)[0] // r])  # the float b_c
     new_delta = np.zeros(cout) if delta is None else np.array(delta, np.float64).reshape(-1)
-    new_delta[off] = -np.maximum(bias[off], 0.0)  # b_c + delta_c = min(b_c, 0)
+    new_delta[off] = -np.maximum(bias, 0.0)  # b_c + delta_c = min(b_c, 0)
     if delta is None and not new_delta.any():
         new_delta = None
     idx = qt.indices.reshape(cout, -1).copy()

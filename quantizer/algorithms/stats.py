@@ -404,12 +404,13 @@ class GramAccumulator:
             self._sum += xc.sum(axis=1, dtype=np.float64)
             self._accumulate(xc)
             if self._relu_w is not None:
-                y = np.matmul(xc, self._relu_w.transpose(0, 2, 1).astype(xc.dtype), dtype=np.float64)
-                y += self._relu_b[:, None, :]
-                self._relu_acc[1] += y.sum(axis=1)
+                # y in the accumulator's dtype (float32: one short product per chunk), sums in float64
+                y = np.matmul(xc, self._relu_w.transpose(0, 2, 1).astype(xc.dtype, copy=False))
+                y += self._relu_b[:, None, :].astype(y.dtype)
+                self._relu_acc[1] += y.sum(axis=1, dtype=np.float64)
                 self._relu_acc[2] += (y > 0).sum(axis=1)
-                np.maximum(y, 0.0, out=y)
-                self._relu_acc[0] += np.einsum("gnr,gnr->gr", y, y)
+                np.maximum(y, 0, out=y)
+                self._relu_acc[0] += np.einsum("gnr,gnr->gr", y, y, dtype=np.float64)
         self.rows += n
 
     def _accumulate(self, xc: np.ndarray) -> None:
