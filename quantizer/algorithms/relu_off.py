@@ -105,7 +105,8 @@ def off_channels(weights: np.ndarray, qt: QuantizedTensor, delta: np.ndarray | N
     """
     cout = int(np.asarray(weights).shape[0])
     none = np.zeros(cout, dtype=bool)
-    if stats.relu is None or not max_activity > 0 or qt.mode not in ("linear", "linear_symmetric") or stats.relu.shape[1] != cout:
+    linear = qt.mode in ("linear", "linear_symmetric")  # a LUT cannot store an exact zero row
+    if stats.relu is None or not max_activity > 0 or not linear or stats.relu.shape[1] != cout:
         return qt, delta, none
     energy, out_mean, active = stats.relu
     cand = np.nonzero(active < max_activity)[0]  # (almost) never active: the only ones that may go off
