@@ -86,13 +86,16 @@ class DataConfig:
 @dataclass
 class GptqConfig:
     """Options of ``algorithm=gptq`` (see :func:`quantizer.algorithms.gptq.gptq`): dampening as a
-    fraction of the mean diagonal of H, columns per lazy batch, act-order, and for kmeans_lut the
-    table GPTQ rounds to (``plain`` k-means or ``weighted``, the activation-weighted one)."""
+    fraction of the mean diagonal of H, columns per lazy batch, act-order, for kmeans_lut the
+    table GPTQ rounds to (``plain`` k-means or ``weighted``, the activation-weighted one), and
+    ``relu_off``: the most activity of a channel feeding a ReLU that may be switched off
+    (:mod:`quantizer.algorithms.relu_off`; 0 never)."""
 
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = True
     lut: str = "plain"
+    relu_off: float = 0.03
 
 
 @dataclass

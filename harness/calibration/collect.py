@@ -62,18 +62,55 @@ from quantizer.io import source_spec
 
 log = logging.getLogger("qsweep")
 
-__all__ = ["collect_stats", "stats_layers", "LayerTarget"]
+__all__ = ["collect_stats", "stats_layers", "LayerTarget", "relu_followed"]
 
 
 class _PassDone(Exception):
     """Raised by the observer after the last layer of a pass: the rest of the network is not needed."""
 
 
-class LayerTarget:
-    """One weight layer whose input statistics are collected: its geometry and accumulator size."""
+#: Layers that only move values around: an activation after them acts element by element on
+#: the weight layer's own output.
+_RESHAPING = frozenset({"squeeze", "expandDims", "reshapeStatic", "reshape", "flatten", "flattenTo2D", "copy",
+                        "transpose", "permute"})
 
-    def __init__(self, layer: Any) -> None:
+
+def relu_followed(nn: Any) -> set[str]:
+    """Names of the convolution / innerProduct layers of ``nn`` (top level) whose output is read only
+    by a ReLU activation, directly or through one chain of layers that only reshape it (and is not
+    a model output on the way)."""
+    readers: dict[str, list[Any]] = {}
+    for layer in nn.layers:
+        for blob in _blobs(layer)[0]:
+            readers.setdefault(blob, []).append(layer)
+    out = set()
+    for layer in nn.layers:
+        if layer.WhichOneof("layer") not in ("convolution", "innerProduct") or len(layer.output) != 1:
+            continue
+        blob = layer.output[0]
+        for _ in range(len(nn.layers)):
+            nxt = readers.get(blob, [])
+            if len(nxt) != 1:
+                break
+            kind = nxt[0].WhichOneof("layer")
+            if kind == "activation" and nxt[0].activation.WhichOneof("NonlinearityType") == "ReLU":
+                out.add(layer.name)
+                break
+            if kind not in _RESHAPING or len(nxt[0].output) != 1 or len(nxt[0].input) != 1:
+                break
+            blob = nxt[0].output[0]
+    return out
+
+
+class LayerTarget:
+    """One weight layer whose input statistics are collected: its geometry and accumulator size.
+
+    ``relu``: the layer's output feeds only a ReLU (:func:`relu_followed`): its accumulator also
+    computes the float pre-activation per output channel (``LayerStats.relu``)."""
+
+    def __init__(self, layer: Any, relu: bool = False) -> None:
         self.layer = layer
+        self.relu = relu
         self.name = layer.name
         self.kind = layer.WhichOneof("layer")
         p = getattr(layer, self.kind)
@@ -115,7 +152,16 @@ class LayerTarget:
         """Statistics key -> accumulator (one for most layers; two per LSTM direction)."""
         if self.kind in LSTM_LAYER_TYPES:
             return {k: GramAccumulator(c, block="auto") for k, c in zip(self.keys, self.widths)}
-        return {self.name: GramAccumulator(self.columns, groups=self.groups, block=self.block)}
+        weights = bias = None
+        if self.relu:
+            fields = quantizer.tensors.layer_weights(self.layer)
+            wp, shape, axis = fields["weights"]
+            weights = quantizer.weightparams.decode_weights(wp, shape, axis, name=f"{self.name}.weights")
+            if "bias" in fields and getattr(self.layer, self.kind).hasBias:
+                wp, shape, axis = fields["bias"]
+                bias = quantizer.weightparams.decode_weights(wp, shape, axis, name=f"{self.name}.bias")
+        return {self.name: GramAccumulator(self.columns, groups=self.groups, block=self.block, relu_weights=weights,
+                                           relu_bias=bias)}
 
     def observe(self, accs: dict[str, GramAccumulator], op: Any, blobs: dict) -> None:
         """Add what the layer ``op`` is about to read from ``blobs`` to its accumulators."""
@@ -168,6 +214,7 @@ def stats_layers(spec: Any, names: Iterable[str] | None = None) -> tuple[list[La
     nn = ModelIO(spec).nn
     wanted = None if names is None else set(names)
     targets, skipped, seen = [], {}, set()
+    relu = relu_followed(nn)
     nested = [(inner, True) for layer in nn.layers for net in quantizer.walk.sub_networks(layer)
               for inner in quantizer.walk.iter_layers(net)]
     for layer, inside in [(layer, False) for layer in nn.layers] + nested:
@@ -181,7 +228,7 @@ def stats_layers(spec: Any, names: Iterable[str] | None = None) -> tuple[list[La
         if inside:
             skipped[layer.name] = f"{kind} inside a loop/branch body (not observed)"
             continue
-        targets.append(LayerTarget(layer))
+        targets.append(LayerTarget(layer, layer.name in relu))
     if wanted is not None:
         missing = sorted(wanted - seen)
         if missing:

@@ -126,6 +126,11 @@ class LayerStats:
         mean: float64 ``(G, C)``: the mean row ``E[x]`` per group.
         rows: number of rows accumulated (per group; every group sees the same count).
         block: None (full ``H``) or the diagonal block size.
+        relu: None, or for a layer whose output feeds only a ReLU (through layers that only
+            reshape it) the float64 ``(3, Cout)`` array of, per output channel, the sum over the
+            calibration rows of ``relu(y)^2``, the mean ``E[y]`` and the share of rows with
+            ``y > 0`` (its activity), ``y = W x + b`` the float pre-activation: what the ReLU-aware choice of
+            :func:`quantizer.algorithms.relu_off.off_channels` reads.
 
     A 2-D ``gram`` (``C x C``) and 1-D ``mean`` are taken as one group. Arrays
     are held read-only (not copied when already float64 and contiguous: do not
@@ -140,7 +145,8 @@ class LayerStats:
     digest is stored in the header (no reading of ``H`` to identify it).
     """
 
-    def __init__(self, gram: np.ndarray, mean: np.ndarray, rows: int, block: int | None = None) -> None:
+    def __init__(self, gram: np.ndarray, mean: np.ndarray, rows: int, block: int | None = None,
+                 relu: np.ndarray | None = None) -> None:
         gram = np.ascontiguousarray(gram, dtype="<f8")
         mean = np.ascontiguousarray(mean, dtype="<f8")
         if mean.ndim == 1:
@@ -166,6 +172,12 @@ class LayerStats:
         rows = int(rows)
         if rows < 0:
             raise ValueError(f"rows must be >= 0, got {rows}")
+        if relu is not None:
+            relu = np.ascontiguousarray(relu, dtype="<f8")
+            if relu.ndim != 2 or relu.shape[0] != 3:
+                raise ValueError(f"relu must be (3, Cout) (sum relu(y)^2, E[y], share of y > 0), got shape {relu.shape}")
+            relu = _readonly(relu)
+        self._relu = relu
         self._gram: np.ndarray | None = _readonly(gram)
         self._gram_shape = tuple(gram.shape)
         self._path: Path | None = None
@@ -193,6 +205,12 @@ class LayerStats:
     @property
     def block(self) -> int | None:
         return self._block
+
+    @property
+    def relu(self) -> np.ndarray | None:
+        """``(3, Cout)``: per output channel ``sum relu(y)^2``, ``E[y]`` and the share of rows with
+        ``y > 0`` (None: no ReLU follows)."""
+        return self._relu
 
     @property
     def file_backed(self) -> bool:
@@ -246,7 +264,7 @@ class LayerStats:
             m[:, : self.columns] = self.mean
             m = m.reshape(g, nb, b)
             out = gram - n * m[..., :, None] * m[..., None, :]
-        return LayerStats(out, self.mean, self.rows, self.block)
+        return LayerStats(out, self.mean, self.rows, self.block, self._relu)
 
     # -- identity -------------------------------------------------------------------------
     def digest(self) -> str:
@@ -262,6 +280,9 @@ class LayerStats:
             for a in range(0, flat.size, _DIGEST_CHUNK):  # file-backed: a few MiB resident at a time
                 h.update(memoryview(np.ascontiguousarray(flat[a:a + _DIGEST_CHUNK])).cast("B"))
             h.update(memoryview(self._mean).cast("B"))
+            if self._relu is not None:  # statistics without it keep their digest
+                h.update(b"relu" + json.dumps(list(self._relu.shape)).encode())
+                h.update(memoryview(self._relu).cast("B"))
             self._digest = h.hexdigest()
         return self._digest
 
@@ -279,8 +300,11 @@ class LayerStats:
         base.parent.mkdir(parents=True, exist_ok=True)
         np.save(_part(base, "gram.npy"), self.gram, allow_pickle=False)
         np.save(_part(base, "mean.npy"), self._mean, allow_pickle=False)
+        if self._relu is not None:
+            np.save(_part(base, "relu.npy"), self._relu, allow_pickle=False)
         header = {"format": "qsweep.LayerStats", "v": 1, "rows": self.rows, "block": self.block,
-                  "gram": list(self._gram_shape), "mean": list(self._mean.shape), "digest": self.digest()}
+                  "gram": list(self._gram_shape), "mean": list(self._mean.shape), "digest": self.digest(),
+                  "relu": self._relu is not None}
         out = _part(base, "json")
         out.write_text(json.dumps(header, sort_keys=True))
         return out
@@ -312,6 +336,7 @@ class LayerStats:
         obj._gram_shape = tuple(header["gram"])
         obj._mean = _readonly(np.ascontiguousarray(mean, dtype="<f8"))
         obj._rows, obj._block, obj._digest = int(header["rows"]), block, str(header["digest"])
+        obj._relu = _readonly(np.load(_part(base, "relu.npy"))) if header.get("relu") else None
         return obj
 
 
@@ -338,7 +363,7 @@ class GramAccumulator:
     """
 
     def __init__(self, columns: int, *, groups: int = 1, block: int | str | None = "auto", unit: int = 1,
-                 dtype=np.float32) -> None:
+                 dtype=np.float32, relu_weights: np.ndarray | None = None, relu_bias: np.ndarray | None = None) -> None:
         self.columns, self.groups = int(columns), int(groups)
         if self.columns < 1 or self.groups < 1:
             raise ValueError(f"columns and groups must be >= 1, got {columns}, {groups}")
@@ -353,6 +378,13 @@ class GramAccumulator:
             self._gram = np.zeros((g, self._nb, self.block, self.block))
         self._sum = np.zeros((g, c))
         self.rows = 0
+        # a layer followed by a ReLU: its float weights (G, R, C) and bias (G, R) give y per row
+        self._relu_w = None if relu_weights is None else matricize(np.asarray(relu_weights, np.float32), g)
+        if self._relu_w is not None:
+            r = self._relu_w.shape[1]
+            self._relu_b = (np.zeros((g, r)) if relu_bias is None
+                            else np.asarray(relu_bias, np.float64).reshape(g, r))
+            self._relu_acc = np.zeros((3, g, r))
 
     def add(self, x: np.ndarray, column_order: np.ndarray | None = None) -> None:
         """Add a batch of rows: ``(n, C)`` when ``groups == 1``, else ``(G, n, C)``."""
@@ -371,6 +403,14 @@ class GramAccumulator:
             xc = np.ascontiguousarray(xc, dtype=self.dtype)
             self._sum += xc.sum(axis=1, dtype=np.float64)
             self._accumulate(xc)
+            if self._relu_w is not None:
+                # y in the accumulator's dtype (float32: one short product per chunk), sums in float64
+                y = np.matmul(xc, self._relu_w.transpose(0, 2, 1).astype(xc.dtype, copy=False))
+                y += self._relu_b[:, None, :].astype(y.dtype)
+                self._relu_acc[1] += y.sum(axis=1, dtype=np.float64)
+                self._relu_acc[2] += (y > 0).sum(axis=1)
+                np.maximum(y, 0, out=y)
+                self._relu_acc[0] += np.einsum("gnr,gnr->gr", y, y, dtype=np.float64)
         self.rows += n
 
     def _accumulate(self, xc: np.ndarray) -> None:
@@ -410,7 +450,12 @@ class GramAccumulator:
         gram = self._gram.copy() if copy else self._gram
         if not copy:
             self._gram = None  # type: ignore[assignment]  # finished: a further add() fails loudly
-        return LayerStats(gram, mean, self.rows, self.block)
+        relu = None
+        if self._relu_w is not None:
+            n = max(self.rows, 1)
+            relu = np.stack([self._relu_acc[0].reshape(-1), self._relu_acc[1].reshape(-1) / n,
+                             self._relu_acc[2].reshape(-1) / n])
+        return LayerStats(gram, mean, self.rows, self.block, relu)
 
 
 def matricize(weights: np.ndarray, groups: int = 1) -> np.ndarray:

@@ -61,9 +61,10 @@ def test_calibrated_identity_is_algorithm_options_and_statistics_digest():
     differs = [Codec("linear", 4, algorithm="gptq", stats=other), Codec("linear", 4, algorithm="gptq", stats=st,
                options={"damp": 0.02}), Codec("linear", 4, algorithm="gptq", bias_correction=True, stats=st),
                Codec("linear", 4, bias_correction=True, stats=st), Codec("linear", 3, algorithm="gptq", stats=st),
-               Codec("linear", 4)]
-    assert all(d != a for d in differs) and len({d.token() for d in differs} | {a.token()}) == 7
-    assert a.token().startswith("linear:4|gptq(act_order=1,block_size=128,centered=0,damp=0.01,lut=plain)@")
+               Codec("linear", 4), Codec("linear", 4, algorithm="gptq", stats=st, options={"relu_off": 0})]
+    assert all(d != a for d in differs) and len({d.token() for d in differs} | {a.token()}) == 8
+    assert a.token().startswith("linear:4|gptq(act_order=1,block_size=128,centered=0,damp=0.01,lut=plain,"
+                                "relu_off=0.03)@")
     assert a.token().endswith(st.digest()) and a.stats_digest == st.digest()
     assert a.label == "linear-4bit-gptq" and Codec("kmeans_lut", 2, algorithm="awkm", bias_correction=True,
                                                     stats=st).label == "kmeans_lut-2bit-awkm-bc"
