@@ -79,7 +79,7 @@ def _gelu_exact_chunk(x: np.ndarray, y: np.ndarray) -> None:
     np.exp2(e, out=e)
     y *= e  # h = M exp(-x^2/2) = Phi(-a)
     y *= a  # k = a h
-    np.maximum(x, F32(0), out=t)
+    np.maximum(x, _ones(x.size, F32(0)), out=t)  # against an array: numpy's scalar-operand maximum is 3x slower
     np.subtract(t, y, out=y)  # max(x, 0) - k
 
 
