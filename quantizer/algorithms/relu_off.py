@@ -43,7 +43,7 @@ import dataclasses
 import numpy as np
 
 from .grids import QuantizedTensor
-from .stats import LayerStats, matricize
+from .stats import LayerStats
 
 __all__ = ["off_channels", "row_errors", "DEFAULT_ACTIVITY"]
 
