@@ -19,6 +19,14 @@ GROUP_TARGETS = {"= layernorm (mvn+scale)": 1.2, "= reshape/transpose chain": 1.
 TINY_MS = 0.05
 
 
+#: How the table names the peer's heap (``peer_heap`` of a row; see ``--peer-heap``).
+HEAPS = {"default": "default", "kept": "kept", "user": "user's", "unsupported": "default", "refused": "default"}
+
+
+def _heap(r: dict) -> str:
+    return HEAPS.get(r.get("peer_heap", "default"), r.get("peer_heap", "default"))
+
+
 def model_line(r: dict) -> str:
     """One model's whole-network line."""
     ours = f"{r['ours_s'] * 1e3:>10.1f}{r['batch'] / r['ours_s']:>10.0f}"
@@ -26,12 +34,12 @@ def model_line(r: dict) -> str:
         peer = f"{r['torch_s'] * 1e3:>10.1f}{r['batch'] / r['torch_s']:>10.0f}{r['ours_s'] / r['torch_s']:>8.2f}{r['max_diff']:>10.1e}"
     else:
         peer = f"  {r.get('torch_note', '')}"
-    return f"{r['model']:<18}{r['threads']:>4}{r['layers']:>7}{r['batch']:>7}{ours}{peer}"
+    return f"{r['model']:<18}{r['threads']:>4}{r['layers']:>7}{r['batch']:>7}{ours}{peer}{_heap(r):>9}"
 
 
 def _model_table(rows: list[dict]) -> list[str]:
     head = (f"{'model':<18}{'thr':>4}{'layers':>7}{'batch':>7}{'numpy ms':>10}{'numpy/s':>10}"
-            f"{'torch ms':>10}{'torch/s':>10}{'ratio':>8}{'max diff':>10}")
+            f"{'torch ms':>10}{'torch/s':>10}{'ratio':>8}{'max diff':>10}{'peer heap':>10}")
     clock = rows[0].get("clock", "wall") if rows else "wall"
     stat = rows[0].get("stat", "median") if rows else "median"
     return [f"per model — ratio = numpy time / torch time ({clock} clock, {stat} over the repeats)", head, "-" * len(head)] + [
@@ -58,7 +66,7 @@ def type_table(r: dict) -> list[str]:
     fused = {t: h for t, h in fused.items() if t not in both}
     hosts = {h: [t for t, g in fused.items() if g == h] for h in set(fused.values())}
     head = f"  {'layer type':<32}{'calls':>6}{'numpy ms':>10}{'torch ms':>10}{'ratio':>7}{'target':>7}{'met':>5}"
-    out = [f"{r['model']} (batch {r['batch']}, threads {r['threads']}): per layer type", head, "  " + "-" * (len(head) - 2)]
+    out = [f"{r['model']} (batch {r['batch']}, threads {r['threads']}, peer heap {_heap(r)}): per layer type", head, "  " + "-" * (len(head) - 2)]
     tiny = [0.0, 0.0, 0]
     for t in sorted(set(ours) | set(theirs) | set(both), key=lambda t: -ours.get(t, 0.0)):
         a, b = ours.get(t, 0.0), theirs.get(t, 0.0)

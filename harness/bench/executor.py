@@ -23,6 +23,15 @@ ratio ours/torch with the issue's targets (1.2 for the transformer layers,
 1.5 for LSTM/GRU) and the largest output difference relative to the output
 scale. A model the peer cannot translate gets a note naming the layers.
 Needs the ``torch`` extra for the peer columns.
+
+**The peer's heap.** The numpy executor keeps freed memory in its process
+(:mod:`harness.executors.heap`); PyTorch as shipped uses glibc's default malloc,
+which returns large freed blocks to the kernel, so its next tensor of that size
+faults in fresh pages. On this project's VM that is most of PyTorch's in-model time
+in gelu, softmax and layer norm (gelu: 67 ms in-model against 23 ms with the heap
+kept, 1 thread). ``--peer-heap`` times the peer with its default heap
+(``default``), with the same settings as ours applied in its process (``kept``:
+the kernels compared on equal memory) or both (the default), one table each.
 """
 from __future__ import annotations
 
@@ -127,8 +136,16 @@ def _calls(layers) -> dict[str, int]:
     return out
 
 
-def _worker(backend: str, name: str, batch: int, repeats: int, threads: int) -> dict:
-    """Time one backend on one model in this (fresh) process; returns a JSON-able dict."""
+#: ``--peer-heap`` choices: the peer's malloc as shipped, or with the numpy executor's heap settings
+PEER_HEAPS = {"default": ("default",), "kept": ("kept",), "both": ("default", "kept")}
+
+
+def _worker(backend: str, name: str, batch: int, repeats: int, threads: int, heap: str = "default") -> dict:
+    """Time one backend on one model in this (fresh) process; returns a JSON-able dict.
+
+    ``heap="kept"`` applies :func:`harness.executors.heap.keep_freed_memory` in the peer's
+    process too (the numpy executor always applies it when it compiles a network).
+    """
     from threadpoolctl import threadpool_limits
 
     from harness.executors import NumpyExecutor
@@ -153,6 +170,9 @@ def _worker(backend: str, name: str, batch: int, repeats: int, threads: int) -> 
         return {"note": "torch not installed (pip install 'qsweep[torch]')"}
     from harness.bench.torch_peer import TorchPeer, unsupported
 
+    from harness.executors.heap import keep_freed_memory
+
+    heap_status = keep_freed_memory() if heap == "kept" else "default"
     torch.set_num_threads(threads)
     bad = unsupported(spec)
     if bad:
@@ -164,7 +184,7 @@ def _worker(backend: str, name: str, batch: int, repeats: int, threads: int) -> 
     with threadpool_limits(limits=threads):
         ours = ex.trace(feeds)  # after timing: the two thread pools never compete while timed
     diff = max(float(np.max(np.abs(ours[k] - theirs[k]))) / max(float(np.max(np.abs(theirs[k]))), 1e-6) for k in names)
-    return {"seconds": total, "types": types, "max_diff": diff, "fused": peer.fused}
+    return {"seconds": total, "types": types, "max_diff": diff, "fused": peer.fused, "heap": heap_status}
 
 
 def parse_models(text: str, batch: int | None) -> list[tuple[str, int | None]]:
@@ -187,31 +207,43 @@ def default_models() -> list[str]:
     return zoo.names() + fixtures
 
 
+def _child(backend: str, name: str, batch: int, repeats: int, threads: int, clock: str, stat: str,
+           heap: str = "default") -> dict:
+    cmd = [sys.executable, "-m", "harness.bench.executor", "--worker", backend, "--models", name,
+           "--batch", str(batch), "--repeats", str(repeats), "--threads", str(threads), "--clock", clock,
+           "--stat", stat, "--peer-heap", heap]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{backend} worker failed on {name}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def bench_model(name: str, batch: int | None, repeats: int, threads: int, clock: str = "wall",
-                stat: str = "median") -> dict:
-    """Measure one model: numpy then torch, each in a fresh subprocess (OpenBLAS's and
-    torch's thread pools otherwise spin against each other and distort both timings)."""
+                stat: str = "median", peer_heaps: tuple[str, ...] = ("default", "kept")) -> list[dict]:
+    """Measure one model: numpy, then torch once per heap in ``peer_heaps``, each in a fresh subprocess
+    (OpenBLAS's and torch's thread pools otherwise spin against each other and distort both timings).
+    One row per peer heap, sharing the numpy measurement."""
     if batch is None:
         batch = 32 if has_attention(load_model(name)[0]) else 256
-    row: dict = {"model": Path(name).stem if name.endswith(".mlmodel") else name, "batch": batch, "threads": threads,
-                 "clock": clock, "stat": stat}
-    for backend in ("numpy", "torch"):
-        cmd = [sys.executable, "-m", "harness.bench.executor", "--worker", backend, "--models", name,
-               "--batch", str(batch), "--repeats", str(repeats), "--threads", str(threads), "--clock", clock,
-               "--stat", stat]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{backend} worker failed on {name}:\n{proc.stderr[-2000:]}")
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        if backend == "numpy":
-            row.update(ours_s=res["seconds"], layers=res["layers"], ours_types=res["types"], calls=res["calls"],
-                       ours_fused=res["fused"])
-        elif "seconds" in res:
-            row.update(torch_s=res["seconds"], max_diff=res["max_diff"], torch_types=res["types"], torch_fused=res["fused"])
+    base: dict = {"model": Path(name).stem if name.endswith(".mlmodel") else name, "batch": batch, "threads": threads,
+                  "clock": clock, "stat": stat}
+    res = _child("numpy", name, batch, repeats, threads, clock, stat)
+    base.update(ours_s=res["seconds"], layers=res["layers"], ours_types=res["types"], calls=res["calls"],
+                ours_fused=res["fused"])
+    rows = []
+    for heap in peer_heaps:
+        row = {**base, "peer_heap": heap}
+        res = _child("torch", name, batch, repeats, threads, clock, stat, heap)
+        if "seconds" in res:
+            row.update(torch_s=res["seconds"], max_diff=res["max_diff"], torch_types=res["types"],
+                       torch_fused=res["fused"], peer_heap=res["heap"])
         else:
             row["torch_note"] = res["note"]
-    return row
+        rows.append(row)
+        if "torch_note" in row:
+            break  # no peer: one row says so
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="wall time (default) or process CPU time (steadier on a machine shared with other work)")
     ap.add_argument("--stat", choices=sorted(STATS), default="median",
                     help="summary of the repeats: median (default) or min (the least disturbed run)")
+    ap.add_argument("--peer-heap", choices=sorted(PEER_HEAPS), default="both",
+                    help="the torch peer's malloc: as shipped (default), with the numpy executor's heap "
+                         "settings (kept), or both, one table each (the default)")
     ap.add_argument("--json", default=None, help="also write the result rows to this JSON file")
     ap.add_argument("--worker", choices=("numpy", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -234,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     _clock, _stat = CLOCKS[args.clock], STATS[args.stat]
     if args.worker:
         name, batch = parse_models(args.models, args.batch)[0]
-        print(json.dumps(_worker(args.worker, name, batch, args.repeats, int(args.threads))))
+        heap = "kept" if args.peer_heap == "kept" else "default"
+        print(json.dumps(_worker(args.worker, name, batch, args.repeats, int(args.threads), heap)))
         return 0
     models = parse_models(args.models or ",".join(default_models()), args.batch)
     cpus = os.cpu_count() or 1
@@ -242,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n_threads in threads:
         for name, batch in models:
-            rows.append(bench_model(name, batch, args.repeats, n_threads, args.clock, args.stat))
-            print(table.model_line(rows[-1]), flush=True)
+            for row in bench_model(name, batch, args.repeats, n_threads, args.clock, args.stat,
+                                   PEER_HEAPS[args.peer_heap]):
+                rows.append(row)
+                print(table.model_line(row), flush=True)
     print()
     print(table.report(rows))
     if args.json:

@@ -23,6 +23,9 @@ so bodies read and write outer blobs.
 Threads: a run holds :func:`~harness.executors.ops._parallel.owned_threads` — numpy's
 BLAS stays single-threaded and the executor's own pool (sized from BLAS's thread
 count on entry) splits the large products and the elementwise work.
+
+Memory: compiling a network applies :func:`~harness.executors.heap.keep_freed_memory`
+(once per process), so the blobs of one run reuse the pages the previous run freed.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import numpy as np
 import quantizer
 from harness.errors import ExecutorError, UnsupportedLayerError
 from harness.executors import weights as _weights
+from harness.executors.heap import keep_freed_memory
 from harness.executors.ops._parallel import owned_threads
 from harness.executors.ops.base import Blobs, Op, _get_field
 from harness.executors.registry import load_ops, supported_layer_types
@@ -187,5 +191,6 @@ def compile_network(network: Any, ctx: BuildContext) -> Network:
     """Check then build every layer of ``network`` (a NeuralNetwork message: the model's, or a
     loop/branch body); returns the runnable :class:`Network`."""
     check_supported(network, ctx.model_name)
+    keep_freed_memory()  # large blobs reuse freed pages instead of faulting new ones (see harness.executors.heap)
     ops = load_ops()
     return Network([ops[layer.WhichOneof("layer")](layer, ctx) for layer in network.layers])

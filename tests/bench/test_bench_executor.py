@@ -55,6 +55,10 @@ def test_type_table_ratios_targets_and_fusions():
     assert any(line.strip().startswith("= layernorm") and "1.50" in line for line in solo)
     report = table.report([_row(), {**_row(), "torch_note": "peer cannot translate upsample"}])
     assert "per model" in report and report.count("per layer type") == 2
+    # which heap the peer ran with is named in both tables
+    kept = table.report([_row(peer_heap="kept")])
+    assert "peer heap kept): per layer type" in kept and table.model_line(_row(peer_heap="kept")).endswith("kept")
+    assert "peer heap default)" in table.report([_row()])
 
 
 def test_cli_runs_and_writes_json(tmp_path):
