@@ -12,7 +12,10 @@ took 60-70 ms to fault against 15 ms to compute.
 :func:`keep_freed_memory` sets glibc's ``M_MMAP_THRESHOLD`` to its maximum
 (32 MiB: smaller blocks come from the heap) and ``M_TRIM_THRESHOLD`` to 2 GiB
 (freed heap memory is kept for the next blob). The cost is that the process keeps
-its peak heap after a run instead of returning it. Measured on MiniLM-L6 (batch
+its peak heap after a run instead of returning it, and blocks under 32 MiB that used to be
+mapped on their own now share (and fragment) the heap: the 20 M-weight calibration
+benchmark's peak extra memory rose from 3.16x to 3.43-3.50x fp32 (three runs each; target < 4x).
+Trimming the heap (``malloc_trim``) after collecting the statistics did not lower it (3.43-3.47x). Measured on MiniLM-L6 (batch
 32, 2 threads) the numpy executor's whole run went from 805 to 650 ms.
 
 It is applied once per process, by :func:`harness.executors.runner.compile_network`.
