@@ -336,6 +336,7 @@ def collect_stats(model: Any, feeds: Mapping[str, np.ndarray], *, layers: Iterab
     Raises:
         DataError: feeds that do not fit the model, or an input a layer cannot read.
     """
+    from harness.executors.heap import release_freed_memory
     from harness.executors.numpy_executor import NumpyExecutor
 
     t0 = time.perf_counter()
@@ -380,4 +381,5 @@ def collect_stats(model: Any, feeds: Mapping[str, np.ndarray], *, layers: Iterab
             progress(f"calibration statistics: pass {k + 1}/{len(passes)}, {done}/{len(targets)} layers")
     for name, why in skipped.items():
         log.info("calibration: layer %r: %s; its plan entries fall back to round-to-nearest", name, why)
+    release_freed_memory()  # the passes' blobs: the quantizer's large matrices come next (harness.executors.heap)
     return CalibrationStats(out, samples=n, seconds=time.perf_counter() - t0, skipped=skipped, folder=spill.folder)

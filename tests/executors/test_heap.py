@@ -80,3 +80,19 @@ def test_applied_once_by_compiling_a_network():
     assert out.returncode == 0, out.stderr[-2000:]
     first, again = out.stdout.split()
     assert first == again == ("kept" if GLIBC else "unsupported")
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+def test_release_hands_the_kept_heap_back():
+    code = PATTERN.replace("print(resource", "_ = (resource") + textwrap.dedent("""
+        def rss():
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+        before = rss()
+        released = heap.release_freed_memory()
+        print(released, before - rss())
+    """)
+    env = {k: v for k, v in os.environ.items() if not heap.user_configured({k: v})}
+    out = subprocess.run([sys.executable, "-c", code, "kept"], capture_output=True, text=True, env=env, check=True)
+    released, freed = out.stdout.split()
+    assert released == "True" and int(freed) > 20 << 20, out.stdout  # the chain's freed 25 MB blobs
