@@ -30,6 +30,17 @@ def pg_bin(name: str) -> str | None:
     return cands[-1] if cands else None
 
 
+def _runuser() -> str | None:
+    """``runuser`` (util-linux) on PATH or in the sbin folders a minimal PATH may leave out."""
+    return shutil.which("runuser", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
+def as_postgres() -> list[str]:
+    """The command prefix that runs a server binary as the ``postgres`` system user when we are root
+    (the server refuses to run as root), else nothing."""
+    return [_runuser() or "runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
 def missing() -> str | None:
     """Why no server can be started here (None: it can)."""
     if not pg_bin("initdb") or not pg_bin("pg_ctl"):
@@ -39,6 +50,8 @@ def missing() -> str | None:
             pwd.getpwnam("postgres")
         except KeyError:
             return "running as root and there is no 'postgres' system user to start the server as"
+        if _runuser() is None:
+            return "running as root and util-linux's runuser (to start the server as 'postgres') is not installed"
     return None
 
 
@@ -62,7 +75,7 @@ class PgServer:
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(self.base, user.pw_uid, user.pw_gid)
-            self.prefix = ["runuser", "-u", "postgres", "--"]
+            self.prefix = as_postgres()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/qsweep"
 
     def _ctl(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -7,7 +7,6 @@ server binaries are absent.
 """
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from harness.bench.pgserver import as_postgres, missing, pg_bin
 from tests.sweep.support import cli_command, cli_env, finished, free_port, frame, grid_points
 
 #: 5 nbits x 3 modes on digits_mlp = 15 points; the three 16-bit ones share one plan.
@@ -35,29 +35,17 @@ KILL_GRID = ["model=digits_cnn", "selector=all", "search.space.nbits=[8,6,4,2,1]
 KILL_POINTS = 10
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    cands = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return cands[-1] if cands else None
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    as_root = os.geteuid() == 0
-    if as_root:
-        try:
-            pg_user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' system user to start the server as")
+    why = missing()  # no server binaries, or root without a 'postgres' user or runuser
+    if why:
+        pytest.skip(why)
+    initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
     base = Path(tempfile.mkdtemp(prefix="qsweep-pg-"))
-    if as_root:
+    if os.geteuid() == 0:
+        pg_user = pwd.getpwnam("postgres")
         os.chown(base, pg_user.pw_uid, pg_user.pw_gid)
-    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    prefix = as_postgres()
     data, port = base / "data", free_port()
     subprocess.run(prefix + [initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
                    check=True, capture_output=True, timeout=180)
