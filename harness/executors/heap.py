@@ -11,14 +11,17 @@ took 60-70 ms to fault against 15 ms to compute.
 
 :func:`keep_freed_memory` sets glibc's ``M_MMAP_THRESHOLD`` to its maximum
 (32 MiB: smaller blocks come from the heap) and ``M_TRIM_THRESHOLD`` to 2 GiB
-(freed heap memory is kept for the next blob). The cost is that the process keeps
-its peak heap after a run instead of returning it, and blocks under 32 MiB that used to be
-mapped on their own now share (and fragment) the heap: the 20 M-weight calibration
-benchmark's peak extra memory rose from 3.16x to 3.50-3.88x fp32 (target < 4x), the kept heap of
-the statistics passes sitting under the quantizer's matrices. :func:`release_freed_memory` hands it back
-(``malloc_trim``); calibration calls it when its statistics are collected, which brought that peak to
-3.43-3.47x. Measured on MiniLM-L6 (batch
-32, 2 threads) the numpy executor's whole run went from 805 to 650 ms.
+(freed heap memory is kept for the next blob). Measured on MiniLM-L6 (batch 32,
+quiet machine, same day): the numpy executor's whole run went from 1398 to
+1189-1259 ms at 1 thread and from 949 to 717-723 ms at 2.
+
+The cost: the process keeps its peak heap after a run instead of returning it, and
+blocks under 32 MiB that used to be mapped on their own now share the heap. On the
+20 M-weight calibration benchmark the peak extra memory rose from 3.16x to
+3.50-3.88x fp32 (target < 4x), the statistics passes' kept heap sitting under the
+quantizer's matrices. :func:`release_freed_memory` hands it back (``malloc_trim``);
+calibration calls it once its statistics are collected, which brought that peak
+to 3.44-3.47x.
 
 It is applied once per process, by :func:`harness.executors.runner.compile_network`.
 It does nothing on a C library without ``mallopt`` (macOS, musl), and nothing when
