@@ -97,3 +97,24 @@ def test_torch_peer_names_what_it_cannot_translate():
 
     spec, _ = bench.load_model(str(FIX / "decoder.mlmodel"))
     assert set(unsupported(spec)) >= {"upsample"}
+
+
+@pytest.mark.parametrize("channels", [4, 1])
+def test_torch_peer_runs_prelu_per_channel_and_shared(channels):
+    pytest.importorskip("torch")
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+
+    from harness.bench.torch_peer import TorchPeer, unsupported
+    from harness.executors import NumpyExecutor
+
+    b = NeuralNetworkBuilder([("x", datatypes.Array(4, 3, 3))], [("out", None)])
+    alpha = np.array([0.1, 0.2, 0.3, 0.4][:channels], np.float32)
+    b.add_activation("prelu", "PRELU", "x", "out", params=alpha)
+    spec = b.spec
+    assert unsupported(spec) == []
+    ex = NumpyExecutor(spec)
+    x = np.random.default_rng(0).standard_normal((5, 4, 3, 3)).astype(np.float32)
+    ours = ex.trace({"x": x})["out"]
+    theirs = TorchPeer(spec).run(ex.input_blobs({"x": x}), ["out"])["out"]
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-7)

@@ -101,6 +101,10 @@ def _pooling(layer, p, ins, outs):
 @translates("activation")
 def _activation(layer, p, ins, outs):
     kind = p.WhichOneof("NonlinearityType")
+    if kind == "PReLU":
+        return unary(ins, outs, _prelu(layer, p.PReLU.alpha))
+    if kind == "parametricSoftplus":
+        raise NotImplementedError(f"activation {kind}")
     a = float(getattr(getattr(p, kind), "alpha", 0.0))
     b = float(getattr(getattr(p, kind), "beta", 0.0))
     table = {
@@ -113,6 +117,19 @@ def _activation(layer, p, ins, outs):
     if kind not in table:
         raise NotImplementedError(f"activation {kind}")
     return unary(ins, outs, table[kind])
+
+
+def _prelu(layer, wp) -> Callable:
+    """PReLU with one alpha per channel (Core ML axis -3) or one shared alpha, decoded on the first call."""
+    alphas: dict[int, torch.Tensor] = {}
+
+    def run(x):
+        c = x.shape[-3] if x.dim() - 1 >= 3 else 1
+        if c not in alphas:
+            n = len(wp.floatValue) or len(wp.float16Value) // 2 or c
+            alphas[c] = w(layer, "PReLU.alpha", (n,)).reshape(n, 1, 1) if n > 1 else w(layer, "PReLU.alpha", (1,))
+        return torch.where(x >= 0, x, x * alphas[c])
+    return run
 
 
 @translates("clip")
