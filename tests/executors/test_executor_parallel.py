@@ -322,3 +322,37 @@ def test_matmul_writes_the_layout_its_transpose_wants(threads):
     want = np.matmul(feeds["a"], feeds["v"]).transpose(0, 1, 3, 2, 4).reshape(6, 5, 12)
     close(got, want, 1e-6)
     assert blobs["t"].flags.c_contiguous and np.shares_memory(blobs["t"], blobs["y"])
+
+
+def _pool_spec(kind: str, padding: str, exclude: bool):
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+
+    b = NeuralNetworkBuilder([("data", datatypes.Array(8, 16, 16))], [("out", None)])
+    b.add_pooling("pool", 3, 3, 2, 2, kind, padding, "data", "out", exclude_pad_area=exclude)
+    return b.spec
+
+
+@pytest.mark.parametrize("what", ["conv", "conv_groups", "max_same", "average_same_exclude", "l2_valid"])
+def test_sample_blocks_on_the_pool_equal_one_thread(what):
+    """Convolutions (channels-last im2col) and pooling run blocks of samples concurrently with 2 threads:
+    pooling is bit-identical to the 1-thread run, a convolution within float32 rounding of its sums."""
+    from harness.executors import NumpyExecutor
+    from tests.nn_models import _conv
+
+    if what.startswith("conv"):
+        spec = _conv("conv_blocks", cin=8, cout=16, k=3, groups=2 if what == "conv_groups" else 1, hw=16)
+    else:
+        kind, padding, *excl = what.split("_")
+        spec = _pool_spec(kind.upper(), padding.upper(), bool(excl))
+    ex = NumpyExecutor(spec)
+    x = RNG.standard_normal((64, 8, 16, 16)).astype(np.float32)
+    outs = []
+    for t in (1, 2):
+        with threadpool_limits(t):
+            outs.append(ex.predict({"data": x})["out"])
+    assert outs[0].shape[0] == 64
+    if what.startswith("conv"):  # |error| <= 2 eps K sum|w x|, K = 3*3*cin/groups (a generous |w x| ~ 4 each)
+        np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=2 * np.finfo(np.float32).eps * 72 * 72 * 4)
+    else:
+        np.testing.assert_array_equal(outs[0], outs[1])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness.executors.ops import _parallel as par
 from harness.executors.ops.base import F32, Op, f32
 from harness.executors.ops.conv import pad_hw, pair, same_pads, valid_pads
 from harness.executors.registry import register
@@ -66,6 +67,25 @@ class Pooling(Op):
             ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
         if ho <= 0 or wo <= 0:
             raise self.error(f"the {kh}x{kw} window does not fit the padded {h}x{w} input")
+        pads = (pt, pb, pl, pr)
+        lead = x.shape[:-3]
+        xm = x.reshape((-1,) + x.shape[-3:])
+        m = xm.shape[0]
+        t = par.threads()
+        if t > 1 and m > 1 and x.size * kh * kw >= par.GRAIN:  # blocks of samples on the pool
+            out = np.empty((m, x.shape[-3], ho, wo), F32)
+
+            def run(s: int, e: int) -> None:
+                out[s:e] = self._window(xm[s:e], h, w, pads, ho, wo)
+            par.for_chunks(run, m, -(-m // (2 * t)), n_threads=t)
+        else:
+            out = self._window(xm, h, w, pads, ho, wo)
+        return out.reshape(lead + out.shape[1:])
+
+    def _window(self, x: np.ndarray, h: int, w: int, pads: tuple[int, int, int, int], ho: int, wo: int) -> np.ndarray:
+        """The pooled ``(M, C, Ho, Wo)`` of samples ``x (M, C, H, W)``."""
+        kh, kw, sh, sw = self.kh, self.kw, self.sh, self.sw
+        pt, pb, pl, pr = pads
         fill = -np.inf if self.kind == MAX else 0.0
         src = np.square(x) if self.kind == L2 else x
         xp = pad_hw(src, pt, pb, pl, pr, fill)
