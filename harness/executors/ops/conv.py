@@ -184,7 +184,8 @@ class Convolution(Op):
         step = max(1, _COLS_BUDGET // max(1, ho * wo * k * 4))
         t = par.threads()
         if t > 1 and m > 1 and m * ho * wo * k * self.cout >= par.SPLIT_MATMUL:
-            grain = max(1, min(step, -(-m // (2 * t))))  # two blocks per thread, within the im2col budget
+            step = max(1, step // t)  # the threads' im2col copies share the one budget
+            grain = max(1, min(step, -(-m // (2 * t))))  # two blocks per thread
 
             def run(s: int, e: int) -> None:
                 self._nhwc_block(x[s:e], pads, ho, wo, out[s:e], step, np.matmul)
