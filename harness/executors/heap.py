@@ -21,7 +21,7 @@ blocks under 32 MiB that used to be mapped on their own now share the heap. On t
 3.50-3.88x fp32 (target < 4x), the statistics passes' kept heap sitting under the
 quantizer's matrices. :func:`release_freed_memory` hands it back (``malloc_trim``);
 calibration calls it once its statistics are collected, which brought that peak
-to 3.43-3.47x (six runs).
+to 3.43-3.47x (six runs; 3.55-3.56x once convolutions ran sample blocks on two threads).
 
 It is applied once per process, by :func:`harness.executors.runner.compile_network`.
 It does nothing on a C library without ``mallopt`` (macOS, musl), and nothing when
