@@ -5,7 +5,8 @@
 convention of inputs: :mod:`harness.data.model_inputs`, shared with the data
 loaders; outputs: :mod:`harness.executors.interface`):
 
-* :class:`NumpyExecutor` — the reference executor, pure numpy, everywhere;
+* :class:`NumpyExecutor` — the reference executor, numpy (plus three compiled numba
+  loops: gelu, softmax, layer norm), everywhere;
 * :class:`CoreMLExecutor` — ``coremltools.models.MLModel.predict`` (macOS).
 
 How the numpy executor is built (modelled on ``onnx.reference``)
@@ -22,9 +23,9 @@ How the numpy executor is built (modelled on ``onnx.reference``)
   runs them in spec order over a dict ``{blob name: array}``.
 * ``fusion.py`` — peephole fusions of the compiled model network (``mvn`` +
   ``scale`` as one layer-norm pass); ``trace`` runs the unfused network.
-* ``ops/_parallel.py``, ``ops/_kernels.py`` — the thread pool (sized like
-  numpy's BLAS) and the chunked float32 kernels (gelu, softmax, row
-  normalization) the transformer ops use; ``ops/lstm.py`` runs LSTMs in a
+* ``ops/_parallel.py``, ``ops/_kernels.py``, ``ops/_jit.py`` — the thread pool
+  (sized like numpy's BLAS), the chunked float32 kernels (gelu, softmax, row
+  normalization) the transformer ops use, and their compiled (numba) loops; ``ops/lstm.py`` runs LSTMs in a
   transposed gate layout with column blocks over threads.
 * ``interface.py`` — the model's inputs (read and checked with the one
   model-input contract, :mod:`harness.data.model_inputs`), outputs, class labels

@@ -3,8 +3,9 @@
 Not an op module (the leading underscore keeps the registry from importing it).
 Each kernel works on contiguous float32 arrays, splits them into chunks of
 about :data:`~harness.executors.ops._parallel.GRAIN` elements (whole rows for
-the row-wise kernels), runs every step of a chunk while it is in cache and
-spreads chunks over :func:`~harness.executors.ops._parallel.for_chunks`. All
+the row-wise kernels) and spreads chunks over
+:func:`~harness.executors.ops._parallel.for_chunks`; the arithmetic of a chunk is
+one or two compiled, vectorised loops of :mod:`harness.executors.ops._jit`. All
 arithmetic is float32 (scalars are float32 too, so nothing upcasts).
 
 **gelu (EXACT).** ``gelu(x) = max(x, 0) - k(|x|)`` with ``k(a) = a Phi(-a)``
@@ -14,9 +15,10 @@ ratio ``M(a) = Phi(-a) exp(a^2/2)`` is a degree-4 polynomial in ``t = 1 / (1 + p
 algorithm) for the error of ``k`` itself: 1.2e-7 in float64, and ``exp`` underflows
 harmlessly for large ``|x|``. Measured against float64 ``0.5 x (1 + erf(x / sqrt 2))``
 on a dense grid over [-12, 12] in float32: max absolute error 3.6e-7 (scipy's erf on
-float32 input: 4.5e-7; ``torch.nn.functional.gelu``: 1.2e-6). 18 in-place ufunc calls
-per chunk (``t = 1 / (1 + p a)`` is evaluated as ``(1/p) / (a + 1/p)``, the ``1/p`` folded
-into the coefficients).
+float32 input: 4.5e-7; ``torch.nn.functional.gelu``: 1.2e-6; with the compiled exp,
+2.8e-7). ``t = 1 / (1 + p a)`` is evaluated as ``(1/p) / (a + 1/p)``, the ``1/p`` folded
+into the coefficients. TANH_APPROXIMATION and SIGMOID_APPROXIMATION are their formulas,
+``0.5 x (1 + tanh(z))`` written as ``x / (1 + exp(-2z))``.
 """
 from __future__ import annotations
 
@@ -28,16 +30,16 @@ from harness.executors.ops import _parallel as par
 from harness.executors.ops._parallel import for_chunks, rows_per_chunk, scratch
 
 F32 = np.float32
-_ONE, _HALF = F32(1.0), F32(0.5)
+_ONE = F32(1.0)
 # M(a) ~ sum_j _GELU_C[j] t^j, t = 1 / (1 + _GELU_P a): weighted minimax fit (see the module docstring)
 _GELU_P = 0.4075
 _GELU_C64 = (-0.00687750578802811, 0.22114286662983018, -0.03473665061606325, 0.454739374928385, -0.13427313603994237)
 #: the same polynomial in ``u = 1 / (a + 1/p) = p t``: coefficient j divided by p^j
 _GELU_INV_P = F32(1.0 / _GELU_P)
 _GELU_C = [F32(c / _GELU_P ** j) for j, c in enumerate(_GELU_C64)]
-_NEG_HALF_LOG2E = F32(-0.5 / np.log(2.0))
 _TANH_C = F32(np.sqrt(2.0 / np.pi))
 _TANH_K = F32(0.044715)
+_SIGMOID_S = F32(1.702)
 
 
 _ONES: dict[tuple[int, float], np.ndarray] = {}
@@ -60,48 +62,23 @@ def _flat_out(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, out, out.reshape(-1)
 
 
+def _jit():
+    """The compiled loops (imported on first use: numba's import and cache load stay off the CLI's start)."""
+    from harness.executors.ops import _jit as jit
+
+    return jit
+
+
 def _gelu_exact_chunk(x: np.ndarray, y: np.ndarray) -> None:
-    a, t, e = scratch(3, x.size)
-    np.abs(x, out=a)
-    np.add(a, _GELU_INV_P, out=t)
-    np.divide(_ONE, t, out=t)  # u = p t
-    c0, c1, c2, c3, c4 = _GELU_C
-    np.multiply(t, c4, out=y)  # y = M(t), Horner
-    y += c3
-    y *= t
-    y += c2
-    y *= t
-    y += c1
-    y *= t
-    y += c0
-    np.multiply(x, _NEG_HALF_LOG2E, out=e)  # exp(-x^2/2) as exp2(-x^2 log2(e)/2): numpy's exp2 is twice as fast
-    e *= x
-    np.exp2(e, out=e)
-    y *= e  # h = M exp(-x^2/2) = Phi(-a)
-    y *= a  # k = a h
-    np.maximum(x, _ones(x.size, F32(0)), out=t)  # against an array: numpy's scalar-operand maximum is 3x slower
-    np.subtract(t, y, out=y)  # max(x, 0) - k
+    _jit().gelu_exact(x, y, _GELU_INV_P, *_GELU_C)
 
 
 def _gelu_tanh_chunk(x: np.ndarray, y: np.ndarray) -> None:
-    (t,) = scratch(1, x.size)
-    np.multiply(x, x, out=t)
-    t *= _TANH_K
-    t += _ONE
-    t *= x
-    t *= _TANH_C
-    np.tanh(t, out=t)
-    t += _ONE
-    np.multiply(x, _HALF, out=y)
-    y *= t
+    _jit().gelu_tanh(x, y, _TANH_C, _TANH_K)
 
 
 def _gelu_sigmoid_chunk(x: np.ndarray, y: np.ndarray) -> None:
-    (t,) = scratch(1, x.size)
-    np.multiply(x, F32(-1.702), out=t)
-    np.exp(t, out=t)
-    t += _ONE
-    np.divide(x, t, out=y)
+    _jit().gelu_sigmoid(x, y, _SIGMOID_S)
 
 
 GELU_MODES = _GELU = {"EXACT": _gelu_exact_chunk, "TANH_APPROXIMATION": _gelu_tanh_chunk, "SIGMOID_APPROXIMATION": _gelu_sigmoid_chunk}
@@ -120,49 +97,16 @@ def gelu(x: np.ndarray, mode: str = "EXACT") -> np.ndarray:
     return out
 
 
-#: A row whose exponentials, shifted by its chunk's maximum instead of its own, sum below this is
-#: recomputed with its own maximum: above it every term that matters in float32 is a normal number.
-_SHIFT_OK = F32(np.exp(-60.0))
-
-
 def softmax_last(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, float32.
-
-    Shift-invariance is used per chunk: ``exp(x - c)`` with ``c`` the chunk's maximum (one
-    contiguous reduction instead of one per row), row sums as one matrix-vector product. A row
-    whose maximum lies more than ~60 below ``c`` (its sum under :data:`_SHIFT_OK`) and a chunk
-    holding inf/NaN are redone with per-row maxima, so the result equals the per-row-max softmax
-    to float32 rounding.
-    """
+    """Softmax over the last axis (each row shifted by its own maximum), float32."""
     x, out, _ = _flat_out(x)
     d = x.shape[-1]
     xr, yr = x.reshape(-1, d), out.reshape(-1, d)
-    ones = _ones(d, _ONE)
-
-    def exact(xc: np.ndarray, yc: np.ndarray) -> None:
-        np.subtract(xc, xc.max(axis=1, keepdims=True), out=yc)
-        np.exp(yc, out=yc)
-        yc /= yc.sum(axis=1, keepdims=True)
+    jit = _jit()
 
     def run(s: int, e: int) -> None:
-        xc, yc = xr[s:e], yr[s:e]
-        c = xc.max()
-        if not np.isfinite(c):
-            exact(xc, yc)
-            return
-        np.subtract(xc, c, out=yc)
-        np.exp(yc, out=yc)  # not exp2((x - c) log2 e): its extra rounding costs small probabilities ~2x relative error
-        (m,) = scratch(1, e - s)
-        np.matmul(yc, ones, out=m)
-        if m.min() < _SHIFT_OK:
-            low = np.flatnonzero(m < _SHIFT_OK)
-            sub = np.empty((low.size, d), F32)
-            exact(xc[low], sub)
-            yc[low] = sub
-            m[low] = F32(1)
-        np.divide(_ONE, m, out=m)
-        yc *= m[:, None]
-    for_chunks(run, xr.shape[0], rows_per_chunk(d), errstate={"under": "ignore", "invalid": "ignore"})
+        jit.softmax_rows(xr[s:e], yr[s:e])
+    for_chunks(run, xr.shape[0], rows_per_chunk(d))
     return out
 
 
@@ -173,31 +117,12 @@ def normalize_rows(x: np.ndarray, k: int, eps: float, variance: bool = True,
     x, out, _ = _flat_out(x)
     d = math.prod(x.shape[x.ndim - k:])
     xr, yr = x.reshape(-1, d), out.reshape(-1, d)
-    eps32 = F32(eps)
-    ones = _ones(d, F32(1.0 / d))
+    eps32, variance = F32(eps), bool(variance)
+    g = _ones(d, _ONE) if gamma is None else np.ascontiguousarray(gamma, F32).reshape(d)
+    b = _ones(d, F32(0)) if beta is None else np.ascontiguousarray(beta, F32).reshape(d)
+    jit = _jit()
 
     def run(s: int, e: int) -> None:
-        xc, yc = xr[s:e], yr[s:e]
-        m, v = scratch(2, e - s)
-        np.matmul(xc, ones, out=m)  # row means (matrix-vector product: one pass, vectorised)
-        np.subtract(xc, m[:, None], out=yc)
-        if not variance:
-            affine(yc)
-            return
-        (sq,) = scratch(1, yc.size)
-        sq = sq.reshape(yc.shape)
-        np.multiply(yc, yc, out=sq)
-        np.matmul(sq, ones, out=v)
-        v += eps32
-        np.sqrt(v, out=v)
-        np.divide(_ONE, v, out=v)
-        yc *= v[:, None]
-        affine(yc)
-
-    def affine(yc: np.ndarray) -> None:
-        if gamma is not None:
-            yc *= gamma
-        if beta is not None:
-            yc += beta
+        jit.normalize_rows(xr[s:e], eps32, variance, g, b, yr[s:e])
     for_chunks(run, xr.shape[0], rows_per_chunk(d))
     return out

@@ -5,9 +5,9 @@ Each is ``y = f(x)`` on float32, shape preserved. ``erf`` uses
 implements the three ``GeluMode`` formulas of NeuralNetwork.proto:
 EXACT ``0.5 x (1 + erf(x / sqrt 2))``, TANH_APPROXIMATION
 ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` and SIGMOID_APPROXIMATION
-``x * sigmoid(1.702 x)``, as chunked float32 kernels
-(:func:`harness.executors.ops._kernels.gelu`; EXACT's erf is Abramowitz & Stegun
-7.1.26, within 3.3e-7 of the float64 exact GELU).
+``x * sigmoid(1.702 x)``, as chunked, compiled float32 kernels
+(:func:`harness.executors.ops._kernels.gelu`; EXACT uses a fitted Abramowitz & Stegun
+7.1.26 form, within 2.8e-7 of the float64 exact GELU).
 """
 from __future__ import annotations
 

@@ -1,0 +1,204 @@
+"""Compiled (numba) float32 loops behind the transformer kernels: exp, gelu, row sums, row normalization.
+
+Not an op module (the leading underscore keeps the registry from importing it);
+:mod:`harness.executors.ops._kernels` imports it on first use and runs these
+loops on its chunks, on its thread pool (every function releases the GIL).
+
+Why compiled loops: numpy runs one pass over memory per ufunc, so gelu was 18
+passes and layer norm about 7, against PyTorch's one fused, vectorised pass;
+measured 3.2-5.1x PyTorch's time in MiniLM. Each function here is one loop that
+LLVM vectorises (AVX2 / AVX-512 where the CPU has them; numba compiles for the
+host CPU). Compiled code is cached on disk (numba's ``cache=True``: the package's
+``__pycache__``, or numba's user cache directory when that is read-only), so the
+kernels are compiled once per machine (about 2 s for all of them); a later process
+loads them in about 0.5 s, numba's import included, on its first transformer layer.
+
+**Fast-math, selectively.** Loops that only map elements use ``_MAP`` flags
+(contract to FMA, approximate reciprocals allowed, signed zeros ignored) and keep
+IEEE ordering, which the range reduction of :func:`expf` needs; only the reductions
+(row sums) allow reassociation (``_SUM``), which is what vectorises them. Neither
+assumes finite inputs, so inf and NaN give what the formulas give.
+
+**exp** (:func:`expf`): Cody-Waite reduction ``x = n ln2 + r`` with ``ln2`` split in a
+high part exact in float32 and a low part, ``exp(r)`` by a degree-6 polynomial on
+``|r| <= ln2/2``, ``2^n`` built from its exponent bits. Max relative error 8.8e-8
+(1.5 float32 ulp) on [-87.3, 88.37]; 0 below -87.34 (where float32's exp turns subnormal),
+inf above 88.37 (float32 overflows at 88.72: exp is 2.4e38-3.4e38 in between). numba's own ``math.exp`` calls libm per element and does not vectorise.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+F32 = np.float32
+_MAP = {"nsz", "arcp", "contract", "afn"}
+_SUM = _MAP | {"reassoc"}
+
+
+def _cacheable() -> bool:
+    """Whether numba has somewhere to write this module's compiled code (its own test: the in-tree
+    ``__pycache__``, ``NUMBA_CACHE_DIR`` or the user cache directory). Without one numba would raise
+    on the first call; then every process compiles instead (about 2 s for all kernels)."""
+    try:
+        from numba.core.caching import CacheImpl
+
+        return any(loc.from_function(_cacheable, __file__) is not None for loc in CacheImpl._locator_classes)
+    except Exception:  # another numba's internals: let numba decide
+        return True
+
+
+#: numpy's error model: x / 0 is inf, not a raise; every loop releases the GIL
+_OPTS = dict(nogil=True, cache=_cacheable(), error_model="numpy")
+
+
+@intrinsic
+def _bits_f32(typingctx, bits):
+    """Reinterpret an int32 as the float32 with the same bits."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _maximum(typingctx, a, b):
+    """IEEE ``maximum`` of two float32 (NaN if either is NaN): a max reduction LLVM vectorises."""
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.maximum", [f32], ir.FunctionType(f32, [f32, f32]))
+        return builder.call(fn, args)
+    return types.float32(types.float32, types.float32), codegen
+
+
+_LOG2E = F32(1.4426950408889634)
+_LN2_HI = F32(0.693145751953125)  # 12 significant bits: n * _LN2_HI is exact for |n| < 2^12
+_LN2_LO = F32(math.log(2.0) - 0.693145751953125)
+_EXP_LO, _EXP_HI = F32(-87.336), F32(88.37)  # 2^n needs n <= 127: x * log2(e) + 0.5 < 128
+
+
+def _exp_poly() -> list[np.float32]:
+    """exp on [-ln2/2, ln2/2]: least squares in relative error, degree 6 (fitted in float64 at import)."""
+    r = np.linspace(-math.log(2.0) / 2, math.log(2.0) / 2, 20001)
+    return [F32(c) for c in np.polynomial.polynomial.polyfit(r, np.exp(r), 6, w=np.exp(-r))]
+
+
+_E0, _E1, _E2, _E3, _E4, _E5, _E6 = _exp_poly()
+
+
+@njit(inline="always", fastmath=_MAP, **_OPTS)
+def expf(x):
+    """float32 exp, vectorisable (see the module docstring for its error and range)."""
+    t = _EXP_LO if x < _EXP_LO else x  # NaN passes (and stays NaN)
+    t = _EXP_HI if t > _EXP_HI else t
+    n = np.floor(t * _LOG2E + F32(0.5))  # in [-126, 127]: 2^n's exponent bits are in range
+    r = t - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p = ((((((_E6 * r + _E5) * r + _E4) * r + _E3) * r + _E2) * r + _E1) * r + _E0)
+    y = p * _bits_f32((np.int32(n) + np.int32(127)) << 23)
+    y = F32(0.0) if x < _EXP_LO else y
+    return F32(np.inf) if x > _EXP_HI else y
+
+
+# gelu EXACT = max(x, 0) - a exp(-a^2/2) M(a), a = |x|, M a degree-4 polynomial in u = 1 / (a + 1/p):
+# the coefficients and their fit are documented in harness.executors.ops._kernels.
+@njit(fastmath=_MAP, **_OPTS)
+def gelu_exact(x, y, inv_p, c0, c1, c2, c3, c4):
+    for i in range(x.size):
+        v = x[i]
+        a = abs(v)
+        u = F32(1.0) / (a + inv_p)
+        m = (((c4 * u + c3) * u + c2) * u + c1) * u + c0
+        k = a * m * expf(F32(-0.5) * v * v)
+        y[i] = (v if v > F32(0.0) else F32(0.0)) - k
+
+
+@njit(fastmath=_MAP, **_OPTS)
+def gelu_tanh(x, y, c, k):
+    """``0.5 x (1 + tanh(z))`` with ``z = c (x + k x^3)``, as ``x / (1 + exp(-2z))`` (the same function)."""
+    for i in range(x.size):
+        v = x[i]
+        z = c * (v + k * v * v * v)
+        y[i] = v / (F32(1.0) + expf(F32(-2.0) * z))
+
+
+@njit(fastmath=_MAP, **_OPTS)
+def gelu_sigmoid(x, y, s):
+    """``x sigmoid(s x)`` as ``x / (1 + exp(-s x))``."""
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v / (F32(1.0) + expf(-s * v))
+
+
+@njit(fastmath=_SUM, **_OPTS)
+def _row_max(x, r):
+    d = x.shape[1]
+    m = x[r, 0]
+    for j in range(1, d):
+        m = _maximum(m, x[r, j])
+    return m
+
+
+@njit(fastmath=_MAP, **_OPTS)
+def _exp_row(x, r, c, y):
+    for j in range(x.shape[1]):
+        y[r, j] = expf(x[r, j] - c)
+
+
+@njit(fastmath=_SUM, **_OPTS)
+def _divide_by_sum(y, r):
+    d = y.shape[1]
+    s = F32(0.0)
+    for j in range(d):
+        s += y[r, j]
+    inv = F32(1.0) / s
+    for j in range(d):
+        y[r, j] = y[r, j] * inv
+
+
+@njit(**_OPTS)
+def softmax_rows(x, y):
+    """Softmax of every row of 2-D ``x`` into ``y``: ``exp(x - max) / sum``, the row's own maximum
+    (a row holding NaN is NaN; +inf gives NaN, as ``x - max`` does)."""
+    for r in range(x.shape[0]):
+        _exp_row(x, r, _row_max(x, r), y)
+        _divide_by_sum(y, r)
+
+
+@njit(fastmath=_SUM, **_OPTS)
+def _mean(x, r):
+    d = x.shape[1]
+    s = F32(0.0)
+    for j in range(d):
+        s += x[r, j]
+    return s / F32(d)
+
+
+@njit(fastmath=_SUM, **_OPTS)
+def _centered_var(x, r, mu):
+    d = x.shape[1]
+    s = F32(0.0)
+    for j in range(d):
+        t = x[r, j] - mu
+        s += t * t
+    return s / F32(d)
+
+
+@njit(fastmath=_MAP, **_OPTS)
+def _affine(x, r, mu, inv, gamma, beta, y):
+    for j in range(x.shape[1]):
+        y[r, j] = (x[r, j] - mu) * inv * gamma[j] + beta[j]
+
+
+@njit(**_OPTS)
+def normalize_rows(x, eps, variance, gamma, beta, y):
+    """Per row of 2-D ``x``: ``(x - mean) / sqrt(var + eps)`` (biased variance, two passes; without
+    ``variance`` only the mean is subtracted), then ``* gamma + beta`` (length-``d`` vectors)."""
+    for r in range(x.shape[0]):
+        mu = _mean(x, r)
+        inv = F32(1.0)
+        if variance:
+            inv = F32(1.0) / np.sqrt(_centered_var(x, r, mu) + eps)
+        _affine(x, r, mu, inv, gamma, beta, y)

@@ -1,0 +1,73 @@
+"""The executor's compiled loops (harness.executors.ops._jit): exp's accuracy and range, softmax's edge rows.
+
+The kernels' results against float64 references are in test_executor_parallel.py;
+these are the properties the compiled code adds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from harness.executors.ops import _jit as J
+from harness.executors.ops import _kernels as K
+
+F32 = np.float32
+
+
+@njit(fastmath=J._MAP, error_model="numpy")
+def _exp_all(x, y):
+    for i in range(x.size):
+        y[i] = J.expf(x[i])
+
+
+def expf(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, F32)
+    y = np.empty_like(x)
+    _exp_all(x, y)
+    return y
+
+
+def test_expf_relative_error_within_two_ulp_over_its_range():
+    x = np.linspace(-87.3, 88.37, 3_000_001).astype(F32)
+    ref = np.exp(x.astype(np.float64))
+    rel = np.abs(expf(x) - ref) / ref
+    assert rel.max() <= 1.2e-7  # 2 float32 ulp (2^-23 = 1.19e-7); measured 8.8e-8
+
+
+def test_expf_underflow_overflow_and_nan():
+    y = expf(np.array([-np.inf, -1e30, -88.0, -87.34, 88.38, 1e30, np.inf, np.nan], F32))
+    assert (y[:4] == 0).all()
+    assert np.isposinf(y[4:7]).all()
+    assert np.isnan(y[7])
+
+
+def test_softmax_masked_entries_are_exactly_zero_and_an_all_masked_row_is_nan():
+    x = np.random.default_rng(3).normal(size=(5, 40)).astype(F32)
+    x[1, :30] = -np.inf  # an attention mask written as -inf
+    x[2, 5:] = -1e4  # ... or as a large negative number
+    x[3] = -np.inf  # nothing to attend to: 0 / 0, as in the per-row formula
+    with np.errstate(invalid="ignore"):
+        y = K.softmax_last(x)
+    assert (y[1, :30] == 0).all() and (y[2, 5:] == 0).all()
+    np.testing.assert_allclose(y[[0, 1, 2, 4]].sum(axis=1), 1.0, rtol=1e-6)
+    assert np.isnan(y[3]).all()
+
+
+def test_without_a_writable_cache_directory_the_kernels_are_compiled_per_process(monkeypatch):
+    from numba.core import caching
+
+    class Nowhere:
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            return None  # what numba's locators return when they cannot write
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [Nowhere])
+    assert J._cacheable() is False
+
+
+@pytest.mark.parametrize("mode", ["EXACT", "TANH_APPROXIMATION", "SIGMOID_APPROXIMATION"])
+def test_gelu_of_huge_inputs_is_x_or_zero(mode):
+    x = np.array([-1e30, -200.0, 200.0, 1e30], F32)
+    with np.errstate(over="ignore"):
+        y = K.gelu(x, mode)
+    np.testing.assert_array_equal(y, np.array([0, 0, 200, 1e30], F32))
