@@ -180,6 +180,26 @@ def for_chunks(fn: Callable[[int, int], None], n: int, grain: int, n_threads: in
             f.result()
 
 
+#: Byte alignment of :func:`empty_aligned` arrays: one cache line, one AVX-512 register.
+ALIGN = 64
+
+
+def empty_aligned(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a :data:`ALIGN`-byte boundary.
+
+    numpy's arrays come from malloc, 16-byte aligned; where a 64-byte vector load then starts in a
+    cache line depends on the heap's history, so it changes from one process to the next. Measured on
+    digits_lstm (256 sequences, 1 thread, 16 fresh processes each, fastest of 30 runs per process):
+    the LSTM layer took 1.40-1.71 ms (two processes above 1.65), with its step arrays aligned
+    1.40-1.47 ms.
+    """
+    dtype = np.dtype(dtype)
+    n = math.prod(shape) * dtype.itemsize
+    raw = np.empty(n + ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    return raw[off:off + n].view(dtype).reshape(shape)
+
+
 def scratch(count: int, size: int, dtype=np.float32) -> list[np.ndarray]:
     """``count`` float32 work buffers of ``size`` elements, private to the calling thread (reused)."""
     try:

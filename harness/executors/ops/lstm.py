@@ -163,15 +163,17 @@ class Group:
         ``ys (S, D, H, M)`` in each direction's processing order, ``h, c (D, H, M)``."""
         s, _, m = xs.shape
         nd, hs = len(self.dirs), self.r.shape[2]
-        proj = np.empty((s, nd, 4 * hs, m), F32)  # every step's input projection, gates contiguous
+        empty = par.empty_aligned  # every per-step array starts on a cache line (see there)
+        proj = empty((s, nd, 4 * hs, m))  # every step's input projection, gates contiguous
         for i, d in enumerate(self.dirs):
             np.matmul(d.w, xs[::-1] if d.reverse else xs, out=proj[:, i])
         proj += self.b
-        h = np.array(np.stack([v.T for v in h0s]), dtype=F32, order="C")  # private: states may be read-only
-        c = np.array(np.stack([v.T for v in c0s]), dtype=F32, order="C")
-        ys = np.empty((s, nd, hs, m), F32)
-        tmp = np.empty((nd, 4 * hs, m), F32)
-        th = np.empty((nd, hs, m), F32)
+        h, c = empty((nd, hs, m)), empty((nd, hs, m))  # private copies: the states may be read-only
+        for i in range(nd):
+            h[i], c[i] = h0s[i].T, c0s[i].T
+        ys = empty((s, nd, hs, m))
+        tmp = empty((nd, 4 * hs, m))
+        th = empty((nd, hs, m))
         gate, block, cell = self.fns
         peep = self.peep
         do_clip = self.cell_clip_needed(c0s, s, clip, coupled)
