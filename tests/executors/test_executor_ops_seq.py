@@ -125,6 +125,8 @@ def set_lstm_params(lp, *, seq, bias, peep, coupled, forget_bias, clip):
 LSTM_CASES = {
     # name: (acts, seq, bias, peep, coupled, forget_bias, clip, reverse, with_states)
     "plain": (("sigmoid", "tanh", "tanh"), True, True, False, False, False, 500.0, False, True),
+    # the compiled cell (sigmoid, tanh, tanh, no peepholes) with its clip active
+    "plain_clip_reverse": (("sigmoid", "tanh", "tanh"), True, True, False, False, True, 0.4, True, True),
     "peephole_coupled_clip_reverse": (("sigmoidHard", "scaledTanh", "linear"), False, False, True, True, True, 0.3,
                                       True, False),
     "relu_forgetbias_default_clip": (("sigmoid", "ReLU", "tanh"), True, True, True, False, True, 0.0, False, True),

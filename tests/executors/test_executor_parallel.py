@@ -197,10 +197,11 @@ def test_stacked_matmul_split_equals_matmul(threads):
 
 
 @pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("same_acts", [True, False])
-def test_bidirectional_lstm_blocks_and_groups(threads, same_acts, monkeypatch):
-    """Many sequences (several column blocks), peepholes, an active cell clip; the two directions in
-    lockstep (same activations) or run separately (different ones); 1 or 2 threads."""
+@pytest.mark.parametrize("same_acts,peep", [(True, True), (False, True), (True, False)])
+def test_bidirectional_lstm_blocks_and_groups(threads, same_acts, peep, monkeypatch):
+    """Many sequences (several column blocks), an active cell clip; the two directions in lockstep
+    (same activations) or run separately (different ones); with peepholes (numpy steps) or without
+    (sigmoid/tanh/tanh: the compiled cell); 1 or 2 threads."""
     monkeypatch.setattr(lstm_mod, "MIN_BLOCK", 4)
     monkeypatch.setattr(lstm_mod, "MIN_TASK_WORK", 1)
     S, B, X, H, n = 6, 3, 4, 5, 7
@@ -212,9 +213,9 @@ def test_bidirectional_lstm_blocks_and_groups(threads, same_acts, monkeypatch):
     for a, b in zip(acts_f, acts_b):
         set_act(p.activationsForwardLSTM.add(), a)
         set_act(p.activationsBackwardLSTM.add(), b)
-    set_lstm_params(p.params, seq=True, bias=True, peep=True, coupled=False, forget_bias=True, clip=0.7)
-    fw = fill_lstm(p.weightParams.add(), X, H, bias=True, peep=True)
-    bw = fill_lstm(p.weightParams.add(), X, H, bias=True, peep=True)
+    set_lstm_params(p.params, seq=True, bias=True, peep=peep, coupled=False, forget_bias=True, clip=0.7)
+    fw = fill_lstm(p.weightParams.add(), X, H, bias=True, peep=peep)
+    bw = fill_lstm(p.weightParams.add(), X, H, bias=True, peep=peep)
     x = f32(n, S, B, X, 1, 1, low=-3, high=3)
     with threadpool_limits(threads):
         out = run(nn, {"x": x})

@@ -71,3 +71,25 @@ def test_gelu_of_huge_inputs_is_x_or_zero(mode):
     with np.errstate(over="ignore"):
         y = K.gelu(x, mode)
     np.testing.assert_array_equal(y, np.array([0, 0, 200, 1e30], F32))
+
+
+@njit(fastmath=J._MAP, error_model="numpy")
+def _exp2_tanh_all(x, e, t):
+    for i in range(x.size):
+        e[i] = J.exp2f(x[i])
+        t[i] = J.tanhf(x[i])
+
+
+def test_exp2f_and_tanhf_accuracy_and_range():
+    x = np.linspace(-125.9, 127.4, 2_000_001).astype(F32)
+    e, t = np.empty_like(x), np.empty_like(x)
+    _exp2_tanh_all(x, e, t)
+    ref = np.exp2(x.astype(np.float64))
+    assert (np.abs(e - ref) / ref).max() <= 1.2e-7
+    assert np.abs(t - np.tanh(x.astype(np.float64))).max() <= 2e-7
+    edge = np.array([-np.inf, -127.0, 127.5, np.inf, np.nan, 0.0, -0.0], F32)
+    e, t = np.empty_like(edge), np.empty_like(edge)
+    _exp2_tanh_all(edge, e, t)
+    assert (e[:2] == 0).all() and np.isposinf(e[2:4]).all() and np.isnan(e[4]) and (e[5:] == 1).all()
+    np.testing.assert_array_equal(t[[0, 1, 2, 3, 5]], [-1, -1, 1, 1, 0])
+    assert np.isnan(t[4])

@@ -202,3 +202,55 @@ def normalize_rows(x, eps, variance, gamma, beta, y):
         if variance:
             inv = F32(1.0) / np.sqrt(_centered_var(x, r, mu) + eps)
         _affine(x, r, mu, inv, gamma, beta, y)
+
+
+_E2_LO, _E2_HI = F32(-126.0), F32(127.49)
+_LN2 = F32(math.log(2.0))
+
+
+@njit(inline="always", fastmath=_MAP, **_OPTS)
+def exp2f(x):
+    """float32 2^x, vectorisable: ``2^n`` from its exponent bits times :func:`expf`'s polynomial at
+    ``(x - n) ln 2``; 0 below -126, inf above 127.49 (relative error as :func:`expf`'s)."""
+    t = _E2_LO if x < _E2_LO else x
+    t = _E2_HI if t > _E2_HI else t
+    n = np.floor(t + F32(0.5))
+    r = (t - n) * _LN2
+    p = ((((((_E6 * r + _E5) * r + _E4) * r + _E3) * r + _E2) * r + _E1) * r + _E0)
+    y = p * _bits_f32((np.int32(n) + np.int32(127)) << 23)
+    y = F32(0.0) if x < _E2_LO else y
+    return F32(np.inf) if x > _E2_HI else y
+
+
+@njit(inline="always", fastmath=_MAP, **_OPTS)
+def tanhf(x):
+    """float32 tanh as ``sign(x) (1 - 2 / (exp(2|x|) + 1))``: absolute error 1.1e-7 (no cancellation
+    matters there), vectorisable, unlike numba's ``math.tanh`` (a libm call per element)."""
+    t = F32(1.0) - F32(2.0) / (expf(F32(2.0) * abs(x)) + F32(1.0))
+    return t if x >= F32(0.0) else -t
+
+
+@njit(fastmath=_MAP, **_OPTS)
+def lstm_cell(g, rh, c, h, clip, do_clip):
+    """One LSTM step, gates (sigmoid, tanh, tanh), no peepholes, in the executor's transposed layout.
+
+    ``g + rh`` (both ``(D, 4H, M)``) are the pre-activations of gates i, f, o (scaled by ``-log2(e)``
+    at build time: ``sigmoid(a) = 1 / (1 + 2^(-a log2 e))``) and of the block input z; ``c (D, H, M)``
+    is updated in place (clipped to ``+-clip`` when ``do_clip``), ``h (D, H, M)`` receives
+    ``o * tanh(c)``.
+    """
+    nd, h4, m = g.shape
+    hs = h4 // 4
+    for d in range(nd):
+        for u in range(hs):
+            for j in range(m):
+                i = F32(1.0) / (F32(1.0) + exp2f(g[d, u, j] + rh[d, u, j]))
+                f = F32(1.0) / (F32(1.0) + exp2f(g[d, hs + u, j] + rh[d, hs + u, j]))
+                o = F32(1.0) / (F32(1.0) + exp2f(g[d, 2 * hs + u, j] + rh[d, 2 * hs + u, j]))
+                z = tanhf(g[d, 3 * hs + u, j] + rh[d, 3 * hs + u, j])
+                cc = c[d, u, j] * f + i * z
+                if do_clip:
+                    cc = clip if cc > clip else cc
+                    cc = -clip if cc < -clip else cc
+                c[d, u, j] = cc
+                h[d, u, j] = o * tanhf(cc)

@@ -5,8 +5,11 @@ before the time loop. Inside the loop everything is *transposed*: states are
 ``(H, M)`` (hidden units × sequences) and the recurrent product is
 ``R (4H, H) @ h (H, M)``, so each gate is a contiguous ``(H, M)`` block; gates
 are stacked in the order i, f, o, z so that one call applies the gate
-activation to i, f and o together. Every step is about a dozen in-place ufunc
-calls on contiguous arrays and one GEMM. The M sequences are independent: with
+activation to i, f and o together. Every step is one GEMM and, for the common
+LSTM (sigmoid gates, tanh block input and cell output, no peepholes, not coupled),
+one compiled loop (:func:`harness.executors.ops._jit.lstm_cell`: the gate sums,
+activations, cell and hidden state in one pass), otherwise about a dozen in-place
+ufunc calls on contiguous arrays. The M sequences are independent: with
 more than one thread (:func:`~harness.executors.ops._parallel.threads`) they
 are split into column blocks run concurrently, each with single-threaded BLAS,
 and the two directions of a bidirectional layer run concurrently too, when a
@@ -44,10 +47,11 @@ _ONE = F32(1)
 #: Sequences per block below which splitting the batch over threads does not pay.
 MIN_BLOCK = 16
 #: Elements of one task's per-step gate array (directions x 4H x sequences of its block) below
-#: which tasks run one after another in the calling thread: each step is about a dozen ufunc calls,
-#: and on small arrays two threads spend more on handing the GIL back and forth than they gain
-#: (measured: lstm_text, H=24, 256 sequences, 2 blocks: 1.6 ms at 2 threads vs 0.8 ms at 1;
-#: digits_lstm, H=64: 1.34 vs 1.63 ms, so it keeps its blocks).
+#: which tasks run one after another in the calling thread: on small arrays two threads spend more
+#: on handing the GIL back and forth than they gain (measured with the numpy steps: lstm_text, H=24,
+#: 256 sequences, 2 blocks: 1.6 ms at 2 threads vs 0.8 ms at 1; digits_lstm, H=64: 1.34 vs 1.63 ms,
+#: so it keeps its blocks; with the compiled cell, fastest of 30 runs in 5 processes each: lstm_text
+#: split 0.67-1.09 ms, not split 0.55-0.74; digits_lstm split 0.98-1.12, not split 1.40-1.70).
 MIN_TASK_WORK = 1 << 15
 
 InPlace = Callable[[np.ndarray], None]
@@ -148,6 +152,9 @@ class Group:
         self.b = np.stack([d.b for d in dirs])  # (D, 4H, 1)
         self.peep = None if dirs[0].peep is None else tuple(np.stack([d.peep[i] for d in dirs]) for i in range(3))
         self.acts, self.fns = dirs[0].acts, dirs[0].fns
+        #: the common LSTM (sigmoid gates, tanh block input and cell output, no peepholes): one compiled
+        #: loop per step (:func:`harness.executors.ops._jit.lstm_cell`) instead of a dozen ufunc calls
+        self.fused = self.acts == ("sigmoid", "tanh", "tanh") and self.peep is None
 
     def cell_clip_needed(self, c0s: list[np.ndarray], steps: int, clip: float, coupled: bool) -> bool:
         bf, bg = _BOUND[self.acts[0]], _BOUND[self.acts[1]]
@@ -178,10 +185,17 @@ class Group:
         peep = self.peep
         do_clip = self.cell_clip_needed(c0s, s, clip, coupled)
         lim = F32(clip)
+        fused = self.fused and not coupled
+        if fused:
+            from harness.executors.ops import _jit as jit
         with np.errstate(over="ignore"):
             for k in range(s):
                 g = proj[k]
                 np.matmul(self.r, h, out=tmp)
+                if fused:
+                    h = ys[k]
+                    jit.lstm_cell(g, tmp, c, h, lim, do_clip)
+                    continue
                 g += tmp
                 gi, gf, go, gz = g[:, :hs], g[:, hs:2 * hs], g[:, 2 * hs:3 * hs], g[:, 3 * hs:]
                 if peep is not None:
