@@ -148,13 +148,17 @@ def _exp_row(x, r, c, y):
 
 
 @njit(fastmath=_SUM, **_OPTS)
-def _divide_by_sum(y, r):
-    d = y.shape[1]
+def _row_sum(x, r):
     s = F32(0.0)
-    for j in range(d):
-        s += y[r, j]
-    inv = F32(1.0) / s
-    for j in range(d):
+    for j in range(x.shape[1]):
+        s += x[r, j]
+    return s
+
+
+@njit(fastmath=_SUM, **_OPTS)
+def _divide_by_sum(y, r):
+    inv = F32(1.0) / _row_sum(y, r)
+    for j in range(y.shape[1]):
         y[r, j] = y[r, j] * inv
 
 
@@ -169,11 +173,7 @@ def softmax_rows(x, y):
 
 @njit(fastmath=_SUM, **_OPTS)
 def _mean(x, r):
-    d = x.shape[1]
-    s = F32(0.0)
-    for j in range(d):
-        s += x[r, j]
-    return s / F32(d)
+    return _row_sum(x, r) / F32(x.shape[1])
 
 
 @njit(fastmath=_SUM, **_OPTS)
