@@ -89,15 +89,20 @@ _E0, _E1, _E2, _E3, _E4, _E5, _E6 = _exp_poly()
 
 
 @njit(inline="always", fastmath=_MAP, **_OPTS)
+def _exp_reduced(r, n):
+    """``exp(r) * 2^n`` for ``|r| <= ln2/2`` and integral ``n`` in [-126, 127] (a float32)."""
+    p = ((((((_E6 * r + _E5) * r + _E4) * r + _E3) * r + _E2) * r + _E1) * r + _E0)
+    return p * _bits_f32((np.int32(n) + np.int32(127)) << 23)
+
+
+@njit(inline="always", fastmath=_MAP, **_OPTS)
 def expf(x):
     """float32 exp, vectorisable (see the module docstring for its error and range)."""
     t = _EXP_LO if x < _EXP_LO else x  # NaN passes (and stays NaN)
     t = _EXP_HI if t > _EXP_HI else t
     n = np.floor(t * _LOG2E + F32(0.5))  # in [-126, 127]: 2^n's exponent bits are in range
     r = t - n * _LN2_HI
-    r = r - n * _LN2_LO
-    p = ((((((_E6 * r + _E5) * r + _E4) * r + _E3) * r + _E2) * r + _E1) * r + _E0)
-    y = p * _bits_f32((np.int32(n) + np.int32(127)) << 23)
+    y = _exp_reduced(r - n * _LN2_LO, n)
     y = F32(0.0) if x < _EXP_LO else y
     return F32(np.inf) if x > _EXP_HI else y
 
@@ -215,9 +220,7 @@ def exp2f(x):
     t = _E2_LO if x < _E2_LO else x
     t = _E2_HI if t > _E2_HI else t
     n = np.floor(t + F32(0.5))
-    r = (t - n) * _LN2
-    p = ((((((_E6 * r + _E5) * r + _E4) * r + _E3) * r + _E2) * r + _E1) * r + _E0)
-    y = p * _bits_f32((np.int32(n) + np.int32(127)) << 23)
+    y = _exp_reduced((t - n) * _LN2, n)
     y = F32(0.0) if x < _E2_LO else y
     return F32(np.inf) if x > _E2_HI else y
 
