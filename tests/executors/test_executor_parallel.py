@@ -145,6 +145,20 @@ def test_owned_threads_hold_blas_at_one_and_restore_the_count():
         assert par.threads() == before and blas.get_num_threads() == before
 
 
+def test_owned_threads_hold_every_loaded_blas_at_one():
+    """numba's np.dot (the compiled LSTM's recurrent products) calls scipy's OpenBLAS, a second library
+    with its own threads: it is held at one thread too, and restored."""
+    from harness.executors.ops import _jit  # noqa: F401  loads scipy's BLAS and rescans
+
+    libs = par._blas_libs()
+    if len(libs) < 2:
+        pytest.skip("numpy and scipy share one BLAS library here")
+    with threadpool_limits(2):
+        with par.owned_threads():
+            assert all(c.get_num_threads() == 1 for c in libs)
+        assert all(c.get_num_threads() == 2 for c in libs)
+
+
 def test_network_run_owns_the_threads_while_ops_run(monkeypatch):
     """Inside a run every op sees BLAS at one thread and the pool at the caller's count; an observer
     (calibration's Gram products) sees BLAS's own count."""
@@ -204,6 +218,7 @@ def test_bidirectional_lstm_blocks_and_groups(threads, same_acts, peep, monkeypa
     (sigmoid/tanh/tanh: the compiled cell); 1 or 2 threads."""
     monkeypatch.setattr(lstm_mod, "MIN_BLOCK", 4)
     monkeypatch.setattr(lstm_mod, "MIN_TASK_WORK", 1)
+    monkeypatch.setattr(lstm_mod, "MIN_TASK_WORK_COMPILED", 1)
     S, B, X, H, n = 6, 3, 4, 5, 7
     acts_f = ("sigmoid", "tanh", "tanh")
     acts_b = acts_f if same_acts else ("sigmoidHard", "scaledTanh", "tanh")

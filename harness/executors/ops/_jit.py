@@ -30,9 +30,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  the BLAS numba's np.dot calls (loaded here, held at 1 thread below)
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+
+from harness.executors.ops import _parallel
+
+_parallel.rescan_blas()  # owned_threads now holds scipy's BLAS at one thread as well as numpy's
 
 F32 = np.float32
 _MAP = {"nsz", "arcp", "contract", "afn"}
@@ -257,3 +262,16 @@ def lstm_cell(g, rh, c, h, clip, do_clip):
                     cc = -clip if cc < -clip else cc
                 c[d, u, j] = cc
                 h[d, u, j] = o * tanhf(cc)
+
+
+@njit(**_OPTS)
+def lstm_sequence(proj, r, h0, c, ys, tmp, clip, do_clip):
+    """Every step of the common LSTM (see :func:`lstm_cell`) in one call: ``proj (S, D, 4H, M)`` the input
+    projections, ``r (D, 4H, H)`` the recurrent matrices, ``h0, c (D, H, M)`` the initial states (``c``
+    updated in place), ``ys (S, D, H, M)`` receives every step's ``h``; ``tmp (D, 4H, M)`` is scratch.
+    The recurrent products are BLAS calls (numba's ``np.dot``), so the whole sequence runs without the GIL."""
+    s, nd = proj.shape[0], proj.shape[1]
+    for k in range(s):
+        for d in range(nd):
+            np.dot(r[d], h0[d] if k == 0 else ys[k - 1, d], tmp[d])
+        lstm_cell(proj[k], tmp, c, ys[k], clip, do_clip)

@@ -52,23 +52,35 @@ GRAIN = 1 << 18
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
-_blas = None  # threadpoolctl controller of numpy's BLAS, found once
+_blas: list | None = None  # threadpoolctl controllers of the loaded BLAS libraries, numpy's first
 _local = threading.local()
 
 
-def _numpy_blas():
-    """The threadpoolctl library controller of the BLAS numpy is linked against (None if none is found)."""
+def _blas_libs() -> list:
+    """threadpoolctl controllers of every BLAS library loaded when last scanned, numpy's first
+    (numba's ``np.dot`` calls scipy's, a second OpenBLAS with its own threads)."""
     global _blas
     if _blas is None:
         from threadpoolctl import ThreadpoolController
 
         blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-        mine = [c for c in blas if "numpy" in str(c.filepath)]
-        _blas = (mine or blas or [False])[0]
-    return _blas or None
+        _blas = sorted(blas, key=lambda c: "numpy" not in str(c.filepath))
+    return _blas
 
 
-_owned = {"depth": 0, "before": 1, "threads": 1}
+def rescan_blas() -> None:
+    """Find the BLAS libraries again (after a module that loads another one is imported)."""
+    global _blas
+    _blas = None
+
+
+def _numpy_blas():
+    """The threadpoolctl library controller of the BLAS numpy is linked against (None if none is found)."""
+    libs = _blas_libs()
+    return libs[0] if libs else None
+
+
+_owned = {"depth": 0, "before": 1, "threads": 1, "others": []}
 _owned_lock = threading.Lock()
 
 
@@ -85,21 +97,26 @@ def threads() -> int:
 
 @contextlib.contextmanager
 def owned_threads() -> Iterator[int]:
-    """The executor owns the threads inside the block: numpy's BLAS is held at one thread (its own
-    workers never wake, so they never spin against the pool) and :func:`threads` keeps returning
-    the count BLAS had on entry, which sizes the pool. The outermost block restores BLAS's count
-    when it exits; blocks nest, and blocks entered from several threads at once share one state.
-    Yields the thread count."""
-    blas = _numpy_blas()
-    if blas is None:
+    """The executor owns the threads inside the block: every loaded BLAS is held at one thread (their
+    own workers never wake, so they never spin against the pool) and :func:`threads` keeps returning
+    the count numpy's BLAS had on entry, which sizes the pool. The outermost block restores every
+    BLAS's count when it exits; blocks nest, and blocks entered from several threads at once share
+    one state. Yields the thread count."""
+    libs = _blas_libs()
+    if not libs:
         yield 1
         return
+    blas, others = libs[0], libs[1:]
     with _owned_lock:
         if _owned["depth"] == 0:
             before = max(1, int(blas.get_num_threads()))
             _owned["before"] = _owned["threads"] = before
             if before > 1:
                 blas.set_num_threads(1)
+            _owned["others"] = [(c, int(c.get_num_threads())) for c in others]
+            for c, k in _owned["others"]:
+                if k > 1:
+                    c.set_num_threads(1)
         _owned["depth"] += 1
         n = _owned["threads"]
     try:
@@ -107,8 +124,12 @@ def owned_threads() -> Iterator[int]:
     finally:
         with _owned_lock:
             _owned["depth"] -= 1
-            if _owned["depth"] == 0 and _owned["before"] > 1:
-                blas.set_num_threads(_owned["before"])
+            if _owned["depth"] == 0:
+                if _owned["before"] > 1:
+                    blas.set_num_threads(_owned["before"])
+                for c, k in _owned["others"]:
+                    if k > 1:
+                        c.set_num_threads(k)
 
 
 def _reset_after_fork() -> None:

@@ -9,7 +9,10 @@ activation to i, f and o together. Every step is one GEMM and, for the common
 LSTM (sigmoid gates, tanh block input and cell output, no peepholes, not coupled),
 one compiled loop (:func:`harness.executors.ops._jit.lstm_cell`: the gate sums,
 activations, cell and hidden state in one pass), otherwise about a dozen in-place
-ufunc calls on contiguous arrays. The M sequences are independent: with
+ufunc calls on contiguous arrays. The common LSTM runs its whole sequence in one
+compiled call (:func:`harness.executors.ops._jit.lstm_sequence`, the recurrent
+products through BLAS), so a column block runs without the GIL and even small
+LSTMs gain from a second thread (:data:`MIN_TASK_WORK_COMPILED`). The M sequences are independent: with
 more than one thread (:func:`~harness.executors.ops._parallel.threads`) they
 are split into column blocks run concurrently, each with single-threaded BLAS,
 and the two directions of a bidirectional layer run concurrently too, when a
@@ -53,6 +56,11 @@ MIN_BLOCK = 16
 #: so it keeps its blocks; with the compiled cell, fastest of 30 runs in 5 processes each: lstm_text
 #: split 0.67-1.09 ms, not split 0.55-0.74; digits_lstm split 0.98-1.12, not split 1.40-1.70).
 MIN_TASK_WORK = 1 << 15
+#: The same threshold when every group runs compiled (:func:`harness.executors.ops._jit.lstm_sequence`:
+#: the whole sequence in one call without the GIL, so a block costs no hand-offs). Measured, fastest of
+#: 30 runs in 5 processes each, 2 threads, split / not split: lstm_text (H=24, 256 sequences)
+#: 0.46-0.54 / 0.52-0.54 ms, bilstm_text 0.69-0.87 / 0.96-1.03, digits_lstm 0.85-1.01 / 1.27-1.31 (1 thread).
+MIN_TASK_WORK_COMPILED = 1 << 12
 
 InPlace = Callable[[np.ndarray], None]
 
@@ -185,17 +193,15 @@ class Group:
         peep = self.peep
         do_clip = self.cell_clip_needed(c0s, s, clip, coupled)
         lim = F32(clip)
-        fused = self.fused and not coupled
-        if fused:
-            from harness.executors.ops import _jit as jit
+        if self.fused and not coupled and s:
+            from harness.executors.ops import _jit
+
+            _jit.lstm_sequence(proj, self.r, h, c, ys, tmp, lim, do_clip)
+            return ys, ys[-1], c
         with np.errstate(over="ignore"):
             for k in range(s):
                 g = proj[k]
                 np.matmul(self.r, h, out=tmp)
-                if fused:
-                    h = ys[k]
-                    jit.lstm_cell(g, tmp, c, h, lim, do_clip)
-                    continue
                 g += tmp
                 gi, gf, go, gz = g[:, :hs], g[:, hs:2 * hs], g[:, 2 * hs:3 * hs], g[:, 3 * hs:]
                 if peep is not None:
@@ -235,10 +241,10 @@ def groups(dirs: list[Direction]) -> list[Group]:
     return [Group([d]) for d in dirs]
 
 
-def _blocks(m: int, n_threads: int, rows: int) -> list[tuple[int, int]]:
+def _blocks(m: int, n_threads: int, rows: int, min_work: int) -> list[tuple[int, int]]:
     """Column blocks of the ``m`` sequences, one per thread, each at least :data:`MIN_BLOCK` wide and
-    with a per-step gate array (``rows`` x width) of at least :data:`MIN_TASK_WORK` elements."""
-    k = max(1, min(n_threads, m // MIN_BLOCK, rows * m // MIN_TASK_WORK))
+    with a per-step gate array (``rows`` x width) of at least ``min_work`` elements."""
+    k = max(1, min(n_threads, m // MIN_BLOCK, rows * m // min_work))
     edges = np.linspace(0, m, k + 1).astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
@@ -253,7 +259,8 @@ def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.
     hs = gs[0].r.shape[2]
     n = par.threads()
     rows = max(len(g.dirs) for g in gs) * 4 * hs
-    blocks = _blocks(m, n, rows)
+    min_work = MIN_TASK_WORK_COMPILED if all(g.fused and not coupled for g in gs) else MIN_TASK_WORK
+    blocks = _blocks(m, n, rows, min_work)
     first = np.cumsum([0] + [len(g.dirs) for g in gs])
     results = [(np.empty((s, len(g.dirs), hs, m), F32), np.empty((len(g.dirs), hs, m), F32),
                 np.empty((len(g.dirs), hs, m), F32)) for g in gs]
@@ -267,7 +274,7 @@ def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.
             out[0][..., a:b], out[1][..., a:b], out[2][..., a:b] = ys, h, c
 
     width = blocks[0][1] - blocks[0][0]
-    if len(tasks) == 1 or rows * width < MIN_TASK_WORK:
+    if len(tasks) == 1 or rows * width < min_work:
         run(0, len(tasks))
     else:  # pool workers, single-threaded BLAS (for_chunks holds owned_threads)
         par.for_chunks(run, len(tasks), 1, n_threads=min(n, len(tasks)))
