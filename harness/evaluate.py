@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from harness import rundir, stats
+from harness import rundir, shutdown, stats
 from harness.activations import ActivationCache
 from harness.config import EvaluationConfig, evaluation_options
 from harness.errors import ConfigError, DataError, ExecutorError
@@ -192,6 +192,7 @@ class Evaluator:
         n = len(self._chunks[j])
         parts: dict[str, list[np.ndarray]] = {}
         for b, start in enumerate(range(0, n, self.batch_size)):
+            shutdown.check()  # a stop signal Python swallowed in a finalizer
             batch = {k: v[start:start + self.batch_size] for k, v in feeds.items()}
             if prefix is not None:
                 out = self.cache.run(ex, prefix, (j, b), batch)

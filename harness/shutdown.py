@@ -9,7 +9,8 @@ run directory is written from the finished trials.
 
 A signal that arrives while a storage operation runs (:func:`held`) is raised
 when the operation returns, so a commit is never cut in half and its outcome
-is known. A second signal does not wait.
+is known. A second signal does not wait. One whose exception Python swallowed
+(raised inside a finalizer) is raised again at the next batch or trial (:func:`check`).
 
 Example:
     >>> import signal
@@ -23,7 +24,7 @@ import signal
 import threading
 from typing import Any, Iterator
 
-__all__ = ["Stopped", "handle_signals", "held", "SIGNALS"]
+__all__ = ["Stopped", "handle_signals", "held", "check", "SIGNALS"]
 
 #: The signals qsweep stops on gracefully, with what the closing line says.
 SIGNALS = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated by SIGTERM",
@@ -47,7 +48,9 @@ class Stopped(KeyboardInterrupt):
 
     @classmethod
     def of(cls, exc: BaseException) -> "Stopped":
-        """``exc`` as a :class:`Stopped` (a plain KeyboardInterrupt is Ctrl-C)."""
+        """``exc`` as a :class:`Stopped` (a plain KeyboardInterrupt is Ctrl-C); called where the stop
+        is caught and handled, which is what :func:`check` needs to know."""
+        _handled.append(True)
         return exc if isinstance(exc, Stopped) else cls(signal.SIGINT)
 
 
@@ -58,6 +61,7 @@ class _State(threading.local):
 _held = _State()
 _pending: list[int] = []
 _received: list[int] = []
+_handled: list[bool] = []  # a Stopped was caught (Stopped.of): check() has nothing to raise
 
 
 def _handler(signum: int, _frame: Any) -> None:
@@ -84,6 +88,20 @@ def held() -> Iterator[None]:
             raise Stopped(_pending.pop())
 
 
+def check() -> None:
+    """Raise the stop signal received earlier if it never surfaced (main thread, outside :func:`held`).
+
+    Python ignores an exception raised inside a finalizer (a weakref callback, ``__del__``: "Exception
+    ignored in ..."), so a signal whose handler ran there would be lost and the run would carry on to
+    the end (seen once: SIGTERM during SQLAlchemy's garbage-collection callback). The worker's loop
+    and the evaluation's batches call this; once a :class:`Stopped` has been caught
+    (:meth:`Stopped.of`) it raises nothing.
+    """
+    if (_received and not _handled and _held.depth == 0
+            and threading.current_thread() is threading.main_thread()):
+        raise Stopped(_received[0])
+
+
 def received() -> int | None:
     """The first stop signal received in this process (None if none)."""
     return _received[0] if _received else None
@@ -93,10 +111,12 @@ def received() -> int | None:
 def handle_signals() -> Iterator[None]:
     """Install the graceful handlers of :data:`SIGNALS` for the ``with`` body (main thread), then restore."""
     old = {s: signal.signal(s, _handler) for s in SIGNALS}
-    _pending.clear()
-    _received.clear()
+    for state in (_pending, _received, _handled):
+        state.clear()
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for state in (_pending, _received, _handled):
+            state.clear()

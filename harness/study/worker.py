@@ -21,6 +21,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from harness import shutdown
 from harness.shutdown import Stopped
 from harness.study.db import WORKER_ATTR, StudyDB
 from harness.study.heartbeat import Heartbeat
@@ -120,6 +121,7 @@ class Worker:
                 with Heartbeat(self.db, self.db.trial_id(current)):
                     self.run_trial(current)
                 current = None
+                shutdown.check()  # a stop signal Python swallowed in a finalizer
                 self.on_progress()
         except KeyboardInterrupt as e:
             stop = Stopped.of(e)
