@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from harness.executors.ops import _parallel as par
-from harness.executors.ops._parallel import for_chunks, rows_per_chunk, scratch
+from harness.executors.ops._parallel import for_chunks, rows_per_chunk
 
 F32 = np.float32
 _ONE = F32(1.0)
