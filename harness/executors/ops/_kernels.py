@@ -46,7 +46,7 @@ _ONES: dict[tuple[int, float], np.ndarray] = {}
 
 
 def _ones(d: int, value: np.float32) -> np.ndarray:
-    """A cached read-only vector of ``d`` copies of ``value`` (row sums as matrix-vector products)."""
+    """A cached read-only vector of ``d`` copies of ``value`` (a row normalization's default gamma / beta)."""
     v = _ONES.get((d, float(value)))
     if v is None:
         v = np.full(d, value, F32)

@@ -5,14 +5,13 @@ before the time loop. Inside the loop everything is *transposed*: states are
 ``(H, M)`` (hidden units × sequences) and the recurrent product is
 ``R (4H, H) @ h (H, M)``, so each gate is a contiguous ``(H, M)`` block; gates
 are stacked in the order i, f, o, z so that one call applies the gate
-activation to i, f and o together. Every step is one GEMM and, for the common
-LSTM (sigmoid gates, tanh block input and cell output, no peepholes, not coupled),
-one compiled loop (:func:`harness.executors.ops._jit.lstm_cell`: the gate sums,
-activations, cell and hidden state in one pass), otherwise about a dozen in-place
-ufunc calls on contiguous arrays. The common LSTM runs its whole sequence in one
-compiled call (:func:`harness.executors.ops._jit.lstm_sequence`, the recurrent
-products through BLAS), so a column block runs without the GIL and even small
-LSTMs gain from a second thread (:data:`MIN_TASK_WORK_COMPILED`). The M sequences are independent: with
+activation to i, f and o together. The common LSTM (sigmoid gates, tanh block
+input and cell output, no peepholes, not coupled) runs its whole sequence in one
+compiled call (:func:`harness.executors.ops._jit.lstm_sequence`: per step one BLAS
+product and one loop for the gates, cell and hidden state), so a column block runs
+without the GIL and even small LSTMs gain from a second thread
+(:data:`MIN_TASK_WORK_COMPILED`); any other LSTM runs every step as one GEMM and
+about a dozen in-place ufunc calls on contiguous arrays. The M sequences are independent: with
 more than one thread (:func:`~harness.executors.ops._parallel.threads`) they
 are split into column blocks run concurrently, each with single-threaded BLAS,
 and the two directions of a bidirectional layer run concurrently too, when a
@@ -50,11 +49,10 @@ _ONE = F32(1)
 #: Sequences per block below which splitting the batch over threads does not pay.
 MIN_BLOCK = 16
 #: Elements of one task's per-step gate array (directions x 4H x sequences of its block) below
-#: which tasks run one after another in the calling thread: on small arrays two threads spend more
-#: on handing the GIL back and forth than they gain (measured with the numpy steps: lstm_text, H=24,
+#: which tasks of the numpy steps run one after another in the calling thread: on small arrays two
+#: threads spend more on handing the GIL back and forth than they gain (measured: lstm_text, H=24,
 #: 256 sequences, 2 blocks: 1.6 ms at 2 threads vs 0.8 ms at 1; digits_lstm, H=64: 1.34 vs 1.63 ms,
-#: so it keeps its blocks; with the compiled cell, fastest of 30 runs in 5 processes each: lstm_text
-#: split 0.67-1.09 ms, not split 0.55-0.74; digits_lstm split 0.98-1.12, not split 1.40-1.70).
+#: so it keeps its blocks).
 MIN_TASK_WORK = 1 << 15
 #: The same threshold when every group runs compiled (:func:`harness.executors.ops._jit.lstm_sequence`:
 #: the whole sequence in one call without the GIL, so a block costs no hand-offs). Measured, fastest of
@@ -160,8 +158,8 @@ class Group:
         self.b = np.stack([d.b for d in dirs])  # (D, 4H, 1)
         self.peep = None if dirs[0].peep is None else tuple(np.stack([d.peep[i] for d in dirs]) for i in range(3))
         self.acts, self.fns = dirs[0].acts, dirs[0].fns
-        #: the common LSTM (sigmoid gates, tanh block input and cell output, no peepholes): one compiled
-        #: loop per step (:func:`harness.executors.ops._jit.lstm_cell`) instead of a dozen ufunc calls
+        #: the common LSTM (sigmoid gates, tanh block input and cell output, no peepholes): the whole
+        #: sequence in one compiled call (:func:`harness.executors.ops._jit.lstm_sequence`) when not coupled
         self.fused = self.acts == ("sigmoid", "tanh", "tanh") and self.peep is None
 
     def cell_clip_needed(self, c0s: list[np.ndarray], steps: int, clip: float, coupled: bool) -> bool:
