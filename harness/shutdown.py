@@ -10,7 +10,8 @@ run directory is written from the finished trials.
 A signal that arrives while a storage operation runs (:func:`held`) is raised
 when the operation returns, so a commit is never cut in half and its outcome
 is known. A second signal does not wait. One whose exception Python swallowed
-(raised inside a finalizer) is raised again at the next batch or trial (:func:`check`).
+(raised inside a finalizer) is raised again at the next batch or trial (:func:`check`), and
+its "Exception ignored in ..." traceback is not printed (:func:`_unraisable`).
 
 Example:
     >>> import signal
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -107,15 +109,32 @@ def received() -> int | None:
     return _received[0] if _received else None
 
 
+def _unraisable(previous: Any) -> Any:
+    """A ``sys.unraisablehook`` that drops a :class:`Stopped` raised inside a finalizer and passes
+    everything else to ``previous``.
+
+    Python would print that stop as "Exception ignored in ..." with a traceback, which reads like a
+    crash although nothing went wrong: :func:`check` raises the same stop at the next batch or trial.
+    """
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Stopped):
+            return
+        previous(unraisable)
+    return hook
+
+
 @contextlib.contextmanager
 def handle_signals() -> Iterator[None]:
     """Install the graceful handlers of :data:`SIGNALS` for the ``with`` body (main thread), then restore."""
     old = {s: signal.signal(s, _handler) for s in SIGNALS}
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable(old_hook)
     for state in (_pending, _received, _handled):
         state.clear()
     try:
         yield
     finally:
+        sys.unraisablehook = old_hook
         for s, h in old.items():
             signal.signal(s, h)
         for state in (_pending, _received, _handled):
