@@ -30,8 +30,12 @@ def small_chunks(monkeypatch):
 
     def tiny(fn, n, grain, n_threads=None, errstate=None):
         return real(fn, n, min(grain, max(1, n // 7)), n_threads, errstate)
-    monkeypatch.setattr(K, "for_chunks", tiny)
     monkeypatch.setattr(par, "for_chunks", tiny)
+    real_compiled = par.for_compiled
+
+    def tiny_compiled(driver, n, grain, *args, n_threads=None):
+        return real_compiled(driver, n, min(grain, max(1, n // 7)), *args, n_threads=n_threads)
+    monkeypatch.setattr(K, "for_compiled", tiny_compiled)
 
 
 def gelu_exact64(x):

@@ -2,7 +2,8 @@
 
 Not an op module (the leading underscore keeps the registry from importing it);
 :mod:`harness.executors.ops._kernels` imports it on first use and runs these
-loops on its chunks, on its thread pool (every function releases the GIL).
+loops through the ``*_chunks`` drivers at the end, one call per thread (every
+function releases the GIL).
 
 Why compiled loops: numpy runs one pass over memory per ufunc, so gelu was 18
 passes and layer norm about 7, against PyTorch's one fused, vectorised pass;
@@ -33,6 +34,7 @@ import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  the BLAS numba's np.dot calls (loaded here, held at 1 thread below)
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from harness.executors.ops import _parallel
@@ -76,6 +78,18 @@ def _maximum(typingctx, a, b):
         fn = builder.module.declare_intrinsic("llvm.maximum", [f32], ir.FunctionType(f32, [f32, f32]))
         return builder.call(fn, args)
     return types.float32(types.float32, types.float32), codegen
+
+
+@intrinsic
+def _take(typingctx, counter):
+    """``counter[0] += 1`` as one atomic step, returning the old value: the next chunk for the calling
+    thread (the threads of one :func:`~harness.executors.ops._parallel.for_compiled` share ``counter``)."""
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [context.get_constant(types.intp, 0)])
+        return builder.atomic_rmw("add", ptr, context.get_constant(types.int64, 1), "monotonic")
+    return types.int64(counter), codegen
 
 
 _LOG2E = F32(1.4426950408889634)
@@ -275,3 +289,60 @@ def lstm_sequence(proj, r, h0, c, ys, tmp, clip, do_clip):
         for d in range(nd):
             np.dot(r[d], h0[d] if k == 0 else ys[k - 1, d], tmp[d])
         lstm_cell(proj[k], tmp, c, ys[k], clip, do_clip)
+
+
+# Chunk drivers: each thread of a for_compiled call runs one of these; it takes chunks of ``grain``
+# elements (rows for the row kernels) from the shared counter until none is left, all without the GIL.
+@njit(**_OPTS)
+def gelu_exact_chunks(counter, grain, x, y, inv_p, c0, c1, c2, c3, c4):
+    n = x.size
+    while True:
+        s = _take(counter) * grain
+        if s >= n:
+            return
+        e = min(n, s + grain)
+        gelu_exact(x[s:e], y[s:e], inv_p, c0, c1, c2, c3, c4)
+
+
+@njit(**_OPTS)
+def gelu_tanh_chunks(counter, grain, x, y, c, k):
+    n = x.size
+    while True:
+        s = _take(counter) * grain
+        if s >= n:
+            return
+        e = min(n, s + grain)
+        gelu_tanh(x[s:e], y[s:e], c, k)
+
+
+@njit(**_OPTS)
+def gelu_sigmoid_chunks(counter, grain, x, y, s_):
+    n = x.size
+    while True:
+        s = _take(counter) * grain
+        if s >= n:
+            return
+        e = min(n, s + grain)
+        gelu_sigmoid(x[s:e], y[s:e], s_)
+
+
+@njit(**_OPTS)
+def softmax_chunks(counter, grain, x, y):
+    n = x.shape[0]
+    while True:
+        s = _take(counter) * grain
+        if s >= n:
+            return
+        e = min(n, s + grain)
+        softmax_rows(x[s:e], y[s:e])
+
+
+@njit(**_OPTS)
+def normalize_chunks(counter, grain, x, y, eps, variance, gamma, beta):
+    n = x.shape[0]
+    while True:
+        s = _take(counter) * grain
+        if s >= n:
+            return
+        e = min(n, s + grain)
+        normalize_rows(x[s:e], eps, variance, gamma, beta, y[s:e])

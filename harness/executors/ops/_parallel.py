@@ -42,11 +42,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-#: Elements per chunk. Every ufunc call of a chunk kernel releases and retakes the GIL, and with
-#: two threads each retake can wait for the other thread's wake-up, so fewer, larger calls win
-#: over L2-sized ones: on MiniLM's shapes (2-core EPYC, medians) gelu 14.9 -> 7.6 ms, softmax
-#: 6.5 -> 4.0 ms, layer norm 2.3 -> 0.9 ms at 2 threads from 2^16 to 2^18 elements, and 1-thread
-#: times 5-10% lower too (2^19 is no better).
+#: Elements per chunk of :func:`for_chunks` work (and the size from which pooling splits). Every
+#: ufunc call of a chunk releases and retakes the GIL, and with two threads each retake can wait
+#: for the other thread's wake-up, so fewer, larger calls win over L2-sized ones: when gelu,
+#: softmax and layer norm were numpy ufunc sequences (2-core EPYC, MiniLM's shapes, medians) gelu
+#: 14.9 -> 7.6 ms, softmax 6.5 -> 4.0 ms, layer norm 2.3 -> 0.9 ms at 2 threads from 2^16 to 2^18
+#: elements (2^19 no better). Compiled chunk drivers (:func:`for_compiled`) retake no GIL
+#: between chunks and use smaller ones.
 GRAIN = 1 << 18
 
 _lock = threading.Lock()
@@ -197,6 +199,28 @@ def for_chunks(fn: Callable[[int, int], None], n: int, grain: int, n_threads: in
     with owned_threads():  # BLAS calls inside chunks stay single-threaded
         futures = [_get_pool(k - 1).submit(worker) for _ in range(k - 1)]
         worker()
+        for f in futures:
+            f.result()
+
+
+def for_compiled(driver: Callable[..., None], n: int, grain: int, *args, n_threads: int | None = None) -> None:
+    """Run a compiled chunk driver, ``driver(counter, grain, *args)``, over ``n`` items in chunks of ``grain``.
+
+    The driver (one of :mod:`._jit`'s ``*_chunks``) takes chunk indices from ``counter`` with an atomic
+    increment and processes them until none is left, without the GIL. With more than one thread the
+    calling thread and ``k - 1`` pool workers each make one call, so, unlike :func:`for_chunks`, no
+    thread retakes the GIL between chunks, and a core slowed by other load just takes fewer chunks.
+    """
+    grain = max(1, int(grain))
+    counter = np.zeros(1, np.int64)
+    chunks = -(-n // grain)
+    k = 1 if chunks <= 1 else min(threads() if n_threads is None else n_threads, chunks)
+    if k <= 1 or _in_pool():
+        driver(counter, grain, *args)
+        return
+    with owned_threads():
+        futures = [_get_pool(k - 1).submit(driver, counter, grain, *args) for _ in range(k - 1)]
+        driver(counter, grain, *args)
         for f in futures:
             f.result()
 
