@@ -83,6 +83,43 @@ def test_conv_groups_dilation_pads(cin, cout, groups, dil, pads):
     np.testing.assert_allclose(_run(spec, {"x": x})["y"], naive_conv(x, w, b, (1, 2), dil, pads, groups), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("block", [1, 4 * 8 * 72 * 4, 3 * 9 * 8 * 72 * 4])  # rows of 1, 4 (4+4+1), 3 samples (3+3+1)
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_im2col_blocks_and_row_bands(block, groups, threads, monkeypatch):
+    """The channels-last im2col runs in blocks of _COLS_BLOCK bytes: bands of output rows of one sample
+    (a block smaller than one sample's columns), or several whole samples; the result is the same."""
+    from threadpoolctl import threadpool_limits
+
+    from harness.executors.ops import _parallel as par
+    from harness.executors.ops import conv as conv_mod
+
+    monkeypatch.setattr(conv_mod, "_COLS_BLOCK", block)
+    monkeypatch.setattr(par, "SPLIT_MATMUL", 1)
+    spec, w, b = _conv_spec(8, 6, (3, 3), (1, 1), (1, 1), groups, (9, 8), pads=(1, 1, 1, 1))
+    x = RNG.standard_normal((7, 8, 9, 8)).astype(np.float32)
+    with threadpool_limits(threads):
+        got = _run(spec, {"x": x})["y"]
+    np.testing.assert_allclose(got, naive_conv(x, w, b, (1, 1), (1, 1), (1, 1, 1, 1), groups), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cin,cout,stride,dil", [(6, 6, (2, 2), (1, 1)), (3, 6, (1, 2), (2, 1))])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_depthwise_blocks_of_samples_on_threads(cin, cout, stride, dil, threads, monkeypatch):
+    """The compiled depthwise loop over blocks of samples (a channel multiplier, strides, dilation and
+    channels-last input from a 1x1 convolution's output view) equals the direct convolution."""
+    from threadpoolctl import threadpool_limits
+
+    from harness.executors.ops import _parallel as par
+
+    monkeypatch.setattr(par, "GRAIN", 64)  # a few samples per block
+    spec, w, b = _conv_spec(cin, cout, (3, 3), stride, dil, cin, (9, 8), pads=(1, 2, 2, 1))
+    x = RNG.standard_normal((9, 9, 8, cin)).astype(np.float32).transpose(0, 3, 1, 2)  # channels-last memory
+    with threadpool_limits(threads):
+        got = _run(spec, {"x": x})["y"]
+    np.testing.assert_allclose(got, naive_conv(x, w, b, stride, dil, (1, 2, 2, 1), cin), rtol=1e-4, atol=1e-4)
+
+
 def naive_deconv(x, w, b, stride, groups):
     """Transposed convolution by scattering every input pixel: w (Cin, Cout/g, kh, kw)."""
     n, cin, h, wd = x.shape

@@ -346,3 +346,34 @@ def normalize_chunks(counter, grain, x, y, eps, variance, gamma, beta):
             return
         e = min(n, s + grain)
         normalize_rows(x[s:e], eps, variance, gamma, beta, y[s:e])
+
+
+@njit(fastmath=_MAP, **_OPTS)
+def depthwise_nhwc(xp, w, b, sh, sw, dh, dw, y):
+    """Depthwise convolution in channels-last order: ``xp (M, Hp, Wp, C)`` the padded input, ``w (kh, kw, C)``,
+    ``b (C,)``, ``y (M, Ho, Wo, C)`` receives ``b + sum_pq xp[r, s] * w[p, q]`` per channel (the channel loop is
+    the vectorised one; the sum runs in kernel order, as the per-offset numpy passes did)."""
+    m, ho, wo, c = y.shape
+    kh, kw = w.shape[0], w.shape[1]
+    for n in range(m):
+        for i in range(ho):
+            for j in range(wo):
+                for ch in range(c):
+                    y[n, i, j, ch] = b[ch]
+                for p in range(kh):
+                    r = i * sh + p * dh
+                    for q in range(kw):
+                        s = j * sw + q * dw
+                        for ch in range(c):
+                            y[n, i, j, ch] += xp[n, r, s, ch] * w[p, q, ch]
+
+
+@njit(**_OPTS)
+def depthwise_chunks(counter, grain, xp, w, b, sh, sw, dh, dw, y):
+    n = y.shape[0]
+    while True:
+        s = _take(counter) * grain
+        if s >= n:
+            return
+        e = min(n, s + grain)
+        depthwise_nhwc(xp[s:e], w, b, sh, sw, dh, dw, y[s:e])
