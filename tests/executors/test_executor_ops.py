@@ -84,11 +84,12 @@ def test_conv_groups_dilation_pads(cin, cout, groups, dil, pads):
 
 
 @pytest.mark.parametrize("block", [1, 4 * 8 * 72 * 4, 3 * 9 * 8 * 72 * 4])  # rows of 1, 4 (4+4+1), 3 samples (3+3+1)
-@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("cin, groups", [(8, 1), (8, 2), (2, 1)])  # channels-last im2col; grouped; few channels
 @pytest.mark.parametrize("threads", [1, 2])
-def test_conv_im2col_blocks_and_row_bands(block, groups, threads, monkeypatch):
-    """The channels-last im2col runs in blocks of _COLS_BLOCK bytes: bands of output rows of one sample
-    (a block smaller than one sample's columns), or several whole samples; the result is the same."""
+def test_conv_im2col_blocks_and_row_bands(block, cin, groups, threads, monkeypatch):
+    """im2col runs in blocks of _COLS_BLOCK bytes: channels-last, bands of output rows of one sample
+    (a block smaller than one sample's columns) or several whole samples; with few input channels,
+    blocks of samples. The result is the same."""
     from threadpoolctl import threadpool_limits
 
     from harness.executors.ops import _parallel as par
@@ -96,8 +97,8 @@ def test_conv_im2col_blocks_and_row_bands(block, groups, threads, monkeypatch):
 
     monkeypatch.setattr(conv_mod, "_COLS_BLOCK", block)
     monkeypatch.setattr(par, "SPLIT_MATMUL", 1)
-    spec, w, b = _conv_spec(8, 6, (3, 3), (1, 1), (1, 1), groups, (9, 8), pads=(1, 1, 1, 1))
-    x = RNG.standard_normal((7, 8, 9, 8)).astype(np.float32)
+    spec, w, b = _conv_spec(cin, 6, (3, 3), (1, 1), (1, 1), groups, (9, 8), pads=(1, 1, 1, 1))
+    x = RNG.standard_normal((7, cin, 9, 8)).astype(np.float32)
     with threadpool_limits(threads):
         got = _run(spec, {"x": x})["y"]
     np.testing.assert_allclose(got, naive_conv(x, w, b, (1, 1), (1, 1), (1, 1, 1, 1), groups), rtol=1e-4, atol=1e-4)

@@ -227,11 +227,26 @@ class Convolution(Op):
                     dst[...] = np.matmul(cg, self.wmat).transpose(1, 0, 2).reshape(-1, self.cout)
 
     def _conv_cols_nchw(self, xp: np.ndarray, ho: int, wo: int) -> np.ndarray:
-        """Few input channels: im2col rows (C, kh, kw) x columns (M, Ho, Wo), one GEMM."""
+        """Few input channels: im2col rows (C, kh, kw) x columns (M, Ho, Wo), one GEMM per block of samples
+        (:data:`_COLS_BLOCK` of columns, blocks on the executor's threads); the result is
+        ``(Cout, M, Ho, Wo)`` in memory, returned as an NCHW view. (crepe_tiny's first layer, 1 channel,
+        kernel 512, batch 256: 134 ms at 1 thread with one 134 MB column matrix, 107-108 ms in blocks.)"""
         m, c = xp.shape[:2]
         win = windows(xp, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, ho, wo)  # (M, C, kh, kw, Ho, Wo)
-        cols = np.ascontiguousarray(win.transpose(1, 2, 3, 0, 4, 5)).reshape(c * self.kh * self.kw, m * ho * wo)
-        y = par.matmul(self.wrows, cols)  # (Cout, M*Ho*Wo)
+        rows, per = c * self.kh * self.kw, ho * wo
+        y = np.empty((self.cout, m * per), dtype=F32)
+        step = max(1, _COLS_BLOCK // (rows * per * 4))
+
+        def run(s: int, e: int) -> None:
+            for lo in range(s, e, step):
+                hi = min(e, lo + step)
+                cols = np.ascontiguousarray(win[lo:hi].transpose(1, 2, 3, 0, 4, 5)).reshape(rows, (hi - lo) * per)
+                np.matmul(self.wrows, cols, out=y[:, lo * per:hi * per])
+        t = par.threads()
+        if t > 1 and m > 1 and m * per * rows * self.cout >= par.SPLIT_MATMUL:
+            par.for_chunks(run, m, -(-m // (2 * t)), n_threads=t)
+        else:
+            run(0, m)
         if self.b is not None:
             y += self.b[:, None]
         return y.reshape(self.cout, m, ho, wo).transpose(1, 0, 2, 3)
