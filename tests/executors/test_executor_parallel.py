@@ -205,13 +205,25 @@ def test_split_matmul_equals_one_blas_call(shape, monkeypatch):
 
 
 @pytest.mark.parametrize("threads", THREADS)
-def test_stacked_matmul_split_equals_matmul(threads):
+def test_stacked_matmul_split_equals_matmul(threads, monkeypatch):
+    monkeypatch.setattr(par, "SPLIT_MATMUL", 1)  # split even these small stacks
     q = RNG.normal(size=(6, 1, 7, 3, 4)).astype(np.float32).transpose(0, 1, 3, 2, 4)  # transposed views
     k = RNG.normal(size=(6, 1, 7, 3, 4)).astype(np.float32).transpose(0, 1, 3, 4, 2)
     kc = np.ascontiguousarray(k[:1])  # one side a constant (sample axis 1)
     with threadpool_limits(threads):
         np.testing.assert_allclose(mm.stacked_matmul(q, k), np.matmul(q, k), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(mm.stacked_matmul(q, kc), np.matmul(q, kc), rtol=1e-6, atol=1e-6)
+
+
+def test_a_small_stack_is_one_matmul_call(monkeypatch):
+    """Below SPLIT_MATMUL multiply-adds the stack is one np.matmul, never handed to the pool."""
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a small stack was split over the pool")
+    monkeypatch.setattr(par, "for_chunks", no_pool)
+    q = RNG.normal(size=(32, 4, 16, 8)).astype(np.float32)
+    k = RNG.normal(size=(32, 4, 8, 16)).astype(np.float32)
+    with threadpool_limits(2):
+        np.testing.assert_allclose(mm.stacked_matmul(q, k), np.matmul(q, k), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("threads", THREADS)
