@@ -55,10 +55,12 @@ MIN_BLOCK = 16
 #: so it keeps its blocks).
 MIN_TASK_WORK = 1 << 15
 #: The same threshold when every group runs compiled (:func:`harness.executors.ops._jit.lstm_sequence`:
-#: the whole sequence in one call without the GIL, so a block costs no hand-offs). Measured, fastest of
-#: 30 runs in 5 processes each, 2 threads, split / not split: lstm_text (H=24, 256 sequences)
-#: 0.46-0.54 / 0.52-0.54 ms, bilstm_text 0.69-0.87 / 0.96-1.03, digits_lstm 0.85-1.01 / 1.27-1.31 (1 thread).
-MIN_TASK_WORK_COMPILED = 1 << 12
+#: the whole sequence in one call without the GIL, so a block costs no hand-offs). Measured at 2 threads,
+#: the layer's call, median of 200 runs in one process (two alternations), split / not split:
+#: lstm_text (H=24, 256 sequences: 2 x 96 x 128) 0.67, 0.74 / 0.58, 0.61 ms (split wins only the fastest
+#: runs, 0.48 / 0.52); bilstm_text (2 x 192 x 128) 1.11, 1.10 / 1.09, 1.03; digits_lstm (H=64: 2 x 256 x 128)
+#: 1.03, 1.22 / 1.68, 1.72. So a block needs 2^14 elements (lstm_text keeps one block; at 2^12 it split).
+MIN_TASK_WORK_COMPILED = 1 << 14
 
 InPlace = Callable[[np.ndarray], None]
 
