@@ -194,8 +194,6 @@ class Convolution(Op):
             par.for_chunks(run, m, grain, n_threads=t)
         else:
             self._nhwc_block(x, pads, ho, wo, out, par.matmul)
-        if self.b is not None:
-            out += self.b
         return out.transpose(0, 3, 1, 2)
 
     def _nhwc_block(self, x: np.ndarray, pads: tuple[int, int, int, int], ho: int, wo: int, out: np.ndarray,
@@ -225,6 +223,8 @@ class Convolution(Op):
                 else:
                     cg = cols.reshape(-1, kh * kw, g, kc).transpose(2, 0, 1, 3).reshape(g, -1, kh * kw * kc)
                     dst[...] = np.matmul(cg, self.wmat).transpose(1, 0, 2).reshape(-1, self.cout)
+                if self.b is not None:
+                    dst += self.b  # while the block is in cache
 
     def _conv_cols_nchw(self, xp: np.ndarray, ho: int, wo: int) -> np.ndarray:
         """Few input channels: im2col rows (C, kh, kw) x columns (M, Ho, Wo), one GEMM per block of samples
@@ -241,14 +241,15 @@ class Convolution(Op):
             for lo in range(s, e, step):
                 hi = min(e, lo + step)
                 cols = np.ascontiguousarray(win[lo:hi].transpose(1, 2, 3, 0, 4, 5)).reshape(rows, (hi - lo) * per)
-                np.matmul(self.wrows, cols, out=y[:, lo * per:hi * per])
+                dst = y[:, lo * per:hi * per]
+                np.matmul(self.wrows, cols, out=dst)
+                if self.b is not None:
+                    dst += self.b[:, None]  # while the block is in cache
         t = par.threads()
         if t > 1 and m > 1 and m * per * rows * self.cout >= par.SPLIT_MATMUL:
             par.for_chunks(run, m, -(-m // (2 * t)), n_threads=t)
         else:
             run(0, m)
-        if self.b is not None:
-            y += self.b[:, None]
         return y.reshape(self.cout, m, ho, wo).transpose(1, 0, 2, 3)
 
     def _depthwise(self, x: np.ndarray, pads: tuple[int, int, int, int], ho: int, wo: int) -> np.ndarray:
