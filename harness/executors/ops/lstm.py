@@ -158,6 +158,7 @@ class Group:
         self.dirs = dirs
         self.r = np.ascontiguousarray(np.stack([d.r for d in dirs]))  # (D, 4H, H)
         self.b = np.stack([d.b for d in dirs])  # (D, 4H, 1)
+        self.b_rows = np.ascontiguousarray(self.b[:, :, 0])  # (D, 4H), for the compiled sequence
         self.peep = None if dirs[0].peep is None else tuple(np.stack([d.peep[i] for d in dirs]) for i in range(3))
         self.acts, self.fns = dirs[0].acts, dirs[0].fns
         #: the common LSTM (sigmoid gates, tanh block input and cell output, no peepholes): the whole
@@ -182,7 +183,9 @@ class Group:
         proj = empty((s, nd, 4 * hs, m))  # every step's input projection, gates contiguous
         for i, d in enumerate(self.dirs):
             np.matmul(d.w, xs[::-1] if d.reverse else xs, out=proj[:, i])
-        proj += self.b
+        compiled = bool(self.fused and not coupled and s)
+        if not compiled:  # the compiled sequence adds the bias in its cell loop
+            proj += self.b
         h, c = empty((nd, hs, m)), empty((nd, hs, m))  # private copies: the states may be read-only
         for i in range(nd):
             h[i], c[i] = h0s[i].T, c0s[i].T
@@ -193,10 +196,10 @@ class Group:
         peep = self.peep
         do_clip = self.cell_clip_needed(c0s, s, clip, coupled)
         lim = F32(clip)
-        if self.fused and not coupled and s:
+        if compiled:
             from harness.executors.ops import _jit
 
-            _jit.lstm_sequence(proj, self.r, h, c, ys, tmp, lim, do_clip)
+            _jit.lstm_sequence(proj, self.r, self.b_rows, h, c, ys, tmp, lim, do_clip)
             return ys, ys[-1], c
         with np.errstate(over="ignore"):
             for k in range(s):
