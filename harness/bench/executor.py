@@ -50,7 +50,8 @@ import numpy as np
 from harness.bench import _executor_table as table
 
 #: The transformer and recurrent fixtures benchmarked by default (when tests/fixtures exists).
-FIXTURES = ("transformer_block", "lstm_text", "bilstm_text", "gru_text")
+#: fixtures timed by default with the zoo: transformer and recurrent layers, and depthwise convolutions
+FIXTURES = ("transformer_block", "lstm_text", "bilstm_text", "gru_text", "mobilenetv2")
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 
 
@@ -200,7 +201,7 @@ def parse_models(text: str, batch: int | None) -> list[tuple[str, int | None]]:
 
 
 def default_models() -> list[str]:
-    """Every zoo model, then the transformer / recurrent fixtures of a checkout."""
+    """Every zoo model, then the fixtures of :data:`FIXTURES` found in a checkout."""
     from harness import zoo
 
     fixtures = [str(FIXTURE_DIR / f"{n}.mlmodel") for n in FIXTURES if (FIXTURE_DIR / f"{n}.mlmodel").is_file()]

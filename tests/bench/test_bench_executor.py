@@ -25,7 +25,7 @@ def test_parse_models_and_default_batch():
     assert bench.has_attention(spec) and set(feeds) == {"ids"}
     assert not bench.has_attention(bench.load_model(str(FIX / "lstm_text.mlmodel"))[0])
     names = [Path(m).stem for m in bench.default_models()]
-    assert {"transformer_block", "lstm_text", "bilstm_text", "gru_text", "digits_lstm"} <= set(names)
+    assert {"transformer_block", "lstm_text", "bilstm_text", "gru_text", "mobilenetv2", "digits_lstm"} <= set(names)
 
 
 def _row(**extra):
