@@ -165,6 +165,10 @@ class Group:
         #: sequence in one compiled call (:func:`harness.executors.ops._jit.lstm_sequence`) when not coupled
         self.fused = self.acts == ("sigmoid", "tanh", "tanh") and self.peep is None
 
+    def compiled(self, coupled: bool) -> bool:
+        """Whether :meth:`run` takes the compiled whole-sequence path (the common LSTM, not coupled)."""
+        return self.fused and not coupled
+
     def cell_clip_needed(self, c0s: list[np.ndarray], steps: int, clip: float, coupled: bool) -> bool:
         bf, bg = _BOUND[self.acts[0]], _BOUND[self.acts[1]]
         if bf is None or bg is None or bf > 1.0:
@@ -183,7 +187,7 @@ class Group:
         proj = empty((s, nd, 4 * hs, m))  # every step's input projection, gates contiguous
         for i, d in enumerate(self.dirs):
             np.matmul(d.w, xs[::-1] if d.reverse else xs, out=proj[:, i])
-        compiled = bool(self.fused and not coupled and s)
+        compiled = self.compiled(coupled) and s > 0
         if not compiled:  # the compiled sequence adds the bias in its cell loop
             proj += self.b
         h, c = empty((nd, hs, m)), empty((nd, hs, m))  # private copies: the states may be read-only
@@ -262,7 +266,7 @@ def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.
     hs = gs[0].r.shape[2]
     n = par.threads()
     rows = max(len(g.dirs) for g in gs) * 4 * hs
-    min_work = MIN_TASK_WORK_COMPILED if all(g.fused and not coupled for g in gs) else MIN_TASK_WORK
+    min_work = MIN_TASK_WORK_COMPILED if all(g.compiled(coupled) for g in gs) else MIN_TASK_WORK
     blocks = _blocks(m, n, rows, min_work)
     first = np.cumsum([0] + [len(g.dirs) for g in gs])
     results = [(np.empty((s, len(g.dirs), hs, m), F32), np.empty((len(g.dirs), hs, m), F32),
