@@ -527,6 +527,22 @@ def test_gather_family_per_sample_indices():
           np.take_along_axis(data, ga.astype(int), axis=1))
 
 
+def test_scatter_into_a_one_sample_container_is_c_ordered_and_gathers_back():
+    """The converter's GRU loop scatters each step's state (one per sample) into a buffer that starts as a
+    constant (one sample): the copy is C-ordered (np.array's order K would keep the broadcast sample axis
+    innermost, and every later gather would pay for it), and what the next step gathers is what was written."""
+    data = f32(1, 5, 1, 3)  # a constant: sample axis 1
+    upd = f32(N, 1, 1, 3)
+    got = one("scatter", {"d": data, "i": np.array([[2.0]]), "u": upd},
+              lambda p: (setattr(p, "axis", 0), setattr(p, "mode", 0)))["y"]
+    assert got.shape == (N, 5, 1, 3) and got.flags.c_contiguous
+    want = np.repeat(data, N, axis=0)
+    want[:, 2] = upd[:, 0]
+    assert np.array_equal(got, want)
+    back = one("gather", {"d": got, "i": np.array([[2.0]])}, lambda p: setattr(p, "axis", 0))["y"]
+    assert np.array_equal(back, upd)
+
+
 def test_scatter_family_modes():
     data = f32(N, 4, 2)
     idx = np.array([[1, 3, 1]], np.float32)  # repeated index accumulates

@@ -115,6 +115,14 @@ def gather(data: np.ndarray, idx: np.ndarray, a: int) -> np.ndarray:
     return g.transpose(perm)
 
 
+def c_copy(x: np.ndarray) -> np.ndarray:
+    """A C-ordered copy of ``x``. ``np.array``'s default order K copies a broadcast view (stride 0 on the sample
+    axis of a constant) with the sample axis innermost, and every later read along another axis pays for it:
+    the converter's GRU loop scatters each step into its broadcast state buffer, and gathering a step from the
+    order-K copy took 50 us instead of 2.7 (256 samples x 9 x 20)."""
+    return np.array(x, order="C")
+
+
 def scatter_apply(out: np.ndarray, where: tuple, updates: np.ndarray, mode: str, unique: bool = False) -> None:
     """``out[where] (op)= updates`` in place for a ScatterMode name (repeated indices accumulate).
 

@@ -79,16 +79,21 @@ class Scatter(Op):
         r = rank(data)
         a = u.norm_axis(self, self.axis, r)
         i = u.indices(self, idx.reshape(idx.shape[0], -1), data.shape[a + 1])  # (Ni, K)
-        data, i, upd = broadcast_samples(f32(data), i, f32(upd))
-        n, k = data.shape[0], i.shape[1]
+        k = i.shape[1]
         want = data.shape[1:a + 1] + (k,) + data.shape[a + 2:]
         if upd.shape[1:] != want:
             raise self.error(f"updates have per-sample shape {tuple(upd.shape[1:])}, expected {want} "
                              f"(container {tuple(data.shape[1:])}, {k} indices, axis {a})")
-        out = np.array(data)
-        om, um = np.moveaxis(out, a + 1, 1), np.moveaxis(upd, a + 1, 1)  # (N, D, ...), (N, K, ...)
         unique = k == 1 or not np.any(np.diff(np.sort(i, axis=1), axis=1) == 0)
-        u.scatter_apply(om, (u.sample_index(n, 1), i), um, self.mode, unique=unique)
+        if i.shape[0] == 1:  # the same indices for every sample (a loop counter): one index along the axis
+            data, upd = broadcast_samples(f32(data), f32(upd))
+            out = u.c_copy(data)
+            u.scatter_apply(out, (slice(None),) * (a + 1) + (i[0],), upd, self.mode, unique=unique)
+            return out
+        data, i, upd = broadcast_samples(f32(data), i, f32(upd))
+        out = u.c_copy(data)
+        om, um = np.moveaxis(out, a + 1, 1), np.moveaxis(upd, a + 1, 1)  # (N, D, ...), (N, K, ...)
+        u.scatter_apply(om, (u.sample_index(data.shape[0], 1), i), um, self.mode, unique=unique)
         return out
 
 
@@ -109,7 +114,7 @@ class ScatterAlongAxis(Op):
             raise self.error(f"indices {tuple(i.shape[1:])} and updates {tuple(upd.shape[1:])} must have the same shape and the data's rank")
         grid = list(np.indices(i.shape, sparse=True))
         grid[a] = i
-        out = np.array(data)
+        out = u.c_copy(data)
         u.scatter_apply(out, tuple(grid), upd, self.mode)
         return out
 
@@ -132,7 +137,7 @@ class ScatterND(Op):
         if upd.shape[1:] != want:
             raise self.error(f"updates have per-sample shape {tuple(upd.shape[1:])}, expected {want}")
         i = u.indices(self, idx, np.asarray(data.shape[1:1 + L]), "indices")
-        out = np.array(data)
+        out = u.c_copy(data)
         where = (u.sample_index(data.shape[0], i.ndim - 2),) + tuple(i[..., k] for k in range(L))
         u.scatter_apply(out, where, upd, self.mode)
         return out

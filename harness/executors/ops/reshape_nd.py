@@ -202,6 +202,6 @@ def _broadcast_to(op: Op, x: np.ndarray, target: Sequence[int]) -> np.ndarray:
         raise op.error(f"cannot broadcast a rank-{rank(x)} tensor to the lower-rank shape {list(target)}")
     x = x.reshape((x.shape[0],) + (1,) * (len(target) - rank(x)) + x.shape[1:])
     try:
-        return np.array(np.broadcast_to(x, (x.shape[0],) + target))
+        return u.c_copy(np.broadcast_to(x, (x.shape[0],) + target))
     except ValueError:
         raise op.error(f"cannot broadcast per-sample shape {tuple(x.shape[1:])} to {list(target)}") from None
