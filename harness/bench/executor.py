@@ -32,6 +32,14 @@ in gelu, softmax and layer norm (gelu: 67 ms in-model against 23 ms with the hea
 kept, 1 thread). ``--peer-heap`` times the peer with its default heap
 (``default``), with the same settings as ours applied in its process (``kept``:
 the kernels compared on equal memory) or both (the default), one table each.
+
+**Processes.** On this VM a process's speed is bimodal: the same worker, pinned to either core or
+not, runs gru_text's predict in about 2.0 ms in most processes and 3.1 ms in some (measured: 10
+fresh processes, 1 thread, min of 40 repeats each: 1.9-2.6 ms in 7, 3.1-3.2 ms in 3), and a second
+thread does not change that. A ratio from one process per backend can therefore be off by 1.5x either
+way. ``--processes K`` times each backend in K fresh processes, alternating numpy and torch, and keeps
+each backend's fastest process (whole-model time; its per-layer times come with it): the same rule for
+both, so neither side's slow process sets the ratio.
 """
 from __future__ import annotations
 
@@ -220,22 +228,40 @@ def _child(backend: str, name: str, batch: int, repeats: int, threads: int, cloc
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _fastest(runs: list[dict]) -> dict:
+    """Of several processes' results, the one with the shortest whole-model time (a note if none was timed)."""
+    timed = [r for r in runs if "seconds" in r]
+    return min(timed, key=lambda r: r["seconds"]) if timed else runs[0]
+
+
 def bench_model(name: str, batch: int | None, repeats: int, threads: int, clock: str = "wall",
-                stat: str = "median", peer_heaps: tuple[str, ...] = ("default", "kept")) -> list[dict]:
+                stat: str = "median", peer_heaps: tuple[str, ...] = ("default", "kept"),
+                processes: int = 1) -> list[dict]:
     """Measure one model: numpy, then torch once per heap in ``peer_heaps``, each in a fresh subprocess
-    (OpenBLAS's and torch's thread pools otherwise spin against each other and distort both timings).
+    (OpenBLAS's and torch's thread pools otherwise spin against each other and distort both timings),
+    ``processes`` times in turn, each backend's fastest process kept (module docstring).
     One row per peer heap, sharing the numpy measurement."""
     if batch is None:
         batch = 32 if has_attention(load_model(name)[0]) else 256
     base: dict = {"model": Path(name).stem if name.endswith(".mlmodel") else name, "batch": batch, "threads": threads,
-                  "clock": clock, "stat": stat}
-    res = _child("numpy", name, batch, repeats, threads, clock, stat)
+                  "clock": clock, "stat": stat, "processes": processes}
+    ours: list[dict] = []
+    peers: dict[str, list[dict]] = {heap: [] for heap in peer_heaps}
+    no_peer = False
+    for _ in range(max(1, processes)):
+        ours.append(_child("numpy", name, batch, repeats, threads, clock, stat))
+        for heap in peer_heaps if not no_peer else ():
+            peers[heap].append(_child("torch", name, batch, repeats, threads, clock, stat, heap))
+            no_peer = "seconds" not in peers[heap][-1]  # torch missing or the model untranslatable: a note
+            if no_peer:
+                break
+    res = _fastest(ours)
     base.update(ours_s=res["seconds"], layers=res["layers"], ours_types=res["types"], calls=res["calls"],
                 ours_fused=res["fused"])
     rows = []
     for heap in peer_heaps:
         row = {**base, "peer_heap": heap}
-        res = _child("torch", name, batch, repeats, threads, clock, stat, heap)
+        res = _fastest(peers[heap])
         if "seconds" in res:
             row.update(torch_s=res["seconds"], max_diff=res["max_diff"], torch_types=res["types"],
                        torch_fused=res["fused"], peer_heap=res["heap"])
@@ -263,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-heap", choices=sorted(PEER_HEAPS), default="both",
                     help="the torch peer's malloc: as shipped (default), with the numpy executor's heap "
                          "settings (kept), or both, one table each (the default)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="fresh processes per backend, alternating; each backend's fastest is kept (default 1)")
     ap.add_argument("--json", default=None, help="also write the result rows to this JSON file")
     ap.add_argument("--worker", choices=("numpy", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -280,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     for n_threads in threads:
         for name, batch in models:
             for row in bench_model(name, batch, args.repeats, n_threads, args.clock, args.stat,
-                                   PEER_HEAPS[args.peer_heap]):
+                                   PEER_HEAPS[args.peer_heap], args.processes):
                 rows.append(row)
                 print(table.model_line(row), flush=True)
     print()

@@ -65,13 +65,36 @@ def test_cli_runs_and_writes_json(tmp_path):
     out = tmp_path / "rows.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-m", "harness.bench", "executor", "--models",
-                           f"{FIX / 'lstm_text.mlmodel'}:16", "--repeats", "1", "--threads", "1", "--json", str(out)],
+                           f"{FIX / 'lstm_text.mlmodel'}:16", "--repeats", "1", "--threads", "1", "--processes", "2",
+                           "--json", str(out)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())
     assert rows[0]["model"] == "lstm_text" and rows[0]["batch"] == 16 and rows[0]["ours_s"] > 0
+    assert rows[0]["processes"] == 2
     assert "uniDirectionalLSTM" in rows[0]["ours_types"]
     assert "lstm_text" in proc.stdout and ("torch" in proc.stdout)
+
+
+def test_processes_alternate_backends_and_keep_each_fastest(monkeypatch):
+    """--processes K: numpy and torch take turns in fresh processes; each backend's fastest process is kept."""
+    from harness.bench import executor as bench
+
+    ours, theirs, calls = iter([3.1, 2.0, 2.4]), iter([1.9, 2.8, 1.8]), []
+
+    def child(backend, name, batch, repeats, threads, clock, stat, heap="default"):
+        calls.append(backend)
+        if backend == "numpy":
+            t = next(ours)
+            return {"seconds": t, "types": {"loop": t - 0.2}, "layers": 3, "calls": {}, "fused": {}}
+        t = next(theirs)
+        return {"seconds": t, "types": {"loop": t - 0.1}, "max_diff": 1e-7, "fused": {}, "heap": heap}
+
+    monkeypatch.setattr(bench, "_child", child)
+    (row,) = bench.bench_model("m.mlmodel", 16, 5, 1, peer_heaps=("kept",), processes=3)
+    assert calls == ["numpy", "torch"] * 3
+    assert (row["ours_s"], row["torch_s"], row["processes"]) == (2.0, 1.8, 3)
+    assert row["ours_types"] == {"loop": 2.0 - 0.2} and row["torch_types"] == {"loop": 1.8 - 0.1}
 
 
 @pytest.mark.parametrize("name", ["transformer_block", "lstm_text", "bilstm_text", "gru_text", "mlp", "resnet", "nn_loop"])
