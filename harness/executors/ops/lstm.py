@@ -252,8 +252,7 @@ def _blocks(m: int, n_threads: int, rows: int, min_work: int) -> list[tuple[int,
     """Column blocks of the ``m`` sequences, one per thread, each at least :data:`MIN_BLOCK` wide and
     with a per-step gate array (``rows`` x width) of at least ``min_work`` elements."""
     k = max(1, min(n_threads, m // MIN_BLOCK, rows * m // min_work))
-    edges = np.linspace(0, m, k + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(m * i // k, m * (i + 1) // k) for i in range(k)]
 
 
 def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.ndarray]], clip: float,
@@ -268,6 +267,9 @@ def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.
     rows = max(len(g.dirs) for g in gs) * 4 * hs
     min_work = MIN_TASK_WORK_COMPILED if all(g.compiled(coupled) for g in gs) else MIN_TASK_WORK
     blocks = _blocks(m, n, rows, min_work)
+    if len(gs) == 1 and len(blocks) == 1:  # one task over every column: its arrays are the results (no copy)
+        ys, h, c = gs[0].run(xs, [v[0] for v in states], [v[1] for v in states], clip, coupled)
+        return [(ys[:, j], h[j], c[j]) for j in range(ys.shape[1])]
     first = np.cumsum([0] + [len(g.dirs) for g in gs])
     results = [(np.empty((s, len(g.dirs), hs, m), F32), np.empty((len(g.dirs), hs, m), F32),
                 np.empty((len(g.dirs), hs, m), F32)) for g in gs]
