@@ -481,3 +481,15 @@ def test_quantized_prelu_alpha_of_a_wrong_length_is_an_error():
     quantizer.weightparams.write_quantized(wp, quantizer.packing.pack_bits(np.arange(3), 8), 8, scale=[0.1], bias=[0.1])
     with pytest.raises(ExecutorError, match=r"'prelu' \(activation\).*3 bytes of 8-bit values.*neither 4.*nor 1"):
         _run(spec, {"x": np.ones((1, 1, 4, 2, 3), np.float32)})
+
+
+def test_sigmoid_in_place_is_bitwise_the_expression():
+    """The sigmoid activation computes 1 / (1 + exp(-x)) with the same operations in one array: the same bits,
+    saturating to exactly 0 and 1 far from zero."""
+    from harness.executors.ops.activation import _sigmoid
+
+    x = (np.random.default_rng(7).standard_normal((64, 33)) * 60).astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = np.float32(1) / (np.float32(1) + np.exp(-x))
+        assert np.array_equal(_sigmoid(x), want)
+        assert _sigmoid(np.array([-200.0, 0.0, 200.0], np.float32)).tolist() == [0.0, 0.5, 1.0]
