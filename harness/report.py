@@ -36,7 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from matplotlib.figure import Figure
+
+# matplotlib logs "generated new fontManager" at INFO the first time it runs on a machine (a fresh HOME),
+# which the CLI's INFO log would show as if it were a step of the sweep; its warnings still show.
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
+from matplotlib.figure import Figure  # noqa: E402
 
 from harness import analysis, rundir
 from harness import report_sections as html_sections
