@@ -261,6 +261,37 @@ def test_bidirectional_lstm_blocks_and_groups(threads, same_acts, peep, monkeypa
                 close(out[name][i, 0, bb, :, 0, 0], v)
 
 
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("reverse,seq", [(True, True), (False, True), (True, False)])
+def test_compiled_lstm_writes_the_output_order_from_each_block(threads, reverse, seq, monkeypatch):
+    """The compiled sequence writes a unidirectional layer's output in the layer's order (sequences first,
+    steps in processing order, also when the input is read backwards), each column block its own rows;
+    one block or several, 1 or 2 threads, B > 1 sequences per sample; the states come out as before."""
+    monkeypatch.setattr(lstm_mod, "MIN_BLOCK", 4)
+    monkeypatch.setattr(lstm_mod, "MIN_TASK_WORK_COMPILED", 1)
+    S, B, X, H, n = 5, 2, 3, 4, 9
+    acts = ("sigmoid", "tanh", "tanh")
+    _, nn = net({}, [])
+    p = layer(nn, "uniDirectionalLSTM", "uni", ["x"], ["y", "h", "c"])
+    p.inputVectorSize, p.outputVectorSize, p.reverseInput = X, H, reverse
+    for a in acts:
+        set_act(p.activations.add(), a)
+    set_lstm_params(p.params, seq=seq, bias=True, peep=False, coupled=False, forget_bias=False, clip=0.0)
+    W, R, b, pp = fill_lstm(p.weightParams, X, H, bias=True, peep=False)
+    x = f32(n, S, B, X, 1, 1, low=-2, high=2)
+    with threadpool_limits(threads):
+        out = run(nn, {"x": x})
+    zero = np.zeros(H)
+    assert out["y"].shape == (n, S if seq else 1, B, H, 1, 1)
+    for i in range(n):
+        for bb in range(B):
+            ys, h, c = lstm_ref(x[i, :, bb, :, 0, 0], W, R, b, pp, acts, zero, zero, clip=50.0, coupled=False,
+                                forget_bias=False, reverse=reverse)
+            close(out["y"][i, :, bb, :, 0, 0], ys if seq else ys[-1:])
+            close(out["h"][i, 0, bb, :, 0, 0], h)
+            close(out["c"][i, 0, bb, :, 0, 0], c)
+
+
 def test_lstm_cell_clip_skipped_only_when_provably_idle():
     g = lstm_mod.Group.__new__(lstm_mod.Group)
     g.acts = ("sigmoid", "tanh", "tanh")

@@ -280,17 +280,28 @@ def lstm_cell(g, rh, bias, c, h, clip, do_clip):
 
 
 @njit(**_OPTS)
-def lstm_sequence(proj, r, bias, h0, c, ys, tmp, clip, do_clip):
+def lstm_sequence(proj, r, bias, h0, c, ys, tmp, clip, do_clip, yt, backwards, want_yt):
     """Every step of the common LSTM (see :func:`lstm_cell`) in one call: ``proj (S, D, 4H, M)`` the input
     projections (without the bias), ``r (D, 4H, H)`` the recurrent matrices, ``bias (D, 4H)``, added in the
     cell's loop (a separate broadcast add over ``proj`` was 78 of lstm_text's 700 us), ``h0, c (D, H, M)`` the initial states (``c``
     updated in place), ``ys (S, D, H, M)`` receives every step's ``h``; ``tmp (D, 4H, M)`` is scratch.
+    With ``want_yt``, ``yt (M, S, D, H)`` receives every ``h`` too, in the layer's output order (step ``k`` of
+    direction d at ``S-1-k`` where ``backwards[d]``: a bidirectional layer's backward outputs aligned with the
+    input), each step's block transposed while it is in cache: a column block's thread writes its own rows of
+    the layer's output, where numpy's transposing copy of the whole output ran in the calling thread alone.
     The recurrent products are BLAS calls (numba's ``np.dot``), so the whole sequence runs without the GIL."""
     s, nd = proj.shape[0], proj.shape[1]
+    hs, m = ys.shape[2], ys.shape[3]
     for k in range(s):
         for d in range(nd):
             np.dot(r[d], h0[d] if k == 0 else ys[k - 1, d], tmp[d])
         lstm_cell(proj[k], tmp, bias, c, ys[k], clip, do_clip)
+        if want_yt:
+            for d in range(nd):
+                t = s - 1 - k if backwards[d] else k
+                for j in range(m):
+                    for u in range(hs):
+                        yt[j, t, d, u] = ys[k, d, u, j]
 
 
 # Chunk drivers: each thread of a for_compiled call runs one of these; it takes chunks of ``grain``

@@ -8,7 +8,8 @@ are stacked in the order i, f, o, z so that one call applies the gate
 activation to i, f and o together. The common LSTM (sigmoid gates, tanh block
 input and cell output, no peepholes, not coupled) runs its whole sequence in one
 compiled call (:func:`harness.executors.ops._jit.lstm_sequence`: per step one BLAS
-product and one loop for the gates, cell and hidden state), so a column block runs
+product and one loop for the gates, cell and hidden state, and each step's hidden state transposed
+into the layer's output order while it is in cache, so the output blob needs no copy), so a column block runs
 without the GIL and even small LSTMs gain from a second thread
 (:data:`MIN_TASK_WORK_COMPILED`); any other LSTM runs every step as one GEMM and
 about a dozen in-place ufunc calls on contiguous arrays. The M sequences are independent: with
@@ -63,6 +64,7 @@ MIN_TASK_WORK = 1 << 15
 MIN_TASK_WORK_COMPILED = 1 << 14
 
 InPlace = Callable[[np.ndarray], None]
+_NO_YT = np.empty((1, 1, 1, 1), F32)  # the compiled sequence's yt when the output order is not wanted
 
 
 def _neg_sigmoid(x: np.ndarray) -> None:
@@ -159,6 +161,8 @@ class Group:
         self.r = np.ascontiguousarray(np.stack([d.r for d in dirs]))  # (D, 4H, H)
         self.b = np.stack([d.b for d in dirs])  # (D, 4H, 1)
         self.b_rows = np.ascontiguousarray(self.b[:, :, 0])  # (D, 4H), for the compiled sequence
+        self.aligned = np.array([d.reverse for d in dirs], dtype=np.bool_)  # yt at the input's step (bidirectional)
+        self.in_order = np.zeros(len(dirs), dtype=np.bool_)  # yt in processing order (unidirectional)
         self.peep = None if dirs[0].peep is None else tuple(np.stack([d.peep[i] for d in dirs]) for i in range(3))
         self.acts, self.fns = dirs[0].acts, dirs[0].fns
         #: the common LSTM (sigmoid gates, tanh block input and cell output, no peepholes): the whole
@@ -178,9 +182,12 @@ class Group:
         return not grow < clip
 
     def run(self, xs: np.ndarray, h0s: list[np.ndarray], c0s: list[np.ndarray], clip: float,
-            coupled: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            coupled: bool, yt: np.ndarray | None = None, aligned: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``xs (S, X, M)`` (may be a column block view), per direction ``h0, c0 (M, H)`` ->
-        ``ys (S, D, H, M)`` in each direction's processing order, ``h, c (D, H, M)``."""
+        ``ys (S, D, H, M)`` in each direction's processing order, ``h, c (D, H, M)``. ``yt (M, S, D, H)``
+        (compiled groups only, :meth:`compiled`) also receives every ``h``: in processing order, or with
+        ``aligned`` at its input time step (a backward direction's outputs reversed)."""
         s, _, m = xs.shape
         nd, hs = len(self.dirs), self.r.shape[2]
         empty = par.empty_aligned  # every per-step array starts on a cache line (see there)
@@ -203,8 +210,12 @@ class Group:
         if compiled:
             from harness.executors.ops import _jit
 
-            _jit.lstm_sequence(proj, self.r, self.b_rows, h, c, ys, tmp, lim, do_clip)
+            want = yt is not None
+            _jit.lstm_sequence(proj, self.r, self.b_rows, h, c, ys, tmp, lim, do_clip,
+                               yt if want else _NO_YT, self.aligned if aligned else self.in_order, want)
             return ys, ys[-1], c
+        if yt is not None:
+            raise ValueError("only the compiled sequence writes the layer's output order (yt)")
         with np.errstate(over="ignore"):
             for k in range(s):
                 g = proj[k]
@@ -256,10 +267,14 @@ def _blocks(m: int, n_threads: int, rows: int, min_work: int) -> list[tuple[int,
 
 
 def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.ndarray]], clip: float,
-             coupled: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+             coupled: bool, output_order: bool = False, aligned: bool = False
+             ) -> tuple[list[tuple[np.ndarray | None, np.ndarray, np.ndarray]], np.ndarray | None]:
     """Run the groups over column blocks of the M sequences of ``xs (S, X, M)``, concurrently where
     threads allow. ``states``: per direction (in group order) ``(h0, c0)`` as ``(M, H)``. Returns per
-    direction ``(ys (S, H, M), h (H, M), c (H, M))``, ys in processing order.
+    direction ``(ys (S, H, M), h (H, M), c (H, M))``, ys in processing order, and None; or, with
+    ``output_order`` when one compiled group runs every direction, ``(None, h, c)`` per direction and every
+    output as ``yt (M, S, D*H)`` instead: the directions' channels concatenated, in processing order or with
+    ``aligned`` at the input's time step (the layer's output order, written by each block's own thread).
     """
     s, _, m = xs.shape
     hs = gs[0].r.shape[2]
@@ -267,27 +282,34 @@ def run_lstm(gs: list[Group], xs: np.ndarray, states: list[tuple[np.ndarray, np.
     rows = max(len(g.dirs) for g in gs) * 4 * hs
     min_work = MIN_TASK_WORK_COMPILED if all(g.compiled(coupled) for g in gs) else MIN_TASK_WORK
     blocks = _blocks(m, n, rows, min_work)
+    nd = len(gs[0].dirs)
+    yt = (par.empty_aligned((m, s, nd, hs)) if output_order and len(gs) == 1 and gs[0].compiled(coupled) and s
+          else None)
+    flat = None if yt is None else yt.reshape(m, s, nd * hs)
     if len(gs) == 1 and len(blocks) == 1:  # one task over every column: its arrays are the results (no copy)
-        ys, h, c = gs[0].run(xs, [v[0] for v in states], [v[1] for v in states], clip, coupled)
-        return [(ys[:, j], h[j], c[j]) for j in range(ys.shape[1])]
+        ys, h, c = gs[0].run(xs, [v[0] for v in states], [v[1] for v in states], clip, coupled, yt, aligned)
+        return [(None if yt is not None else ys[:, j], h[j], c[j]) for j in range(nd)], flat
     first = np.cumsum([0] + [len(g.dirs) for g in gs])
-    results = [(np.empty((s, len(g.dirs), hs, m), F32), np.empty((len(g.dirs), hs, m), F32),
-                np.empty((len(g.dirs), hs, m), F32)) for g in gs]
+    results = [(None if yt is not None else np.empty((s, len(g.dirs), hs, m), F32),
+                np.empty((len(g.dirs), hs, m), F32), np.empty((len(g.dirs), hs, m), F32)) for g in gs]
     tasks = [(i, a, b) for i in range(len(gs)) for a, b in blocks]
 
     def run(lo: int, hi: int) -> None:
         for i, a, b in tasks[lo:hi]:
             st = states[first[i]:first[i + 1]]
-            ys, h, c = gs[i].run(xs[:, :, a:b], [v[0][a:b] for v in st], [v[1][a:b] for v in st], clip, coupled)
+            ys, h, c = gs[i].run(xs[:, :, a:b], [v[0][a:b] for v in st], [v[1][a:b] for v in st], clip, coupled,
+                                 None if yt is None else yt[a:b], aligned)
             out = results[i]
-            out[0][..., a:b], out[1][..., a:b], out[2][..., a:b] = ys, h, c
+            out[1][..., a:b], out[2][..., a:b] = h, c
+            if out[0] is not None:
+                out[0][..., a:b] = ys
 
     width = blocks[0][1] - blocks[0][0]
     if len(tasks) == 1 or rows * width < min_work:
         run(0, len(tasks))
     else:  # pool workers, single-threaded BLAS (for_chunks holds owned_threads)
         par.for_chunks(run, len(tasks), 1, n_threads=min(n, len(tasks)))
-    return [(ys[:, j], h[j], c[j]) for ys, h, c in results for j in range(ys.shape[1])]
+    return [(None if ys is None else ys[:, j], h[j], c[j]) for ys, h, c in results for j in range(h.shape[0])], flat
 
 
 class _LSTMBase(_Recurrent):
@@ -302,7 +324,7 @@ class _LSTMBase(_Recurrent):
         for d in range(sum(len(g.dirs) for g in self.groups)):
             states.append((self.state(st[2 * d], n, b, "the initial hidden state"),
                            self.state(st[2 * d + 1], n, b, "the initial cell state")))
-        outs = run_lstm(self.groups, xs, states, self.cell_clip, self.coupled)
+        outs, _ = run_lstm(self.groups, xs, states, self.cell_clip, self.coupled)
         rows = xs.transpose(0, 2, 1).reshape(-1, xs.shape[1])
         res = []
         for (h0, _), (ys, _, _) in zip(states, outs):
@@ -330,6 +352,11 @@ class _LSTMBase(_Recurrent):
         s, c, _ = y.shape
         return np.ascontiguousarray(y.reshape(s, c, n, b).transpose(2, 0, 3, 1))[..., None, None]
 
+    def ordered_blob(self, yt: np.ndarray, n: int, b: int) -> np.ndarray:
+        """:func:`run_lstm`'s ``yt (M, S, C)`` -> ``(N, S, B, C, 1, 1)`` (a view when B = 1)."""
+        _, s, c = yt.shape
+        return np.ascontiguousarray(yt.reshape(n, b, s, c).transpose(0, 2, 1, 3))[..., None, None]
+
     def state_blob(self, v: np.ndarray, n: int, b: int) -> np.ndarray:
         """``(H, M)`` -> ``(N, 1, B, H, 1, 1)``."""
         return self.out_blob(v[None], n, b)
@@ -353,9 +380,9 @@ class UniDirectionalLSTM(_LSTMBase):
         xs, n, b = self.sequence_t(x)
         h0 = self.state(st[0], n, b, "the initial hidden state")
         c0 = self.state(st[1], n, b, "the initial cell state")
-        ((ys, h, c),) = run_lstm(self.groups, xs, [(h0, c0)], self.cell_clip, self.coupled)
-        y = ys if self.seq_out else ys[-1:]
-        self.write(blobs, [self.out_blob(y, n, b), self.state_blob(h, n, b), self.state_blob(c, n, b)])
+        ((ys, h, c),), yt = run_lstm(self.groups, xs, [(h0, c0)], self.cell_clip, self.coupled, self.seq_out)
+        y = self.ordered_blob(yt, n, b) if yt is not None else self.out_blob(ys if self.seq_out else ys[-1:], n, b)
+        self.write(blobs, [y, self.state_blob(h, n, b), self.state_blob(c, n, b)])
 
 
 @register("biDirectionalLSTM")
@@ -379,9 +406,12 @@ class BiDirectionalLSTM(_LSTMBase):
         xs, n, b = self.sequence_t(x)
         names = ("forward hidden", "forward cell", "backward hidden", "backward cell")
         h0f, c0f, h0b, c0b = (self.state(st[i], n, b, f"the initial {names[i]} state") for i in range(4))
-        (yf, hf, cf), (yb, hb, cb) = run_lstm(self.groups, xs, [(h0f, c0f), (h0b, c0b)], self.cell_clip, self.coupled)
-        if self.seq_out:
-            y = np.concatenate([yf, yb[::-1]], axis=1)  # align backward outputs with the input steps
+        ((yf, hf, cf), (yb, hb, cb)), yt = run_lstm(self.groups, xs, [(h0f, c0f), (h0b, c0b)], self.cell_clip,
+                                                    self.coupled, self.seq_out, aligned=True)
+        if yt is not None:  # forward and backward channels, each at its input step
+            y = self.ordered_blob(yt, n, b)
+        elif self.seq_out:
+            y = self.out_blob(np.concatenate([yf, yb[::-1]], axis=1), n, b)  # align backward outputs with the input steps
         else:
-            y = np.concatenate([yf[-1:], yb[-1:]], axis=1)
-        self.write(blobs, [self.out_blob(y, n, b)] + [self.state_blob(v, n, b) for v in (hf, cf, hb, cb)])
+            y = self.out_blob(np.concatenate([yf[-1:], yb[-1:]], axis=1), n, b)
+        self.write(blobs, [y] + [self.state_blob(v, n, b) for v in (hf, cf, hb, cb)])
