@@ -40,6 +40,14 @@ thread does not change that. A ratio from one process per backend can therefore 
 way. ``--processes K`` times each backend in K fresh processes, alternating numpy and torch, and keeps
 each backend's fastest process (whole-model time; its per-layer times come with it): the same rule for
 both, so neither side's slow process sets the ratio.
+
+**BLAS kernels.** The first line printed names the kernels numpy's and scipy's OpenBLAS run
+(threadpoolctl's ``architecture``; numba's ``np.dot`` calls scipy's) and any ``OPENBLAS_CORETYPE`` /
+``OPENBLAS_L2_SIZE`` in the environment, which the worker processes inherit. PyTorch's oneDNN picks
+its own. Some machines of this project set ``OPENBLAS_CORETYPE=Haswell`` (older OpenBLAS builds fail
+on their CPUs); on its AVX-512 EPYC that halves our products against PyTorch's (an LSTM step's
+(256, 64) @ (64, 256): 77 us Haswell, 43 us SkylakeX), so the README's figures there unset both
+variables for the benchmark command alone.
 """
 from __future__ import annotations
 
@@ -196,6 +204,17 @@ def _worker(backend: str, name: str, batch: int, repeats: int, threads: int, hea
     return {"seconds": total, "types": types, "max_diff": diff, "fused": peer.fused, "heap": heap_status}
 
 
+def blas_line() -> str:
+    """The BLAS kernels this process (and the workers it starts, same environment) runs, for the header."""
+    import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS, the one numba's np.dot calls)
+    from threadpoolctl import threadpool_info
+
+    libs = ", ".join(f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')})"
+                     for i in threadpool_info() if i.get("user_api") == "blas")
+    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(k))
+    return f"BLAS kernels: {libs or 'none found'}; environment: {env or 'no OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE'}"
+
+
 def parse_models(text: str, batch: int | None) -> list[tuple[str, int | None]]:
     """``"a,b:32,x.mlmodel"`` -> [(model, batch or None)]; a ``:N`` suffix sets that model's batch."""
     out = []
@@ -304,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     models = parse_models(args.models or ",".join(default_models()), args.batch)
     cpus = os.cpu_count() or 1
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cpus})
+    print(blas_line(), flush=True)
     rows = []
     for n_threads in threads:
         for name, batch in models:

@@ -74,6 +74,22 @@ def test_cli_runs_and_writes_json(tmp_path):
     assert rows[0]["processes"] == 2
     assert "uniDirectionalLSTM" in rows[0]["ours_types"]
     assert "lstm_text" in proc.stdout and ("torch" in proc.stdout)
+    first = proc.stdout.splitlines()[0]  # the BLAS kernels the figures were measured with
+    assert first.startswith("BLAS kernels: ") and "environment: " in first
+
+
+def test_blas_line_names_the_kernels_and_the_environment(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.delenv("OPENBLAS_L2_SIZE", raising=False)
+    line = bench.blas_line()
+    assert "environment: OPENBLAS_CORETYPE=Haswell" in line and "OPENBLAS_L2_SIZE" not in line
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            assert f"{info['internal_api']} {info['version']}" in line
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert bench.blas_line().endswith("no OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE")
 
 
 def test_processes_alternate_backends_and_keep_each_fastest(monkeypatch):
