@@ -28,8 +28,9 @@ def sentences(n: int) -> list[str]:
         docs = [mod.__doc__ or ""]
         for attr in sorted(vars(mod)):
             obj = getattr(mod, attr)
-            if getattr(obj, "__module__", None) == mod.__name__ and getattr(obj, "__doc__", None):
-                docs.append(obj.__doc__)
+            doc = getattr(obj, "__doc__", None)
+            if getattr(obj, "__module__", None) == mod.__name__ and isinstance(doc, str) and doc:
+                docs.append(doc)  # (a class with __slots__ can have a descriptor as its __doc__)
         for doc in docs:
             text = re.sub(r"\s+", " ", doc)
             for s in re.split(r"(?<=[.!?])\s+", text):
