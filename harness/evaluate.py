@@ -142,7 +142,7 @@ class Evaluator:
         the mode, its confidence, the chunk and the order's strata."""
         o = self.options
         return {"mode": o.racing.value, "confidence": o.confidence if o.racing.value == "confident" else None,
-                "chunk": self.order.ends[0], "strata": np.bincount(self.order.strata).tolist(),
+                "chunk": self.order.chunk, "first_look": self.order.ends[0], "strata": np.bincount(self.order.strata).tolist(),
                 "stops": self.bounds.stops}
 
     @property

@@ -72,6 +72,8 @@ __all__ = ["Racing", "SampleOrder", "Bounds", "Finished", "Stop", "chunk_size", 
 MARGIN_BINS = 5
 #: Chunks at the start of the order drawn from every stratum in proportion.
 PHASE_CHUNKS = 1
+#: The first look comes after half a chunk when that is at least this many samples (see :meth:`SampleOrder.build`).
+FIRST_LOOK_MIN = 8
 #: Relative slack added to an exact reach computed in floating point from mixed rows (never a proportion).
 _SLACK = 1e-9
 
@@ -130,17 +132,26 @@ class SampleOrder:
         strata: stratum of each sample (by sample index), 0 the hardest.
         ends: the number of samples seen after each chunk (the last is ``n``).
         phase: the first positions drawn from every stratum in proportion.
+        chunk: samples per chunk (the first look may come after half of one, :data:`FIRST_LOOK_MIN`).
     """
 
     order: np.ndarray
     strata: np.ndarray
     ends: tuple[int, ...]
     phase: int
+    chunk: int = 0
 
     @classmethod
     def build(cls, strata: np.ndarray, seed: int, chunk: int, phase: int | None = None) -> "SampleOrder":
         """Strata in seeded random order each; the first ``phase`` samples (default :data:`PHASE_CHUNKS`
-        chunks) proportional, then the strata hardest first."""
+        chunks) proportional, then the strata hardest first.
+
+        Looks come after every ``chunk`` samples, and a first one after half a chunk when that is at least
+        :data:`FIRST_LOOK_MIN` samples: a candidate far below the front (the usual 1-3-bit settings) stops
+        there. Measured on the default grid: minilm_l6 (cosine, 1 024 samples) confident 30.3% of ``off``'s
+        sample evaluations with looks every 16 (7 front members in full, the 17 other plans after one
+        chunk each), 29.7% with the first look at 8; the seven proportion zoo models' replays move by at
+        most 0.2 points, with no wrong stop or front change added (README: Racing)."""
         strata = np.asarray(strata, dtype=np.int64)
         n = strata.size
         rng = np.random.default_rng([int(seed), 0x5ace])
@@ -156,8 +167,9 @@ class SampleOrder:
             head.append(groups[s][taken[s]])
             taken[s] += 1
         order = np.concatenate([np.asarray(head, dtype=np.int64)] + [g[t:] for g, t in zip(groups, taken)])
-        ends = tuple(range(chunk, n, chunk)) + (n,)
-        return cls(order.astype(np.int64), strata, ends, phase)
+        first = (chunk // 2,) if chunk // 2 >= FIRST_LOOK_MIN and chunk // 2 < n else ()
+        ends = first + tuple(range(chunk, n, chunk)) + (n,)
+        return cls(order.astype(np.int64), strata, ends, phase, int(chunk))
 
     @property
     def n(self) -> int:
@@ -179,7 +191,7 @@ class SampleOrder:
 
     def describe(self) -> dict[str, Any]:
         """For summary.json: chunk ends, strata sizes, the proportional phase."""
-        return {"chunks": len(self.ends), "chunk": self.ends[0], "strata": np.bincount(self.strata).tolist(),
+        return {"chunks": len(self.ends), "chunk": self.chunk, "first_look": self.ends[0], "strata": np.bincount(self.strata).tolist(),
                 "proportional_first": self.phase}
 
 

@@ -50,7 +50,7 @@ def replay(recorded: dict[str, Any], seeds: int) -> dict[str, Any] | None:
         return None
     rows, sizes = np.stack(recorded["rows"]), np.asarray(recorded["sizes"])
     strata = difficulty_strata(ev.metric, ev.reference.rows, ev.float_outputs)
-    chunk, base = ev.order.ends[0], float(np.asarray(ev.reference.rows)[:, 0].mean())
+    chunk, base = ev.order.chunk, float(np.asarray(ev.reference.rows)[:, 0].mean())
     out = tally()
     for seed in range(seeds):
         order = ev.order if seed == 0 else SampleOrder.build(strata, seed, chunk)

@@ -207,7 +207,10 @@ def test_order_is_seeded_proportional_first_then_hardest_first():
     assert a.phase == 10 and abs((first == 0).sum() - 3) <= 1  # 30% of the first chunk
     after = strata[a.order[a.phase:]]
     assert (np.diff(after) >= 0).all()  # then the strata, hardest first
-    assert a.ends[-1] == 100 and a.ends[0] == 10
+    assert a.ends[-1] == 100 and a.ends[0] == 10 and a.chunk == 10  # half a chunk (5) is too few for a first look
+    c = SampleOrder.build(strata, 7, 16)
+    assert c.ends[:3] == (8, 16, 32) and c.ends[-1] == 100 and c.looks == len(c.ends) - 1
+    assert c.describe()["chunk"] == 16 and c.describe()["first_look"] == 8
     assert chunk_size(1024) == 16 and chunk_size(450) == 16 and chunk_size(4096) == 64
     assert chunk_size(10_000) == 160 and chunk_size(20_000) == 256 and chunk_size(10) == 10
     assert chunk_size(1024, 100) == 100
