@@ -140,10 +140,9 @@ class Evaluator:
     def racing_record(self) -> dict[str, Any]:
         """What decides which trials racing stops, for the study's experiment record (and summary.json):
         the mode, its confidence, the chunk and the order's strata."""
-        o = self.options
+        o, order = self.options, self.order.describe()
         return {"mode": o.racing.value, "confidence": o.confidence if o.racing.value == "confident" else None,
-                "chunk": self.order.chunk, "first_look": self.order.ends[0], "strata": np.bincount(self.order.strata).tolist(),
-                "stops": self.bounds.stops}
+                **{k: order[k] for k in ("chunk", "first_look", "strata")}, "stops": self.bounds.stops}
 
     @property
     def metric_is_proportion(self) -> bool:
