@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import tempfile
 import time
@@ -55,7 +56,16 @@ def default_model(min_samples: int) -> str:
             if (zoo.info(n)["dataset"].get("n") or zoo.load_data(n).n) >= min_samples]
     if not fits:
         raise SystemExit(f"no zoo model has {min_samples} test samples; pass --model or a smaller --min-samples")
-    return max(fits)[1]
+    weights, pick = max(fits)
+    for name in zoo.catalog():  # a larger model whose default build qualifies, not built so (or with fewer samples)
+        ref = json.loads((zoo.ZOO_DIR / f"{name}.json").read_text())
+        if (ref.get("weight_count", 0) > weights and (ref["dataset"].get("n") or 0) >= min_samples
+                and name not in {n for _, n in fits}):
+            why = "is not built" if name not in zoo.names() else f"has {zoo.info(name)['dataset'].get('n')} test samples"
+            cmd = ref.get("on_demand", {}).get("command", f"python -m harness.zoo.build_{name}")
+            print(f"note: {name} ({ref['weight_count']:,} weights) is larger than {pick} but {why}; "
+                  f"`{cmd}` builds it with at least {min_samples} samples for this benchmark", file=sys.stderr)
+    return pick
 
 
 def _run(out: Path, name: str, overrides: Sequence[str]) -> tuple[Any, float]:

@@ -33,3 +33,12 @@ def test_offline_race_counts_wrong_stops_and_front_changes():
     assert raced["done"] == {0} and raced["stops"] == 1 and raced["wrong"] == 0
     assert raced["seen"] == n + 8  # the bad one stops after the first chunk
     assert changes(raced, 1.0) == (False, False)
+
+
+def test_default_model_names_a_larger_model_that_is_not_built(tmp_path, monkeypatch, capsys):
+    """Without minilm_l6 built the benchmark races the largest bundled model with 1 000 samples and says why."""
+    monkeypatch.setenv("QSWEEP_ZOO_DIR", str(tmp_path))  # an empty built-model folder
+    assert bench.default_model(1000) == "crepe_tiny"
+    err = capsys.readouterr().err
+    assert "minilm_l6 (22,417,153 weights) is larger than crepe_tiny but is not built" in err
+    assert "python -m harness.zoo.build_minilm_l6" in err and "resemblyzer" not in err  # its default build has 480

@@ -167,7 +167,7 @@ def test_a_built_model_matches_its_committed_reference_record(name):
     built, ref = zoo.info(name), json.loads((zoo.ZOO_DIR / f"{name}.json").read_text())
     if built["build"]["versions"] != ref["build"]["versions"]:
         pytest.skip(f"{name} was built with other package versions than the reference: {built['build']['versions']}")
-    if built["dataset"].get("n") != ref["dataset"].get("n"):  # e.g. build_minilm_l6 --n 1024 for the sweep benchmark
+    if built["dataset"].get("n") != ref["dataset"].get("n"):  # e.g. build_minilm_l6 --n 512, a smaller test set
         pytest.skip(f"{name} was built with {built['dataset'].get('n')} test samples, the reference with {ref['dataset'].get('n')}")
     checks = built["build"].pop("checks")
     ref["build"].pop("checks")
