@@ -57,14 +57,15 @@ def default_model(min_samples: int) -> str:
     if not fits:
         raise SystemExit(f"no zoo model has {min_samples} test samples; pass --model or a smaller --min-samples")
     weights, pick = max(fits)
-    for name in zoo.catalog():  # a larger model whose default build qualifies, not built so (or with fewer samples)
-        ref = json.loads((zoo.ZOO_DIR / f"{name}.json").read_text())
-        if (ref.get("weight_count", 0) > weights and (ref["dataset"].get("n") or 0) >= min_samples
-                and name not in {n for _, n in fits}):
-            why = "is not built" if name not in zoo.names() else f"has {zoo.info(name)['dataset'].get('n')} test samples"
-            cmd = ref.get("on_demand", {}).get("command", f"python -m harness.zoo.build_{name}")
+    built = zoo.names()
+    for name in zoo.catalog():  # an on-demand model whose default build would qualify, not built so
+        ref = json.loads((zoo.ZOO_DIR / f"{name}.json").read_text())  # its committed reference record
+        if (zoo.is_on_demand(name) and ref["weight_count"] > weights and ref["dataset"]["n"] >= min_samples
+                and all(name != n for _, n in fits)):
+            why = "is not built" if name not in built else f"has {zoo.info(name)['dataset'].get('n')} test samples"
             print(f"note: {name} ({ref['weight_count']:,} weights) is larger than {pick} but {why}; "
-                  f"`{cmd}` builds it with at least {min_samples} samples for this benchmark", file=sys.stderr)
+                  f"`{ref['on_demand']['command']}` builds it with at least {min_samples} samples for this benchmark",
+                  file=sys.stderr)
     return pick
 
 
