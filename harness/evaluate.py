@@ -207,10 +207,12 @@ class Evaluator:
         float_outputs = {k: v[idx] for k, v in self.float_outputs.items()}
         return self.metric.per_sample(outputs, labels, float_outputs)
 
-    def measure(self, spec: Any, check: Callable[[float | None, int], Stop | None] | None = None) -> Measured:
+    def measure(self, spec: Any, check: Callable[[float | None, int], Stop | None] | None = None, *,
+                size: int | None = None) -> Measured:
         """Run ``spec`` chunk by chunk; after each chunk but the last, ``check(reach, seen)`` may stop it
         (``reach``: :meth:`harness.racing.Bounds.reach` of the samples seen). A stopped candidate's
-        figures are those of the samples it saw (:meth:`partial_figures`)."""
+        figures are those of the samples it saw (:meth:`partial_figures`). ``size``: its file bytes, when the
+        caller has them (a large model's serialization is not repeated)."""
         ex = self.executor_for(spec)
         prefix = self.cache.prefix(ex)
         racing = check is not None and self.bounds.stops
@@ -228,7 +230,7 @@ class Evaluator:
                 if stop is not None:
                     idx_seen = self.order.order[:seen]
                     joined = {k: np.concatenate([c[k] for c in chunks], axis=0) for k in chunks[0]}
-                    return Measured(self.partial_figures(spec, joined, idx_seen), seen, stop)
+                    return Measured(self.partial_figures(spec, joined, idx_seen, size=size), seen, stop)
         outputs = {}
         for k in chunks[0]:
             first = chunks[0][k]
@@ -236,7 +238,7 @@ class Evaluator:
             for idx, c in zip(self._chunks, chunks):
                 full[idx] = c[k]
             outputs[k] = full
-        return Measured(self.figures(spec, outputs), seen)
+        return Measured(self.figures(spec, outputs, size=size), seen)
 
     # -- running -------------------------------------------------------------------------
     def executor_for(self, spec: Any) -> Any:
@@ -278,20 +280,21 @@ class Evaluator:
         """All figures of ``spec`` against the float model on every sample (:attr:`figure_keys`)."""
         return self.measure(spec).figures
 
-    def figures(self, spec: Any, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    def figures(self, spec: Any, outputs: Mapping[str, np.ndarray], *, size: int | None = None) -> dict[str, Any]:
         """All figures of ``spec`` from its outputs on the whole test set, in test-set order."""
-        return self._figures(spec, outputs, self.labels, self.float_outputs, self.reference)
+        return self._figures(spec, outputs, self.labels, self.float_outputs, self.reference, size)
 
-    def partial_figures(self, spec: Any, outputs: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, Any]:
+    def partial_figures(self, spec: Any, outputs: Mapping[str, np.ndarray], idx: np.ndarray, *,
+                        size: int | None = None) -> dict[str, Any]:
         """The figures of the samples ``idx`` only (a stopped candidate): interval, drop and its p-value
         against the float model on those same samples."""
         labels = None if self.labels is None else self.labels[idx]
         float_outputs = {k: v[idx] for k, v in self.float_outputs.items()}
         ref = self.metric.score(float_outputs, labels, float_outputs, boot=self.boot)
-        return self._figures(spec, outputs, labels, float_outputs, ref)
+        return self._figures(spec, outputs, labels, float_outputs, ref, size)
 
     def _figures(self, spec: Any, outputs: Mapping[str, np.ndarray], labels: Any,
-                 float_outputs: Mapping[str, np.ndarray], reference: Score) -> dict[str, Any]:
+                 float_outputs: Mapping[str, np.ndarray], reference: Score, size: int | None = None) -> dict[str, Any]:
         import quantizer
 
         missing = [k for k in float_outputs if k not in outputs]
@@ -302,7 +305,8 @@ class Evaluator:
         if not np.isfinite(score.value):
             raise ExecutorError(f"{m.name} of this model is not a number: {_non_finite(outputs)}; the quantized "
                                 "weights break the network (recorded as a failed trial).")
-        size = quantizer.model_size(spec)
+        if size is None:
+            size = quantizer.model_size(spec)
         lo, hi = self.ci_names
         agreement = None
         if self._agreement:

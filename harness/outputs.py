@@ -8,7 +8,7 @@ strategy returns (``StrategyResult.tables[name]`` as ``<name>.csv``),
 Every file is written through :func:`harness.writes.writing` (a disk error
 names the file) and no text in it holds a secret (:func:`harness.secrets.mask`).
 Each saved model is checked against the sha256 its trial recorded in the study
-when it was evaluated (:func:`model_sha256`).
+when it was evaluated (:func:`model_file`).
 
 :func:`trials_frame` fixes the leading columns; attributes a search strategy
 adds (e.g. per-layer codecs) follow in name order.
@@ -63,12 +63,13 @@ class SweepResult:
     loop: Any = None
 
 
-def model_sha256(spec: Any) -> str:
-    """The sha256 of the saved model file of ``spec`` (:func:`quantizer.io.serialize`, what :func:`quantizer.save`
-    writes: the same bytes in every process)."""
+def model_file(spec: Any) -> tuple[int, str]:
+    """``(size_bytes, sha256)`` of the saved model file of ``spec`` (:func:`quantizer.io.serialize`, what
+    :func:`quantizer.save` writes: the same bytes in every process), from one serialization."""
     import quantizer.io
 
-    return hashlib.sha256(quantizer.io.serialize(spec)).hexdigest()
+    data = quantizer.io.serialize(spec)
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def _cell(v: Any) -> Any:
@@ -276,11 +277,10 @@ def save_front_models(run_dir: Path, front: pd.DataFrame, study: optuna.Study, s
                              f"{str(row['plan_hash'])[:12]})")
             continue
         qspec = quantizer.apply_plan(model.spec, cand.plan, fuse=fuse)
-        size = quantizer.model_size(qspec)
+        size, digest = model_file(qspec)
         if size != int(row["size_bytes"]):
             refuse(t.number, f"the rebuilt model has {size} bytes, the evaluated one {int(row['size_bytes'])}")
             continue
-        digest = model_sha256(qspec)
         recorded = t.user_attrs.get("model_sha256")
         if recorded is not None and recorded != digest:
             refuse(t.number, f"the rebuilt model has sha256 {digest[:16]}..., the study recorded {recorded[:16]}...")

@@ -29,7 +29,7 @@ from harness.errors import USER_ERRORS, StorageError
 from harness.evaluate import Evaluator, TaskMetric
 from harness.racing import DOMINATED_ATTR, DROP_BOUND_ATTR, EVALUATED_ATTR, REACH_ATTR, Stop, dominator, \
     finished_trials
-from harness.outputs import model_sha256
+from harness.outputs import model_file
 from harness.search import SearchStrategy, SkipTrial
 from harness.study import FAILURE_ATTR, StudyDB, reap
 
@@ -151,14 +151,13 @@ class TrialRunner:
             t0 = time.perf_counter()
             qspec = quantizer.apply_plan(self.model, cand.plan, fuse=self.fuse)
             t1 = time.perf_counter()
-            size = quantizer.model_size(qspec)
+            size, digest = model_file(qspec)  # the saved file's bytes and sha256 (checked when it is re-created)
             check = None
             if cand.race:
                 check = lambda reach, seen: self._dominated(trial.number, size, reach, seen)  # noqa: E731
-            measured = self.evaluator.measure(qspec, check)
+            measured = self.evaluator.measure(qspec, check, size=size)
             t2 = time.perf_counter()
             summary, per_layer = encoding_summary(qspec)
-            digest = model_sha256(qspec)  # the saved file's, checked whenever the model is re-created
         except Exception as e:  # noqa: BLE001
             self._fail(trial, e)
             return

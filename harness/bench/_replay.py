@@ -30,11 +30,11 @@ def recording() -> Iterator[dict[str, Any]]:
     out: dict[str, Any] = {"rows": [], "sizes": [], "evaluator": None}
     original = Evaluator.figures
 
-    def figures(self: Evaluator, spec: Any, outputs: Any) -> dict[str, Any]:
+    def figures(self: Evaluator, spec: Any, outputs: Any, *, size: int | None = None) -> dict[str, Any]:
         out["evaluator"] = self
         out["rows"].append(self._rows(outputs, np.arange(self.dataset.n))[:, 0])
-        out["sizes"].append(int(quantizer.model_size(spec)))
-        return original(self, spec, outputs)
+        out["sizes"].append(int(quantizer.model_size(spec) if size is None else size))
+        return original(self, spec, outputs, size=size)
 
     Evaluator.figures = figures  # type: ignore[method-assign]
     try:
