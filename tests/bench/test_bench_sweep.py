@@ -42,3 +42,13 @@ def test_default_model_names_a_larger_model_that_is_not_built(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "minilm_l6 (22,417,153 weights) is larger than crepe_tiny but is not built" in err
     assert "python -m harness.zoo.build_minilm_l6" in err and "resemblyzer" not in err  # its default build has 480
+
+
+def test_reuse_rows_are_identical_with_and_without_the_cache(tmp_path):
+    """search=sensitivity without and with activation reuse on a bounded test set: same table, the cache is used."""
+    row = bench.reuse_rows("digits_cnn", tmp_path, 0, "sensitivity",
+                           ["search.space.nbits=[4]", "search.space.mode=[linear]", "data.limit=64"])
+    assert row["identical"] and row["trials"] > 1
+    assert row["hits"] > 0 and row["without"] > 0 and row["with"] > 0
+    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert runs == ["digits_cnn-sensitivity-reuse-with", "digits_cnn-sensitivity-reuse-without"]
