@@ -130,7 +130,7 @@ def reuse_rows(model: str, out: Path, seed: int, kind: str, overrides: Sequence[
         same = same and pd.read_csv(table).equals(pd.read_csv(b.files["sensitivity"]))
     cache = b.summary["racing"]["activation_cache"]
     return {"kind": kind, "without": ta, "with": tb, "speedup": ta / tb if tb else float("nan"), "identical": same,
-            "trials": len(a.trials), "hits": cache["hits"], "misses": cache["misses"],
+            "trials": len(a.trials), "n": a.summary["data"]["n"], "hits": cache["hits"], "misses": cache["misses"],
             "skipped_layers": cache["skipped_layers"], "spilled": cache["spilled"]}
 
 
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         held = held_out(args.held_out, args.seed)
     print_racing(rows)
     if reuse:
-        print_reuse(reuse, f"{model}, {args.reuse_limit or info['dataset'].get('n')} samples")
+        print_reuse(reuse, f"{model}, {reuse[0]['n']} samples")  # what the runs measured (a limit past the set is the set)
     if held is not None:
         print(f"\n| held-out synthetic sweeps ({held['cases']} x 40 candidates x 1024 samples) | sample evaluations "
               "| fronts changed | best within 1 point changed | wrong stops |")
