@@ -9,17 +9,21 @@ stands for) and keyed by the digest of every layer before that point -- and the 
 starts there (:meth:`harness.executors.NumpyExecutor.run_blobs`): the outputs are bit for bit
 those of the full run, because the same layers run on the same batch from the same inputs.
 
-Which layers are "the float model's": a candidate's top-level layers are compared, digest by
-digest, with the float model's and with the fused float model's (below 16 bits, batchnorm, scale
+Which layers are "the float model's": a candidate's top-level layers are compared, byte for
+byte, with the float model's and with the fused float model's (below 16 bits, batchnorm, scale
 and bias layers are first folded into the layer before them, :func:`quantizer.fuse`); the first
-layer where neither matches is the first changed one. A candidate stores the blobs live at that
+layer where neither matches is the first changed one. A layer's bytes are read from the model
+file bytes the executor was parsed from (:func:`layer_bytes`: a trial's candidate is serialized
+once, for its size and sha256, and not again here). A candidate stores the blobs live at that
 boundary (those a later layer reads, and model outputs made before it) after computing them, and
 starts from the latest stored boundary at or before its own.
 
 Memory: ``evaluation.activation_cache_mb`` (default 512 MiB) of entries in memory, least recently
 used first out; an entry pushed out is written to a temporary folder while the
 ``evaluation.activation_spill_mb`` disk budget (default 2048 MiB) lasts, and forgotten past it
-(that chunk is then recomputed from the inputs). ``activation_cache_mb=0`` turns reuse off.
+(that chunk is then recomputed from the inputs). ``activation_cache_mb=0`` turns reuse off. Besides
+the budget, the cache holds the float references' layer bytes (about the model file's size for the
+float and the fused float model each).
 
 Example:
     >>> import numpy as np
@@ -47,27 +51,116 @@ from harness.executors.ops.base import Blobs
 
 log = logging.getLogger("qsweep")
 
-__all__ = ["ActivationCache", "Prefix", "layer_digests"]
+__all__ = ["ActivationCache", "Prefix", "Reference", "header_digest", "layer_bytes"]
 
 Key = tuple[str, Any]
 
 
-def layer_digests(io: Any) -> list[str]:
-    """``d[i]``: digest of everything the network's first ``i`` top-level layers compute from (the input
-    layout and preprocessing, then each layer's bytes); ``len(d) == layers + 1``."""
-    nn = io.nn
+def header_digest(io: Any) -> str:
+    """Digest of what a network's first layer computes from: the input layout, preprocessing and inputs."""
     h = hashlib.sha256()
     h.update(f"legacy={io.legacy},rank5={io.image_rank5};".encode())
-    for p in nn.preprocessing:
+    for p in io.nn.preprocessing:
         h.update(p.SerializeToString(deterministic=True))
     for inp in io.inputs:
         h.update(repr(inp).encode())
-    out = [h.hexdigest()]
-    for layer in nn.layers:
-        step = hashlib.sha256(out[-1].encode())
-        step.update(layer.SerializeToString(deterministic=True))
-        out.append(step.hexdigest())
-    return out
+    return h.hexdigest()
+
+
+def layer_bytes(executor: Any) -> list[Any]:
+    """Each top-level layer's serialized bytes: slices of the executor's model file bytes where it has them
+    (``model_bytes``, read as protobuf wire format without parsing or copying), else each layer serialized."""
+    io = executor.io
+    data = getattr(executor, "model_bytes", None)
+    if data is not None:
+        net = executor.spec.DESCRIPTOR.fields_by_name[io.model_type].number
+        layers = _wire_layers(memoryview(data), net, io.nn.DESCRIPTOR.fields_by_name["layers"].number)
+        if layers is not None and len(layers) == len(io.nn.layers):
+            return layers
+    return [layer.SerializeToString(deterministic=True) for layer in io.nn.layers]
+
+
+def _wire_layers(data: memoryview, net: int, field: int) -> list[memoryview] | None:
+    """The entries of field ``field`` (``layers``) inside the model's field ``net`` (its network); None when
+    the bytes hold the network more than once or are not plain wire format (then the caller serializes)."""
+    try:
+        nets = [(a, b) for f, w, a, b in _wire_fields(data, 0, len(data)) if f == net and w == 2]
+        if len(nets) != 1:
+            return None
+        a, b = nets[0]
+        return [data[x:y] for f, w, x, y in _wire_fields(data, a, b) if f == field and w == 2]
+    except (ValueError, IndexError):
+        return None
+
+
+def _varint(data: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _wire_fields(data: memoryview, i: int, end: int):
+    """``(field number, wire type, value start, value end)`` of each field in ``data[i:end]``."""
+    while i < end:
+        tag, i = _varint(data, i)
+        wire = tag & 7
+        if wire == 0:
+            _, j = _varint(data, i)
+        elif wire == 1:
+            j = i + 8
+        elif wire == 2:
+            n, i = _varint(data, i)
+            j = i + n
+        elif wire == 5:
+            j = i + 4
+        else:  # groups: not in Core ML's schema
+            raise ValueError(f"wire type {wire}")
+        yield tag >> 3, wire, i, j
+        i = j
+
+
+def same_bytes(a: Any, b: Any) -> bool:
+    """``bytes(a) == bytes(b)`` for buffers without copying them (8-byte words compared by numpy)."""
+    if len(a) != len(b):
+        return False
+    x, y = np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)
+    n = len(x) - len(x) % 8
+    return bool(np.array_equal(x[:n].view(np.uint64), y[:n].view(np.uint64))) and x[n:].tobytes() == y[n:].tobytes()
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A float network whose prefixes candidates share: its header digest, each top-level layer's bytes and
+    ``digests[i]``, the digest of everything its first ``i`` layers compute from (``len == layers + 1``)."""
+
+    header: str
+    layers: list[Any]
+    digests: list[str]
+
+    @classmethod
+    def of(cls, executor: Any) -> "Reference":
+        head, layers = header_digest(executor.io), layer_bytes(executor)
+        digests = [head]
+        for b in layers:
+            step = hashlib.sha256(digests[-1].encode())
+            step.update(b)
+            digests.append(step.hexdigest())
+        return cls(head, layers, digests)
+
+    def shared(self, header: str, layers: list[Any]) -> int:
+        """How many leading layers of a network (its header digest, its layer bytes) are this network's
+        (-1: a different header)."""
+        if header != self.header:
+            return -1
+        i = 0
+        while i < len(layers) and i < len(self.layers) and same_bytes(layers[i], self.layers[i]):
+            i += 1
+        return i
 
 
 def _needed(network: Any, outputs: set[str], inputs: list[str]) -> list[frozenset[str]]:
@@ -106,7 +199,8 @@ class Prefix:
     layers (:mod:`harness.executors.fusion`) is never entered in the middle.
 
     Attributes:
-        digests: :func:`layer_digests` of its network (per top-level layer boundary).
+        digests: ``digests[i]`` (``i <= first_changed``): the digest of everything its first ``i`` top-level
+            layers compute from, the float reference's (:attr:`Reference.digests`).
         first_changed: the first top-level layer that is no float reference's (``len(layers)``: none).
         needed: per op boundary, the blobs a run starting there needs.
         layers: per op boundary, the layer boundary it is (:meth:`Network.layer_boundaries`).
@@ -138,7 +232,7 @@ class ActivationCache:
     def __init__(self, memory_mb: float = 512, spill_mb: float = 2048):
         self.memory_budget = int(float(memory_mb) * 2**20)
         self.spill_budget = int(float(spill_mb) * 2**20)
-        self.references: list[list[str]] = []
+        self.references: list[Reference] = []
         self._mem: OrderedDict[Key, Blobs] = OrderedDict()
         self._disk: OrderedDict[Key, tuple[Path, dict[str, str], int]] = OrderedDict()
         self._mem_bytes = 0
@@ -153,25 +247,22 @@ class ActivationCache:
     # -- float references and candidates ----------------------------------------------------
     def add_reference(self, executor: Any) -> None:
         """Record a float network (the float model, the fused float model) whose prefixes are shared."""
-        d = layer_digests(executor.io)
-        if d not in self.references:
-            self.references.append(d)
+        ref = Reference.of(executor)
+        if all(r.digests != ref.digests for r in self.references):
+            self.references.append(ref)
 
     def prefix(self, executor: Any) -> Prefix | None:
         """The candidate's :class:`Prefix` (None when the cache is off or the executor is not the numpy one)."""
         if not self.enabled or not hasattr(executor, "run_blobs") or not self.references:
             return None
-        d = layer_digests(executor.io)
-        first = 0
+        head, layers = header_digest(executor.io), layer_bytes(executor)
+        first, digests = 0, [head]
         for ref in self.references:
-            i = 0
-            while i + 1 < len(d) and i + 1 < len(ref) and d[i + 1] == ref[i + 1]:
-                i += 1
-            first = max(first, i)
-        if d[0] not in {ref[0] for ref in self.references}:
-            first = 0
+            i = ref.shared(head, layers)
+            if i > first:
+                first, digests = i, ref.digests[:i + 1]
         needed = _needed(executor.network, set(executor.output_blobs), list(executor.io.input_names))
-        return Prefix(d, first, needed, executor.network.layer_boundaries())
+        return Prefix(digests, first, needed, executor.network.layer_boundaries())
 
     # -- entries ----------------------------------------------------------------------------
     def get(self, key: Key, needed: set[str] | frozenset[str]) -> Blobs | None:

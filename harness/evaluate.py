@@ -208,12 +208,14 @@ class Evaluator:
         return self.metric.per_sample(outputs, labels, float_outputs)
 
     def measure(self, spec: Any, check: Callable[[float | None, int], Stop | None] | None = None, *,
-                size: int | None = None) -> Measured:
+                data: bytes | None = None) -> Measured:
         """Run ``spec`` chunk by chunk; after each chunk but the last, ``check(reach, seen)`` may stop it
         (``reach``: :meth:`harness.racing.Bounds.reach` of the samples seen). A stopped candidate's
-        figures are those of the samples it saw (:meth:`partial_figures`). ``size``: its file bytes, when the
-        caller has them (a large model's serialization is not repeated)."""
-        ex = self.executor_for(spec)
+        figures are those of the samples it saw (:meth:`partial_figures`). ``data``: its model file bytes
+        (:func:`harness.outputs.model_file`) when the caller has them: the size is their length and the
+        executor is parsed from them (a large model is not serialized again)."""
+        size = None if data is None else len(data)
+        ex = self.executor_for(spec if data is None else data)
         prefix = self.cache.prefix(ex)
         racing = check is not None and self.bounds.stops
         chunks: list[dict[str, np.ndarray]] = []
@@ -242,7 +244,7 @@ class Evaluator:
 
     # -- running -------------------------------------------------------------------------
     def executor_for(self, spec: Any) -> Any:
-        """Build the executor for ``spec`` (compiles and checks every layer)."""
+        """Build the executor for ``spec`` (a spec or a model file's bytes; compiles and checks every layer)."""
         from harness.executors import make_executor
 
         return make_executor(self.executor_kind, spec)

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import optuna
@@ -63,13 +63,21 @@ class SweepResult:
     loop: Any = None
 
 
-def model_file(spec: Any) -> tuple[int, str]:
-    """``(size_bytes, sha256)`` of the saved model file of ``spec`` (:func:`quantizer.io.serialize`, what
-    :func:`quantizer.save` writes: the same bytes in every process), from one serialization."""
+class ModelFile(NamedTuple):
+    """The saved model file of a spec: its size in bytes, its sha256 and the bytes themselves."""
+
+    size: int
+    sha256: str
+    data: bytes
+
+
+def model_file(spec: Any) -> ModelFile:
+    """The saved model file of ``spec`` (:func:`quantizer.io.serialize`, what :func:`quantizer.save` writes:
+    the same bytes in every process), from one serialization."""
     import quantizer.io
 
     data = quantizer.io.serialize(spec)
-    return len(data), hashlib.sha256(data).hexdigest()
+    return ModelFile(len(data), hashlib.sha256(data).hexdigest(), data)
 
 
 def _cell(v: Any) -> Any:
@@ -277,7 +285,7 @@ def save_front_models(run_dir: Path, front: pd.DataFrame, study: optuna.Study, s
                              f"{str(row['plan_hash'])[:12]})")
             continue
         qspec = quantizer.apply_plan(model.spec, cand.plan, fuse=fuse)
-        size, digest = model_file(qspec)
+        size, digest, data = model_file(qspec)
         if size != int(row["size_bytes"]):
             refuse(t.number, f"the rebuilt model has {size} bytes, the evaluated one {int(row['size_bytes'])}")
             continue
@@ -287,7 +295,7 @@ def save_front_models(run_dir: Path, front: pd.DataFrame, study: optuna.Study, s
             continue
         rel = rundir.model_file(t.number, cand.label)
         with writing(run_dir / rel) as path:
-            path.write_bytes(quantizer.io.serialize(qspec))
+            path.write_bytes(data)
         out[t.number] = (rel, digest)
     return out
 

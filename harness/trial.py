@@ -151,11 +151,11 @@ class TrialRunner:
             t0 = time.perf_counter()
             qspec = quantizer.apply_plan(self.model, cand.plan, fuse=self.fuse)
             t1 = time.perf_counter()
-            size, digest = model_file(qspec)  # the saved file's bytes and sha256 (checked when it is re-created)
+            size, digest, data = model_file(qspec)  # the saved file's bytes and sha256 (checked when re-created)
             check = None
             if cand.race:
                 check = lambda reach, seen: self._dominated(trial.number, size, reach, seen)  # noqa: E731
-            measured = self.evaluator.measure(qspec, check, size=size)
+            measured = self.evaluator.measure(qspec, check, data=data)
             t2 = time.perf_counter()
             summary, per_layer = encoding_summary(qspec)
         except Exception as e:  # noqa: BLE001

@@ -1,7 +1,7 @@
 """Reading, writing and copying Core ML neuralnetwork models.
 
 Every function accepts a file path, a ``coremltools.models.MLModel`` or a
-``Model_pb2.Model`` spec and never mutates the caller's object: :func:`load`
+``Model_pb2.Model`` spec (:func:`load` also a model file's bytes) and never mutates the caller's object: :func:`load`
 and :func:`fresh_spec` return private copies, :func:`source_spec` a read-only
 view where no copy is needed, and :func:`as_kind_of` gives a result back in the
 kind the caller passed (``MLModel`` in, ``MLModel`` out).
@@ -23,6 +23,7 @@ from .walk import neural_networks
 
 __all__ = [
     "load",
+    "load_with_bytes",
     "save",
     "parse",
     "model_size",
@@ -40,37 +41,51 @@ def _model_pb2():
 
 
 def _describe(src: Any) -> str:
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return "the given model bytes"
     return f"'{src}'" if isinstance(src, (str, os.PathLike)) else type(src).__name__
 
 
 def load(src: ModelSource, *, validate: bool = True) -> Any:
-    """Return a fresh ``Model_pb2.Model`` for a path, an ``MLModel`` or a spec.
+    """Return a fresh ``Model_pb2.Model`` for a path, an ``MLModel``, a spec or a model file's bytes.
 
     Raises :class:`ModelLoadError` for a missing, empty or non-Core-ML file and
     :class:`UnsupportedModelError` for a model that holds no neural network
     (with ``validate=True``, the default).
     """
+    return load_with_bytes(src, validate=validate)[0]
+
+
+def load_with_bytes(src: ModelSource, *, validate: bool = True) -> tuple[Any, bytes | None]:
+    """:func:`load`, and the model file bytes the private copy was parsed from (None for an ``MLModel``,
+    whose ``get_spec()`` copies without them): a spec's :func:`serialize`, a path's file, the bytes given."""
     Model = _model_pb2().Model
+    data: bytes | None
     if isinstance(src, Model):
         # serialize + parse copies a large spec several times faster than CopyFrom
-        spec = Model.FromString(src.SerializeToString())
+        data = serialize(src)
+        spec = Model.FromString(data)
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+        spec = parse(data, source="the given model bytes")
     elif isinstance(src, (str, os.PathLike)):
-        spec = _read_file(Path(src))
+        data = _read_bytes(Path(src))
+        spec = parse(data, source=f"'{src}'")
     elif hasattr(src, "get_spec") and callable(src.get_spec):
-        spec = src.get_spec()  # already a private deep copy
+        data, spec = None, src.get_spec()  # already a private deep copy
         if not isinstance(spec, Model):
             raise ModelLoadError(f"{type(src).__name__}.get_spec() did not return a Core ML Model spec")
     else:
         raise ModelLoadError(
             f"cannot load a model from a {type(src).__name__}: pass a path to an .mlmodel file, "
-            "a coremltools.models.MLModel, or a Model_pb2.Model spec"
+            "a coremltools.models.MLModel, a Model_pb2.Model spec or the bytes of an .mlmodel file"
         )
     if validate:
         neural_networks(spec, source=_describe(src))
-    return spec
+    return spec, data
 
 
-def _read_file(path: Path) -> Any:
+def _read_bytes(path: Path) -> bytes:
     if path.is_dir():
         if (path / "Manifest.json").exists() or path.suffix == ".mlpackage":
             raise UnsupportedModelError(
@@ -84,7 +99,7 @@ def _read_file(path: Path) -> Any:
     data = path.read_bytes()
     if not data:
         raise ModelLoadError(f"model file '{path}' is empty: it is not a Core ML model")
-    return parse(data, source=f"'{path}'")
+    return data
 
 
 def parse(data: bytes, source: str = "the given bytes") -> Any:

@@ -28,7 +28,7 @@ class CoreMLExecutor(Executor):
     def __init__(self, model: Any, compute_units: str = "CPU_ONLY") -> None:
         from harness.executors.factory import coreml_available
 
-        spec, label = load_spec(model)
+        spec, label, _ = load_spec(model)
         super().__init__(ModelIO(spec, label))
         if not coreml_available():
             raise ExecutorError(

@@ -29,10 +29,12 @@ from harness.data.model_inputs import Feed, InputSpec, expected_inputs, split_fe
 from harness.errors import ExecutorError
 
 
-def load_spec(model: Any) -> tuple[Any, str]:
-    """Return ``(Model_pb2.Model, label)`` for a path, an MLModel or a spec (a private copy)."""
+def load_spec(model: Any) -> tuple[Any, str, bytes | None]:
+    """Return ``(Model_pb2.Model, label, file bytes)`` for a path, an MLModel, a spec or a model file's bytes:
+    a private copy, and the bytes it was parsed from (:func:`quantizer.io.load_with_bytes`; None for an MLModel)."""
     label = str(model) if isinstance(model, (str, Path)) else "model"
-    return quantizer.load(model), label
+    spec, data = quantizer.io.load_with_bytes(model)
+    return spec, label, data
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,12 @@ class NumpyExecutor(Executor):
     kind = "numpy"
 
     def __init__(self, model: Any) -> None:
-        spec, label = load_spec(model)
+        spec, label, data = load_spec(model)
         super().__init__(ModelIO(spec, label))
         self.spec = spec
+        #: The model file bytes ``spec`` was parsed from (None for an MLModel): where the activation cache reads
+        #: each layer's bytes (:mod:`harness.activations`) without serializing the model again.
+        self.model_bytes: bytes | None = data
         io = self.io
         self.ctx = BuildContext(legacy=io.legacy, spec_version=io.spec_version, model_name=label)
         self.network: Network = compile_network(io.nn, self.ctx)

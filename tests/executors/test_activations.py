@@ -8,7 +8,7 @@ import pytest
 
 import quantizer
 from harness import zoo
-from harness.activations import ActivationCache, Prefix, layer_digests
+from harness.activations import ActivationCache, Prefix, Reference, header_digest, layer_bytes, same_bytes
 from harness.executors import NumpyExecutor
 from tests.fixtures import load_manifest
 
@@ -71,7 +71,10 @@ def test_a_candidate_starts_at_its_first_changed_layer_and_matches_its_full_run(
     # a uniform plan changes the first layer: nothing to reuse
     uniform = NumpyExecutor(quantizer.apply_plan(spec, quantizer.build_plan(spec, 4, "linear")))
     assert cache.prefix(uniform).first_changed == 0
-    assert layer_digests(ex.io)[0] == layer_digests(NumpyExecutor(spec).io)[0]
+    assert header_digest(ex.io) == header_digest(NumpyExecutor(spec).io)
+    # a candidate built from its model file bytes (a trial's) finds the same first changed layer
+    from_bytes = NumpyExecutor(quantizer.io.serialize(q))
+    assert from_bytes.model_bytes is not None and cache.prefix(from_bytes).first_changed == prefix.first_changed
 
 
 def test_the_cache_keeps_to_its_memory_budget_then_spills_then_forgets(tmp_path) -> None:
@@ -133,3 +136,34 @@ def test_a_change_inside_a_fused_op_starts_at_the_fused_op_and_matches_its_full_
     p2 = cache.prefix(ex2)
     assert names[p2.layers[p2.first_op]] == "linear_4"
     _same(cache.run(ex2, p2, 0, feeds), ex2.predict(feeds))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layer_bytes_read_from_the_file_are_each_layers_serialization(name: str, golden) -> None:
+    """The wire-format slices of the model file are byte for byte each layer's own deterministic serialization
+    (a path's file, a spec's serialization); without file bytes each layer is serialized."""
+    spec, _, _ = golden(name)
+    ex = NumpyExecutor(spec)
+    assert ex.model_bytes == quantizer.io.serialize(spec)
+    sliced = layer_bytes(ex)
+    assert all(isinstance(b, memoryview) for b in sliced)
+    nn = ex.io.nn
+    assert [bytes(b) for b in sliced] == [layer.SerializeToString(deterministic=True) for layer in nn.layers]
+    ex.model_bytes = None  # e.g. built from an MLModel
+    assert [bytes(b) for b in layer_bytes(ex)] == [bytes(b) for b in sliced]
+
+
+def test_the_first_changed_layer_is_found_byte_for_byte() -> None:
+    spec, _ = zoo.load("digits_cnn")
+    ref = Reference.of(NumpyExecutor(spec))
+    assert len(ref.digests) == len(ref.layers) + 1 == len(spec.neuralNetwork.layers) + 1
+    assert ref.shared(ref.header, ref.layers) == len(ref.layers)
+    assert ref.shared("another header", ref.layers) == -1
+    changed = [bytes(b) for b in ref.layers]
+    k = len(changed) // 2
+    changed[k] = changed[k][:-1] + bytes([changed[k][-1] ^ 1])  # one bit of layer k
+    assert ref.shared(ref.header, changed) == k
+    for a, b in [(b"", b""), (b"abc", b"abc"), (bytes(range(17)), bytes(range(17)))]:
+        assert same_bytes(memoryview(a), b)
+    assert not same_bytes(b"abcdefgh1", b"abcdefgh2") and not same_bytes(b"12345678", b"12345670")
+    assert not same_bytes(b"abc", b"abcd")
