@@ -61,6 +61,20 @@ def test_directory_is_not_a_model_file(tmp_path):
         quantizer.load(str(tmp_path))
 
 
+def test_model_file_bytes_load_like_the_file(tmp_path):
+    spec = _spec()
+    data = quantizer.io.serialize(spec)
+    loaded, kept = quantizer.io.load_with_bytes(data)
+    assert loaded == spec and kept == data
+    assert quantizer.io.load_with_bytes(spec)[1] == data  # a spec's copy is parsed from its file bytes
+    path = quantizer.save(spec, tmp_path / "m.mlmodel")
+    assert quantizer.io.load_with_bytes(str(path))[1] == data
+    with pytest.raises(ModelLoadError, match="the given model bytes is not a Core ML model"):
+        quantizer.load(b"not a model")
+    with pytest.raises(UnsupportedModelError, match="the given model bytes is an ML Program"):
+        quantizer.load(quantizer.io.serialize(_ml_program()))  # parses, but no neural network
+
+
 def test_wrong_python_object():
     with pytest.raises(ModelLoadError, match="dict"):
         quantizer.quantize_weights({"layers": []}, 8)
