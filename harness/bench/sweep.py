@@ -16,6 +16,8 @@ config tree of ``qsweep`` and one process:
    default cache: wall time, speed-up, and whether the two sensitivity tables are identical; on the
    first ``--reuse-limit`` test samples (``data.limit``, default 256; 0: the whole set), because a
    probe's cost is per sample and 312 probes of a 22 M-parameter model on 1 000 samples take hours;
+   ``--reuse-repeats`` (default 3) pairs, without and with alternately, compared by their median wall
+   times (this machine's speed drifts by 10-15% over minutes: one pair's ratio moves with it);
 3. ``search=mixed`` the same way (``--mixed-trials`` trials, default 40);
 4. ``--held-out`` synthetic sweeps built to be hard for a confident stop (:mod:`harness.bench._heldout`,
    default 100): fronts and best-within models changed, wrong stops, sample evaluations;
@@ -111,27 +113,40 @@ def racing_rows(model: str, out: Path, seed: int, extra: Sequence[str] = (), rep
     return rows
 
 
-def reuse_rows(model: str, out: Path, seed: int, kind: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """``search=<kind>`` without and with activation reuse: wall times and whether the results are identical."""
+def reuse_rows(model: str, out: Path, seed: int, kind: str, overrides: Sequence[str],
+               repeats: int = 1) -> dict[str, Any]:
+    """``search=<kind>`` without and with activation reuse, ``repeats`` times alternately: the median wall times,
+    their ratio, each pair's ratio, and whether every run's results are identical to the first one's."""
+    import statistics
+
     import pandas as pd
 
-    runs = {}
-    for label, mb in (("without", "0"), ("with", "512")):
-        res, secs = _run(out, f"{model}-{kind}-reuse-{label}", [f"model={model}", f"seed={seed}", f"search={kind}",
-                                                                f"evaluation.activation_cache_mb={mb}", *overrides])
-        runs[label] = (res, secs)
-        print(f"  {model} search={kind} activation reuse {label}: {secs:.1f} s", flush=True)
-    (a, ta), (b, tb) = runs["without"], runs["with"]
-    metric = a.summary["metric"]
-    cols = ["plan_hash", "state", "size_bytes", metric, "snr_db", "evaluated_samples"]
-    same = a.trials[cols].reset_index(drop=True).equals(b.trials[cols].reset_index(drop=True))
-    table = a.files.get("sensitivity")
-    if table is not None:
-        same = same and pd.read_csv(table).equals(pd.read_csv(b.files["sensitivity"]))
-    cache = b.summary["racing"]["activation_cache"]
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    ref = table = None
+    same = True
+    for r in range(repeats):
+        for label, mb in (("without", "0"), ("with", "512")):
+            name = f"{model}-{kind}-reuse-{label}" + (f"-{r + 1}" if repeats > 1 else "")
+            res, secs = _run(out, name, [f"model={model}", f"seed={seed}", f"search={kind}",
+                                         f"evaluation.activation_cache_mb={mb}", *overrides])
+            times[label].append(secs)
+            print(f"  {model} search={kind} activation reuse {label}"
+                  + (f" (run {r + 1} of {repeats})" if repeats > 1 else "") + f": {secs:.1f} s", flush=True)
+            metric = res.summary["metric"]
+            cols = ["plan_hash", "state", "size_bytes", metric, "snr_db", "evaluated_samples"]
+            rows = res.trials[cols].reset_index(drop=True)
+            sens = pd.read_csv(res.files["sensitivity"]) if "sensitivity" in res.files else None
+            if ref is None:
+                ref, table, n, trials = rows, sens, res.summary["data"]["n"], len(res.trials)
+            else:
+                same = same and rows.equals(ref) and (table is None or table.equals(sens))
+            if mb != "0":
+                cache = res.summary["racing"]["activation_cache"]
+    ta, tb = statistics.median(times["without"]), statistics.median(times["with"])
     return {"kind": kind, "without": ta, "with": tb, "speedup": ta / tb if tb else float("nan"), "identical": same,
-            "trials": len(a.trials), "n": a.summary["data"]["n"], "hits": cache["hits"], "misses": cache["misses"],
-            "skipped_layers": cache["skipped_layers"], "spilled": cache["spilled"]}
+            "trials": trials, "n": n, "hits": cache["hits"], "misses": cache["misses"],
+            "skipped_layers": cache["skipped_layers"], "spilled": cache["spilled"], "repeats": repeats,
+            "pair_speedups": [a / b for a, b in zip(times["without"], times["with"])]}
 
 
 def print_racing(rows: list[dict[str, Any]]) -> None:
@@ -143,11 +158,16 @@ def print_racing(rows: list[dict[str, Any]]) -> None:
 
 
 def print_reuse(rows: list[dict[str, Any]], model: str) -> None:
-    print(f"\n| {model} | trials | without reuse s | with reuse s | speed-up | identical results | cache hits / misses |")
-    print("|---|---|---|---|---|---|---|")
+    repeats = max(r.get("repeats", 1) for r in rows)
+    each = f"median of {repeats} " if repeats > 1 else ""
+    print(f"\n| {model} | trials | without reuse s ({each}runs) | with reuse s | speed-up | each pair's speed-up "
+          "| identical results | cache hits / misses |" if repeats > 1 else
+          f"\n| {model} | trials | without reuse s | with reuse s | speed-up | identical results | cache hits / misses |")
+    print("|---|---|---|---|---|---|---|---|" if repeats > 1 else "|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| search={r['kind']} | {r['trials']} | {r['without']:.1f} | {r['with']:.1f} | {r['speedup']:.2f}x | "
-              f"{'yes' if r['identical'] else 'NO'} | {r['hits']} / {r['misses']} |")
+        pairs = f" {', '.join(f'{x:.2f}x' for x in r['pair_speedups'])} |" if repeats > 1 else ""
+        print(f"| search={r['kind']} | {r['trials']} | {r['without']:.1f} | {r['with']:.1f} | {r['speedup']:.2f}x |"
+              f"{pairs} {'yes' if r['identical'] else 'NO'} | {r['hits']} / {r['misses']} |")
 
 
 def print_replays(replays: dict[str, Any]) -> None:
@@ -183,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mixed-trials", type=int, default=40)
     ap.add_argument("--reuse-limit", type=int, default=256,
                     help="test samples of the sensitivity and mixed reuse runs (data.limit; 0: the whole test set)")
+    ap.add_argument("--reuse-repeats", type=int, default=3,
+                    help="runs of each reuse pair, without and with alternately; the medians are compared")
     ap.add_argument("--held-out", type=int, default=100, help="synthetic hard sweeps raced exact and confident")
     ap.add_argument("--replay", type=int, default=20,
                     help="seeded sample orders each zoo model's recorded off run is replayed on (0: none)")
@@ -205,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_reuse:
         space = [f"search.space.nbits={args.sens_nbits}", f"search.space.mode={args.sens_modes}",
                  *([f"data.limit={args.reuse_limit}"] if args.reuse_limit > 0 else [])]
-        reuse.append(reuse_rows(model, out, args.seed, "sensitivity", space))
-        reuse.append(reuse_rows(model, out, args.seed, "mixed", [*space, f"search.n_trials={args.mixed_trials}"]))
+        reuse.append(reuse_rows(model, out, args.seed, "sensitivity", space, args.reuse_repeats))
+        reuse.append(reuse_rows(model, out, args.seed, "mixed", [*space, f"search.n_trials={args.mixed_trials}"],
+                                args.reuse_repeats))
     held = None
     if args.held_out:
         from harness.bench._heldout import held_out
