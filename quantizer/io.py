@@ -1,10 +1,11 @@
 """Reading, writing and copying Core ML neuralnetwork models.
 
 Every function accepts a file path, a ``coremltools.models.MLModel`` or a
-``Model_pb2.Model`` spec (:func:`load` also a model file's bytes) and never mutates the caller's object: :func:`load`
-and :func:`fresh_spec` return private copies, :func:`source_spec` a read-only
-view where no copy is needed, and :func:`as_kind_of` gives a result back in the
-kind the caller passed (``MLModel`` in, ``MLModel`` out).
+``Model_pb2.Model`` spec (:func:`load` also a model file's bytes) and never
+mutates the caller's object: :func:`load` and :func:`fresh_spec` return
+private copies, :func:`source_spec` a read-only view where no copy is needed,
+and :func:`as_kind_of` gives a result back in the kind the caller passed
+(``MLModel`` in, ``MLModel`` out).
 
 >>> import quantizer
 >>> spec = quantizer.load("model.mlmodel")          # doctest: +SKIP

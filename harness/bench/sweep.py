@@ -159,15 +159,16 @@ def print_racing(rows: list[dict[str, Any]]) -> None:
 
 def print_reuse(rows: list[dict[str, Any]], model: str) -> None:
     repeats = max(r.get("repeats", 1) for r in rows)
-    each = f"median of {repeats} " if repeats > 1 else ""
-    print(f"\n| {model} | trials | without reuse s ({each}runs) | with reuse s | speed-up | each pair's speed-up "
-          "| identical results | cache hits / misses |" if repeats > 1 else
-          f"\n| {model} | trials | without reuse s | with reuse s | speed-up | identical results | cache hits / misses |")
-    print("|---|---|---|---|---|---|---|---|" if repeats > 1 else "|---|---|---|---|---|---|---|")
+    cols = ["trials", f"without reuse s (median of {repeats} runs)" if repeats > 1 else "without reuse s",
+            "with reuse s", "speed-up", *(["each pair's speed-up"] if repeats > 1 else []), "identical results",
+            "cache hits / misses"]
+    print(f"\n| {model} | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
     for r in rows:
-        pairs = f" {', '.join(f'{x:.2f}x' for x in r['pair_speedups'])} |" if repeats > 1 else ""
-        print(f"| search={r['kind']} | {r['trials']} | {r['without']:.1f} | {r['with']:.1f} | {r['speedup']:.2f}x |"
-              f"{pairs} {'yes' if r['identical'] else 'NO'} | {r['hits']} / {r['misses']} |")
+        pairs = [", ".join(f"{x:.2f}x" for x in r["pair_speedups"])] if repeats > 1 else []
+        cells = [str(r["trials"]), f"{r['without']:.1f}", f"{r['with']:.1f}", f"{r['speedup']:.2f}x", *pairs,
+                 "yes" if r["identical"] else "NO", f"{r['hits']} / {r['misses']}"]
+        print(f"| search={r['kind']} | " + " | ".join(cells) + " |")
 
 
 def print_replays(replays: dict[str, Any]) -> None:
