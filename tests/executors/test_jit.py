@@ -116,3 +116,43 @@ def test_compiled_chunk_drivers_cover_every_element_once(threads, grain):
     y = np.full_like(rows, np.nan)
     par.for_compiled(J.softmax_chunks, rows.shape[0], max(1, grain // 33), rows, y, n_threads=threads)
     assert np.array_equal(y, whole)
+
+
+@pytest.mark.parametrize("d", [1, 2, 8, J.SHORT_SOFTMAX, J.SHORT_SOFTMAX + 1, J.SHORT_NORMALIZE, J.SHORT_NORMALIZE + 1])
+@pytest.mark.parametrize("n", [1, J.SHORT_BLOCK - 1, J.SHORT_BLOCK + 1, 3 * J.SHORT_BLOCK])
+def test_short_row_kernels_equal_the_row_kernels_and_float64(d, n):
+    """Rows up to SHORT_SOFTMAX / SHORT_NORMALIZE go by columns, a block of rows at a time: the same
+    figures as the per-row kernels (float32 rounding apart) and float64, in full and partial blocks."""
+    rng = np.random.default_rng(d * 1000 + n)
+    x = (rng.normal(2.0, 3.0, size=(n, d))).astype(F32)
+    g, b = rng.normal(size=d).astype(F32), rng.normal(size=d).astype(F32)
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=1, keepdims=True))
+    soft64 = e / e.sum(axis=1, keepdims=True)
+    c = x64 - x64.mean(axis=1, keepdims=True)
+    norm64 = c / np.sqrt((c * c).mean(axis=1, keepdims=True) + 1e-5) * g + b
+    short, rows = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    J.softmax_short_rows(x, short)
+    J.softmax_rows(x, rows)
+    np.testing.assert_allclose(short, soft64, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(short, rows, rtol=2e-6, atol=1e-7)
+    for variance, ref in ((True, norm64), (False, c * g + b)):
+        J.normalize_short_rows(x, F32(1e-5), variance, g, b, short)
+        J.normalize_rows(x, F32(1e-5), variance, g, b, rows)
+        np.testing.assert_allclose(short, ref, rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose(short, rows, rtol=1e-5, atol=2e-5)
+
+
+def test_short_softmax_non_finite_and_masked_rows_as_the_row_kernel():
+    x = np.random.default_rng(5).normal(size=(70, 8)).astype(F32)
+    x[3, 2] = np.inf
+    x[4, 0] = np.nan
+    x[5] = -np.inf  # all masked: 0 / 0
+    x[6, :7] = -np.inf  # one key left: exactly 1
+    short, rows = np.empty_like(x), np.empty_like(x)
+    J.softmax_short_rows(x, short)
+    J.softmax_rows(x, rows)
+    np.testing.assert_array_equal(np.isnan(short), np.isnan(rows))
+    assert np.isnan(short[[3, 4, 5]]).all() and not np.isnan(short[np.r_[0:3, 6:70]]).any()
+    assert (short[6, :7] == 0).all() and short[6, 7] == 1
+    np.testing.assert_allclose(short[7:], rows[7:], rtol=2e-6, atol=1e-7)

@@ -31,6 +31,7 @@ from harness.executors.ops._parallel import for_compiled, rows_per_chunk
 
 F32 = np.float32
 _ONE = F32(1.0)
+_ZERO = F32(0.0)
 # M(a) ~ sum_j _GELU_C[j] t^j, t = 1 / (1 + _GELU_P a): weighted minimax fit (see the module docstring)
 _GELU_P = 0.4075
 _GELU_C64 = (-0.00687750578802811, 0.22114286662983018, -0.03473665061606325, 0.454739374928385, -0.13427313603994237)
@@ -68,11 +69,26 @@ def _flat_out(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, out, out.reshape(-1)
 
 
-def _jit():
-    """The compiled loops (imported on first use: numba's import and cache load stay off the CLI's start)."""
-    from harness.executors.ops import _jit as jit
+_JIT: list = []
 
-    return jit
+
+def _jit():
+    """The compiled loops (imported on first use: numba's import and cache load stay off the CLI's start;
+    kept here after it, since an ``import`` statement per call costs about 0.5 us on ops of 10 us)."""
+    if not _JIT:
+        from harness.executors.ops import _jit as jit
+
+        _JIT.append(jit)
+    return _JIT[0]
+
+
+def _flat_vector(v: np.ndarray | None, d: int, default: np.float32) -> np.ndarray:
+    """``v`` as a contiguous float32 vector of ``d`` (no copy when it already is one), or ``d`` copies of ``default``."""
+    if v is None:
+        return _ones(d, default)
+    if v.dtype == F32 and v.ndim == 1 and v.flags.c_contiguous:
+        return v
+    return np.ascontiguousarray(v, F32).reshape(d)
 
 
 #: GeluMode -> the compiled chunk driver (a name in :mod:`._jit`) and its constants
@@ -107,7 +123,6 @@ def normalize_rows(x: np.ndarray, k: int, eps: float, variance: bool = True,
     x, out, _ = _flat_out(x)
     d = math.prod(x.shape[x.ndim - k:])
     xr, yr = x.reshape(-1, d), out.reshape(-1, d)
-    g = _ones(d, _ONE) if gamma is None else np.ascontiguousarray(gamma, F32).reshape(d)
-    b = _ones(d, F32(0)) if beta is None else np.ascontiguousarray(beta, F32).reshape(d)
+    g, b = _flat_vector(gamma, d, _ONE), _flat_vector(beta, d, _ZERO)
     for_compiled(_jit().normalize_chunks, xr.shape[0], rows_per_chunk(d, GRAIN), xr, yr, F32(eps), bool(variance), g, b)
     return out
