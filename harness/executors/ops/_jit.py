@@ -268,12 +268,16 @@ def _softmax_cols(t, b, m, s):
 
 
 @njit(**_OPTS)
+def _short_scratch(d):
+    """The short-row kernels' scratch: a ``(d, SHORT_BLOCK)`` transposed block and two per-row vectors."""
+    return np.empty((d, SHORT_BLOCK), F32), np.empty(SHORT_BLOCK, F32), np.empty(SHORT_BLOCK, F32)
+
+
+@njit(**_OPTS)
 def softmax_short_rows(x, y):
     """:func:`softmax_rows` for rows of at most :data:`SHORT_SOFTMAX`, a block of rows at a time by columns."""
     n, d = x.shape
-    t = np.empty((d, SHORT_BLOCK), F32)
-    m = np.empty(SHORT_BLOCK, F32)
-    s = np.empty(SHORT_BLOCK, F32)
+    t, m, s = _short_scratch(d)
     for r0 in range(0, n, SHORT_BLOCK):
         b = min(SHORT_BLOCK, n - r0)
         _block_t(x, r0, b, t)
@@ -313,9 +317,7 @@ def normalize_short_rows(x, eps, variance, gamma, beta, y):
     """:func:`normalize_rows` for rows of at most :data:`SHORT_NORMALIZE`, a block of rows at a time
     (the moments by columns, the affine pass row by row)."""
     n, d = x.shape
-    t = np.empty((d, SHORT_BLOCK), F32)
-    m = np.empty(SHORT_BLOCK, F32)
-    s = np.empty(SHORT_BLOCK, F32)
+    t, m, s = _short_scratch(d)
     for r0 in range(0, n, SHORT_BLOCK):
         b = min(SHORT_BLOCK, n - r0)
         _block_t(x, r0, b, t)
