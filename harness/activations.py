@@ -21,7 +21,8 @@ starts from the latest stored boundary at or before its own.
 Memory: ``evaluation.activation_cache_mb`` (default 512 MiB) of entries in memory, least recently
 used first out; an entry pushed out is written to a temporary folder while the
 ``evaluation.activation_spill_mb`` disk budget (default 2048 MiB) lasts, and forgotten past it
-(that chunk is then recomputed from the inputs). ``activation_cache_mb=0`` turns reuse off. Besides
+(that chunk is then recomputed from the inputs) -- unless its chunk has an entry at a later
+boundary of the same float prefix: such a shadowed entry is forgotten, not written. ``activation_cache_mb=0`` turns reuse off. Besides
 the budget, the cache holds the float references' layer bytes (about the model file's size for the
 float and the fused float model each).
 
@@ -238,7 +239,10 @@ class ActivationCache:
         self._mem_bytes = 0
         self._disk_bytes = 0
         self._dir: Path | None = None
-        self.stats = {"hits": 0, "misses": 0, "stored": 0, "spilled": 0, "dropped": 0, "skipped_layers": 0}
+        #: Keys with a stored entry of the same chunk at a later boundary on the same float prefix.
+        self._shadowed: set[Key] = set()
+        self.stats = {"hits": 0, "misses": 0, "stored": 0, "spilled": 0, "dropped": 0, "shadowed_dropped": 0,
+                      "skipped_layers": 0}
 
     @property
     def enabled(self) -> bool:
@@ -298,7 +302,11 @@ class ActivationCache:
             old, old_blobs = self._mem.popitem(last=False)
             old_size = sum(a.nbytes for a in old_blobs.values())
             self._mem_bytes -= old_size
-            self._spill(old, old_blobs, old_size)
+            if old in self._shadowed:  # a later boundary of its chunk is stored: not worth a disk write
+                self._shadowed.discard(old)
+                self.stats["shadowed_dropped"] += 1
+            else:
+                self._spill(old, old_blobs, old_size)
         self._mem[key] = kept
         self._mem_bytes += size
 
@@ -336,6 +344,7 @@ class ActivationCache:
         """Forget every entry and delete the spill folder."""
         self._mem.clear()
         self._disk.clear()
+        self._shadowed.clear()
         self._mem_bytes = self._disk_bytes = 0
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -371,4 +380,16 @@ class ActivationCache:
                                                keep=prefix.needed[first] if capture is not None else None)
         if captured is not None:
             self.put(prefix.key(first, chunk), captured)
+            self._shadow(prefix, first, chunk)
         return outputs
+
+    def _shadow(self, prefix: Prefix, boundary: int, chunk: Any) -> None:
+        """Mark the entries of ``chunk`` at boundaries before ``boundary`` on ``prefix``'s float prefix as shadowed:
+        a candidate only needs one of them if its first changed layer lies between it and ``boundary``.
+        Memory full, a shadowed entry is forgotten instead of spilled: a sensitivity run's probes (layer
+        order) and a mixed run's candidates read none of them again (measured on minilm_l6: 0 of 663 hits
+        from disk), and writing them was 4% of the with-reuse run."""
+        for b in range(1, boundary):
+            key = prefix.key(b, chunk)
+            if key in self._mem:
+                self._shadowed.add(key)

@@ -1,6 +1,7 @@
 """Sweep benchmark: racing off / exact / confident on the default grid, and activation reuse on sensitivity and mixed.
 
-Run ``python -m harness.bench sweep [--model NAME] [--all-zoo] [--out DIR] [--seed 0]``. With the
+Run ``python -m harness.bench sweep [--model NAME] [--all-zoo] [--out DIR] [--seed 0]``
+(``--skip-reuse``: only 1; ``--skip-racing``: only 2 and 3). With the
 config tree of ``qsweep`` and one process:
 
 1. the default grid (``search=grid``, the default space and selector) on ``--model`` -- by default
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-zoo", action="store_true", help="also race off/exact/confident on every other zoo model")
     ap.add_argument("--zoo", default="", help="also race these other zoo models (comma-separated names)")
     ap.add_argument("--skip-reuse", action="store_true", help="only the racing table")
+    ap.add_argument("--skip-racing", action="store_true", help="only the activation reuse table")
     ap.add_argument("--sens-nbits", default="[8,4,2]")
     ap.add_argument("--sens-modes", default="[linear,kmeans_lut]")
     ap.add_argument("--mixed-trials", type=int, default=40)
@@ -219,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {model}: {info.get('weight_count', 0):,} weights, {info['dataset'].get('n')} test samples; "
           f"runs in {out}", flush=True)
     replays: dict[str, Any] = {}
-    rows = racing_rows(model, out, args.seed, replays=replays, replay_seeds=args.replay)
-    others = list(zoo.names()) if args.all_zoo else [n for n in args.zoo.split(",") if n]
+    rows = [] if args.skip_racing else racing_rows(model, out, args.seed, replays=replays, replay_seeds=args.replay)
+    others = [] if args.skip_racing else list(zoo.names()) if args.all_zoo else [n for n in args.zoo.split(",") if n]
     for other in others:
         if other != model:
             rows += racing_rows(other, out, args.seed, replays=replays, replay_seeds=args.replay)
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         from harness.bench._heldout import held_out
 
         held = held_out(args.held_out, args.seed)
-    print_racing(rows)
+    if rows:
+        print_racing(rows)
     if reuse:
         print_reuse(reuse, f"{model}, {reuse[0]['n']} samples")  # what the runs measured (a limit past the set is the set)
     if held is not None:
@@ -249,14 +252,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{h['wrong_stops']} of {h['stops']} |")
     if any(replays.values()):
         print_replays(replays)
-    main_rows = [r for r in rows if r["model"] == model]
-    exact = next(r for r in main_rows if r["mode"] == "exact")
-    conf = [r for r in rows if r["mode"] == "confident"]
-    print(f"\ntargets: exact <= 60% with an identical front: {exact['ratio']:.1%}, "
-          f"{'identical' if exact['identical'] else 'DIFFERENT'}; confident <= 30%: "
-          f"{next(r for r in main_rows if r['mode'] == 'confident')['ratio']:.1%}, fronts identical on "
-          f"{sum(r['identical'] for r in conf)} of {len(conf)} model(s)"
-          + (f"; sensitivity with reuse {reuse[0]['speedup']:.2f}x (>= 1.5x)" if reuse else ""))
+    targets = []
+    if rows:
+        main_rows = [r for r in rows if r["model"] == model]
+        exact = next(r for r in main_rows if r["mode"] == "exact")
+        conf = [r for r in rows if r["mode"] == "confident"]
+        targets.append(f"exact <= 60% with an identical front: {exact['ratio']:.1%}, "
+                       f"{'identical' if exact['identical'] else 'DIFFERENT'}; confident <= 30%: "
+                       f"{next(r for r in main_rows if r['mode'] == 'confident')['ratio']:.1%}, fronts identical on "
+                       f"{sum(r['identical'] for r in conf)} of {len(conf)} model(s)")
+    if reuse:
+        targets.append(f"sensitivity with reuse {reuse[0]['speedup']:.2f}x (>= 1.5x)")
+    print("\ntargets: " + "; ".join(targets))
     return 0
 
 

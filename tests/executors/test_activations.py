@@ -101,6 +101,37 @@ def test_the_cache_keeps_to_its_memory_budget_then_spills_then_forgets(tmp_path)
     assert not ActivationCache(memory_mb=0).enabled
 
 
+def test_an_entry_shadowed_by_a_later_boundary_is_forgotten_not_spilled() -> None:
+    """Probes in layer order: the second starts from the first's stored boundary and stores its own; pushed out
+    of memory, the first's entry (only of use to a change between the two) is forgotten, the second's spilled."""
+    spec, data = zoo.load("digits_cnn")
+    feeds = {k: v[:40] for k, v in data.feeds.items()}
+    ex = NumpyExecutor(spec)
+    full = ex.predict(feeds)
+    probe = ActivationCache(memory_mb=64, spill_mb=0)
+    probe.add_reference(ex)
+    prefix = probe.prefix(ex)
+    n_ops = len(ex.network)
+    early, late = n_ops // 3, 2 * n_ops // 3
+    at = {b: Prefix(prefix.digests, prefix.layers[b], prefix.needed, prefix.layers) for b in (early, late)}
+    assert at[early].first_op == early and at[late].first_op == late
+    n = next(iter(feeds.values())).shape[0]
+    size = {b: sum(v.nbytes for v in ex.run_blobs(ex.input_blobs(feeds), n, capture=b, keep=prefix.needed[b])[1].values())
+            for b in (early, late)}
+    cache = ActivationCache(memory_mb=1.01 * (size[early] + size[late]) / 2**20, spill_mb=64)
+    cache.add_reference(ex)
+    _same(cache.run(ex, at[early], "c", feeds), full)  # stores the early boundary
+    _same(cache.run(ex, at[late], "c", feeds), full)   # starts there, stores the late one
+    assert cache.stats == {**cache.stats, "misses": 1, "hits": 1, "stored": 2}
+    _same(cache.run(ex, at[early], "other", feeds), full)  # another chunk's entry pushes both out of memory
+    _same(cache.run(ex, at[late], "other", feeds), full)
+    assert cache.stats["shadowed_dropped"] >= 1 and cache.stats["spilled"] >= 1
+    assert cache.get(at[early].key(early, "c"), prefix.needed[early]) is None  # forgotten, never written
+    assert cache.get(at[late].key(late, "c"), prefix.needed[late]) is not None  # on disk
+    _same(cache.run(ex, at[late], "c", feeds), full)  # a third probe past the late boundary starts from disk
+    cache.close()
+
+
 def test_stored_views_are_copied_and_read_only() -> None:
     base = np.arange(100, dtype=np.float32).reshape(10, 10)
     cache = ActivationCache(memory_mb=1, spill_mb=0)
