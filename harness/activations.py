@@ -22,9 +22,9 @@ Memory: ``evaluation.activation_cache_mb`` (default 512 MiB) of entries in memor
 used first out; an entry pushed out is written to a temporary folder while the
 ``evaluation.activation_spill_mb`` disk budget (default 2048 MiB) lasts, and forgotten past it
 (that chunk is then recomputed from the inputs) -- unless its chunk has an entry at a later
-boundary of the same float prefix: such a shadowed entry is forgotten, not written. ``activation_cache_mb=0`` turns reuse off. Besides
-the budget, the cache holds the float references' layer bytes (about the model file's size for the
-float and the fused float model each).
+boundary of the same float prefix: such a shadowed entry is forgotten, not written.
+``activation_cache_mb=0`` turns reuse off. Besides the budget, the cache holds the float
+references' layer bytes (about the model file's size for the float and the fused float model each).
 
 Example:
     >>> import numpy as np
